@@ -1,0 +1,1 @@
+"""Benchmarks: each writes its section of RESULTS.md and results/<name>.json."""

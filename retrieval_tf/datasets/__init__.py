@@ -1,0 +1,1 @@
+"""Dataset loaders (real and synthetic) and splits."""

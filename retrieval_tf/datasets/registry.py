@@ -1,0 +1,94 @@
+"""Datasets by name, as the `--dataset` flag of every CLI names them, and the
+leave-one-out protocol (NCF / PDN Table 2) on any of them.
+
+| name            | loader                                   | needs data_dir |
+|-----------------|------------------------------------------|----------------|
+| `synthetic`     | `synthetic.generate(...).to_rec_dataset()` | no           |
+| `ml-1m`         | `movielens.load_ml1m`                    | yes            |
+| `ncf-ml-1m`     | `movielens.load_ncf_ml1m` (side features from a sibling `ml-1m/` folder when present) | yes |
+| `amazon-beauty`, `amazon-toys`, `amazon` | `amazon.load_amazon` | yes    |
+| `csv`           | `interactions_csv.load_interactions_csv` (`data_dir` is the file) | yes |
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import os
+from typing import Dict, Optional
+
+import numpy as np
+
+from retrieval_tf.datasets import amazon
+from retrieval_tf.datasets import interactions_csv
+from retrieval_tf.datasets import movielens
+from retrieval_tf.datasets import splits
+from retrieval_tf.datasets import synthetic
+from retrieval_tf.datasets.errors import DataError
+from retrieval_tf.datasets.types import Interactions, RecDataset
+
+# name -> whether it needs --data_dir
+REC_DATASETS: Dict[str, bool] = {
+    "synthetic": False,
+    "ml-1m": True,
+    "ncf-ml-1m": True,
+    "amazon-beauty": True,
+    "amazon-toys": True,
+    "amazon": True,
+    "csv": True,
+}
+
+
+def load_rec_dataset(name: str, data_dir: Optional[str] = None,
+                     seed: int = 0,
+                     synthetic_config: Optional[
+                         synthetic.SyntheticConfig] = None) -> RecDataset:
+  """Loads a recommendation dataset by its `--dataset` name."""
+  if name not in REC_DATASETS:
+    raise DataError(f"unknown dataset {name!r}; choose one of "
+                    f"{', '.join(sorted(REC_DATASETS))}")
+  if REC_DATASETS[name] and not data_dir:
+    raise DataError(f"dataset {name!r} needs a data_dir")
+  if name == "synthetic":
+    config = synthetic_config or synthetic.SyntheticConfig(seed=seed)
+    return synthetic.generate(config).to_rec_dataset()
+  if name == "ml-1m":
+    return movielens.load_ml1m(data_dir)
+  if name == "ncf-ml-1m":
+    sibling = os.path.join(os.path.dirname(os.path.abspath(data_dir)),
+                           "ml-1m")
+    return movielens.load_ncf_ml1m(
+        data_dir, ml1m_dir=sibling if os.path.isdir(sibling) else None)
+  if name == "csv":
+    return interactions_csv.load_interactions_csv(data_dir)
+  return amazon.load_amazon(data_dir,
+                            name=None if name == "amazon" else name)
+
+
+@dataclasses.dataclass
+class LeaveOneOut:
+  """The leave-one-out protocol: the last event of each user is the target,
+  ranked against `negatives` (NCF: 99 sampled unseen items) and against the
+  full corpus.
+
+  Attributes:
+    dataset: the dataset whose `interactions` are the training events only.
+    test: one target event per test user.
+    negatives: int32 `[len(test), num_negatives]`.
+  """
+
+  dataset: RecDataset
+  test: Interactions
+  negatives: np.ndarray
+
+
+def leave_one_out(dataset: RecDataset, num_negatives: int = 99,
+                  seed: int = 0) -> LeaveOneOut:
+  """The dataset's predefined split (NCF) or a fresh leave-one-out one."""
+  if dataset.test is not None and dataset.test_negatives is not None:
+    return LeaveOneOut(dataset, dataset.test,
+                       dataset.test_negatives[:, :num_negatives])
+  train, test = splits.leave_one_out(dataset.interactions)
+  negatives = splits.sample_negatives(test, dataset.num_items, num_negatives,
+                                      exclude=dataset.interactions, seed=seed)
+  return LeaveOneOut(dataclasses.replace(dataset, interactions=train), test,
+                     negatives)

@@ -1,0 +1,1 @@
+"""Baseline models shared by every paper's comparison tables."""

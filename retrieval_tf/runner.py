@@ -1,0 +1,424 @@
+"""The one training runner that every package's `train` command stands on.
+
+A package's CLI defines its own flags next to `define_common_flags()`, then
+calls `run(experiment)` where `experiment(ctx: RunContext) -> metrics` loads its
+data, calls `ctx.fit(...)` and evaluates. The runner owns everything else:
+
+* flag validation before any work (`validate`), with clear messages;
+* the output directory: a finished run (`metrics.json` present) is never
+  overwritten without `--overwrite`; an unfinished run with the same
+  `config.json` is resumed by `keras.callbacks.BackupAndRestore`;
+* `tf.distribute` strategies: `default`, `mirrored`, `multi_worker`
+  (`TF_CONFIG`) and `parameter_server` (`TF_CONFIG`, `model.fit` with a
+  `DatasetCreator`);
+* callbacks: Keras progress bar, TensorBoard in `output_dir/logs`, backups in
+  `output_dir/backup`, weights in `output_dir/checkpoints`, and a hard stop with
+  a clear error on a NaN or infinite loss;
+* `config.json` and `metrics.json` (flat `{"hr@10": ...}` plus dataset and
+  timing), written atomically.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import datetime
+import json
+import math
+import os
+import shutil
+import sys
+import tempfile
+import time
+from typing import Any, Callable, Dict, List, Mapping, Optional
+
+from absl import app
+from absl import flags
+from absl import logging
+
+from retrieval_tf.compat import keras, tf
+from retrieval_tf.files import write_json_atomic
+import tensorflow_recommenders as tfrs  # pylint: disable=g-bad-import-order
+
+FLAGS = flags.FLAGS
+
+STRATEGIES = ("default", "mirrored", "multi_worker", "parameter_server")
+
+
+class NonFiniteLossError(FloatingPointError):
+  """Training produced a NaN or infinite loss."""
+
+
+def define_common_flags(datasets: Mapping[str, bool],
+                        default_dataset: str = "synthetic",
+                        default_epochs: int = 3,
+                        default_batch_size: int = 1024,
+                        default_learning_rate: float = 0.1) -> None:
+  """Defines the flags every `train` command shares.
+
+  Args:
+    datasets: `{name: needs_data_dir}` of the datasets this command accepts.
+  """
+  _DATASETS.clear()
+  _DATASETS.update(datasets)
+  flags.DEFINE_string("dataset", default_dataset,
+                      f"One of: {', '.join(sorted(datasets))}.")
+  flags.DEFINE_string("data_dir", None,
+                      "Folder of the real dataset (not for synthetic).")
+  flags.DEFINE_string("output_dir", None,
+                      "Where logs, checkpoints, config.json and metrics.json "
+                      "go.")
+  flags.DEFINE_integer("epochs", default_epochs, "Training epochs.")
+  flags.DEFINE_integer("steps_per_epoch", None,
+                       "Steps per epoch (default: one pass over the data).")
+  flags.DEFINE_integer("batch_size", default_batch_size,
+                       "Global batch size.")
+  flags.DEFINE_float("learning_rate", default_learning_rate,
+                     "Optimizer learning rate.")
+  flags.DEFINE_integer("seed", 0, "Random seed (data order, init, splits).")
+  flags.DEFINE_enum("strategy", "default", STRATEGIES,
+                    "tf.distribute strategy; multi_worker and "
+                    "parameter_server read the cluster from TF_CONFIG.")
+  flags.DEFINE_bool("overwrite", False,
+                    "Replace a finished run in --output_dir.")
+  flags.DEFINE_integer("verbose", 1, "Keras progress output (0, 1 or 2).")
+
+
+_DATASETS: Dict[str, bool] = {}
+
+# Flags that do not change what a run computes: a resumed run may differ here.
+_NON_CONFIG_FLAGS = ("overwrite", "verbose")
+
+
+class UsageError(ValueError):
+  """A flag value that cannot work; raised before any work starts."""
+
+
+def validate(values: Mapping[str, Any]) -> None:
+  """Checks the common flags; raises `UsageError` naming the flag."""
+  dataset = values["dataset"]
+  if dataset not in _DATASETS:
+    raise UsageError(f"--dataset={dataset!r} is unknown; choose one of "
+                     f"{', '.join(sorted(_DATASETS))}")
+  if _DATASETS[dataset]:
+    if not values.get("data_dir"):
+      raise UsageError(f"--dataset={dataset} needs --data_dir (the folder "
+                       "with its files)")
+    if not os.path.exists(values["data_dir"]):
+      raise UsageError(f"--data_dir={values['data_dir']!r} does not exist")
+  if not values.get("output_dir"):
+    raise UsageError("--output_dir is required")
+  _check_writable(values["output_dir"], "--output_dir")
+  for name in ("epochs", "batch_size"):
+    if values[name] < 1:
+      raise UsageError(f"--{name} must be >= 1, got {values[name]}")
+  if values.get("steps_per_epoch") is not None and values["steps_per_epoch"] < 1:
+    raise UsageError("--steps_per_epoch must be >= 1")
+  if not values["learning_rate"] > 0:
+    raise UsageError(f"--learning_rate must be > 0, got "
+                     f"{values['learning_rate']}")
+
+
+def _check_writable(path: str, flag: str) -> None:
+  probe = os.path.abspath(path)
+  while not os.path.exists(probe):
+    parent = os.path.dirname(probe)
+    if parent == probe:
+      break
+    probe = parent
+  if not os.path.isdir(probe):
+    raise UsageError(f"{flag}={path!r}: {probe!r} is a file, not a folder")
+  if not os.access(probe, os.W_OK | os.X_OK):
+    raise UsageError(f"{flag}={path!r} is not writable ({probe!r})")
+
+
+def prepare_output_dir(output_dir: str, config: Mapping[str, Any],
+                       overwrite: bool) -> bool:
+  """Makes `output_dir` ready; returns True when an unfinished run resumes.
+
+  A finished run (`metrics.json`) is kept unless `overwrite`; an unfinished
+  one is resumed only when its `config.json` equals `config`.
+  """
+  metrics_path = os.path.join(output_dir, "metrics.json")
+  config_path = os.path.join(output_dir, "config.json")
+  if os.path.exists(metrics_path):
+    if not overwrite:
+      raise UsageError(
+          f"--output_dir={output_dir!r} already holds a finished run "
+          "(metrics.json); pass --overwrite to replace it or choose another "
+          "folder")
+    shutil.rmtree(output_dir)
+  elif os.path.exists(config_path):
+    with open(config_path) as f:
+      previous = json.load(f)
+    comparable = {k: v for k, v in config.items() if k not in
+                  _NON_CONFIG_FLAGS}
+    old = {k: v for k, v in previous.items() if k not in _NON_CONFIG_FLAGS}
+    if old != comparable:
+      if not overwrite:
+        changed = sorted(k for k in set(old) | set(comparable)
+                         if old.get(k) != comparable.get(k))
+        raise UsageError(
+            f"--output_dir={output_dir!r} holds an unfinished run with a "
+            f"different configuration (changed: {', '.join(changed)}); pass "
+            "--overwrite to discard it or choose another folder")
+      shutil.rmtree(output_dir)
+    else:
+      return True
+  elif os.path.isdir(output_dir) and os.listdir(output_dir) and not overwrite:
+    raise UsageError(
+        f"--output_dir={output_dir!r} is not empty and holds no run of this "
+        "library; pass --overwrite or choose another folder")
+  os.makedirs(output_dir, exist_ok=True)
+  write_json_atomic(config_path, dict(config))
+  return False
+
+
+def make_strategy(name: str, cluster_resolver=None,
+                  devices: Optional[List[str]] = None
+                  ) -> tf.distribute.Strategy:
+  """The `tf.distribute` strategy for `--strategy`.
+
+  `mirrored` uses all local GPUs (or the given `devices`); `multi_worker` and
+  `parameter_server` read `TF_CONFIG` unless a `cluster_resolver` is given.
+  """
+  if name == "default":
+    return tf.distribute.get_strategy()
+  if name == "mirrored":
+    return tf.distribute.MirroredStrategy(devices=devices)
+  if name == "multi_worker":
+    return tf.distribute.MultiWorkerMirroredStrategy(
+        cluster_resolver=cluster_resolver)
+  if name == "parameter_server":
+    resolver = (cluster_resolver or
+                tf.distribute.cluster_resolver.TFConfigClusterResolver())
+    if not resolver.cluster_spec().as_dict().get("ps"):
+      raise UsageError("--strategy=parameter_server needs a cluster with "
+                       "'ps' tasks in TF_CONFIG")
+    return tf.distribute.experimental.ParameterServerStrategy(resolver)
+  raise UsageError(f"--strategy={name!r} is unknown; choose one of "
+                   f"{', '.join(STRATEGIES)}")
+
+
+def is_chief(strategy: tf.distribute.Strategy) -> bool:
+  """Whether this process writes the run's outputs (multi-worker: chief or
+  worker 0)."""
+  resolver = getattr(strategy, "cluster_resolver", None)
+  if resolver is None or not resolver.cluster_spec().as_dict():
+    return True
+  if _is_parameter_server(strategy):
+    return True  # the coordinator runs this program
+  task_type, task_id = resolver.task_type, resolver.task_id
+  has_chief = "chief" in resolver.cluster_spec().as_dict()
+  return (task_type == "chief" or task_type is None or
+          (not has_chief and task_type == "worker" and task_id == 0))
+
+
+class StopOnNonFiniteLoss(keras.callbacks.Callback):
+  """Stops training with `NonFiniteLossError` when an epoch's loss is NaN/inf.
+
+  The epoch-level check is what ParameterServerStrategy allows (it refuses
+  batch-level callbacks); `StopOnNonFiniteBatchLoss` checks every step.
+  """
+
+  def on_epoch_begin(self, epoch, logs=None):
+    self._epoch = epoch
+
+  def on_epoch_end(self, epoch, logs=None):
+    self._check((logs or {}).get("loss"), f"in epoch {epoch + 1}")
+
+  def _check(self, loss, where: str):
+    if loss is not None and not math.isfinite(float(loss)):
+      raise NonFiniteLossError(
+          f"the training loss became {float(loss)} {where}; the run "
+          "stopped. Lower --learning_rate, check the input features for "
+          "NaN, or resume from the last checkpoint in the output folder's "
+          "checkpoints/")
+
+
+class StopOnNonFiniteBatchLoss(StopOnNonFiniteLoss):
+  """`StopOnNonFiniteLoss` that checks the loss after every training step."""
+
+  def on_train_batch_end(self, batch, logs=None):
+    self._check((logs or {}).get("loss"),
+                f"at step {batch} of epoch {self._epoch + 1}")
+
+
+class _EpochCounter(keras.callbacks.Callback):
+  """Counts the epochs this process ran (fewer than asked when resumed)."""
+
+  def __init__(self):
+    super().__init__()
+    self.first_epoch = None
+    self.epochs_run = 0
+
+  def on_epoch_begin(self, epoch, logs=None):
+    if self.first_epoch is None:
+      self.first_epoch = epoch
+    self.epochs_run += 1
+
+
+@dataclasses.dataclass
+class FitResult:
+  model: keras.Model
+  history: Dict[str, List[float]]
+  train_seconds: float
+  train_steps: int
+  epochs_run: int
+  resumed_from_epoch: int
+  examples_per_second: float
+
+
+@dataclasses.dataclass
+class RunContext:
+  """What an experiment needs from the runner."""
+
+  flags: Dict[str, Any]
+  output_dir: str
+  strategy: tf.distribute.Strategy
+  resumed: bool
+  chief: bool
+
+  @property
+  def seed(self) -> int:
+    return self.flags["seed"]
+
+  def fit(self, build_model: Callable[[], keras.Model],
+          dataset_fn: Callable[[tf.distribute.InputContext],
+                               tf.data.Dataset],
+          num_examples: int,
+          callbacks: Optional[List[keras.callbacks.Callback]] = None
+          ) -> FitResult:
+    """Builds (under the strategy's scope) and trains a compiled model.
+
+    Args:
+      build_model: returns a compiled model; called inside `strategy.scope()`.
+      dataset_fn: `InputContext -> Dataset` of per-replica batches that
+        repeats; see `retrieval_tf.data.distributed_dataset_fn`.
+      num_examples: training examples per epoch (for the step count).
+      callbacks: extra callbacks (e.g. a paper's EM step).
+    """
+    return fit(build_model, dataset_fn, strategy=self.strategy,
+               output_dir=self.output_dir if self.chief else
+               tempfile.mkdtemp(prefix="retrieval_tf_worker_"),
+               epochs=self.flags["epochs"],
+               steps_per_epoch=(self.flags.get("steps_per_epoch") or
+                                max(1, math.ceil(num_examples /
+                                                 self.flags["batch_size"]))),
+               batch_size=self.flags["batch_size"],
+               callbacks=callbacks, verbose=self.flags.get("verbose", 1))
+
+
+def fit(build_model, dataset_fn, *, strategy, output_dir: str, epochs: int,
+        steps_per_epoch: int, batch_size: int,
+        callbacks=None, verbose: int = 1) -> FitResult:
+  """`model.fit` under `strategy` with the runner's callbacks (see module)."""
+  with strategy.scope():
+    model = build_model()
+    _build_on_sample(model, dataset_fn)
+  counter = _EpochCounter()
+  all_callbacks = [
+      keras.callbacks.BackupAndRestore(os.path.join(output_dir, "backup")),
+      keras.callbacks.TensorBoard(os.path.join(output_dir, "logs"),
+                                  update_freq="epoch"),
+      keras.callbacks.ModelCheckpoint(
+          os.path.join(output_dir, "checkpoints", "epoch-{epoch:03d}"),
+          save_weights_only=True),
+      (StopOnNonFiniteLoss() if _is_parameter_server(strategy)
+       else StopOnNonFiniteBatchLoss()),
+      counter,
+  ] + list(callbacks or [])
+  data = keras.utils.experimental.DatasetCreator(dataset_fn)
+  start = time.perf_counter()
+  history = model.fit(data, epochs=epochs, steps_per_epoch=steps_per_epoch,
+                      callbacks=all_callbacks, verbose=verbose)
+  seconds = time.perf_counter() - start
+  steps_run = counter.epochs_run * steps_per_epoch
+  return FitResult(
+      model=model,
+      history={k: [float(x) for x in v] for k, v in history.history.items()},
+      train_seconds=seconds,
+      train_steps=int(model.optimizer.iterations.numpy()),
+      epochs_run=counter.epochs_run,
+      resumed_from_epoch=counter.first_epoch or 0,
+      examples_per_second=steps_run * batch_size / max(seconds, 1e-9))
+
+
+def _build_on_sample(model: keras.Model, dataset_fn) -> None:
+  """Creates every variable before `fit`: `BackupAndRestore` can only
+  restore a built model, and a subclassed model builds on its first batch.
+  TFRS models build through `compute_loss` (both towers and the task)."""
+  if model.built:
+    return
+  sample = next(iter(dataset_fn(tf.distribute.InputContext())))
+  if isinstance(sample, tuple):
+    sample = sample[0]
+  if isinstance(model, tfrs.Model):
+    model.compute_loss(sample, training=False)
+  else:
+    model(sample, training=False)
+
+
+def _is_parameter_server(strategy) -> bool:
+  return isinstance(strategy,
+                    tf.distribute.experimental.ParameterServerStrategy)
+
+
+def run(experiment: Callable[[RunContext], Dict[str, Any]],
+        argv: Optional[List[str]] = None) -> None:
+  """Runs `experiment` from the parsed flags; see the module docstring."""
+
+  def main(unused_argv):
+    values = command_flag_values()
+    try:
+      validate(values)
+      strategy = make_strategy(values["strategy"])
+      chief = is_chief(strategy)
+      output_dir = values["output_dir"]
+      resumed = (prepare_output_dir(output_dir, values, values["overwrite"])
+                 if chief else False)
+    except UsageError as e:
+      sys.stderr.write(f"error: {e}\n")
+      return 2
+    keras.utils.set_random_seed(values["seed"])
+    ctx = RunContext(flags=values, output_dir=output_dir, strategy=strategy,
+                     resumed=resumed, chief=chief)
+    if resumed:
+      logging.info("resuming the unfinished run in %s", output_dir)
+    start = time.perf_counter()
+    try:
+      metrics = experiment(ctx)
+    except NonFiniteLossError as e:
+      sys.stderr.write(f"error: {e}\n")
+      return 3
+    metrics = dict(metrics)
+    metrics.setdefault("dataset", values["dataset"])
+    metrics["total_seconds"] = round(time.perf_counter() - start, 3)
+    metrics["finished_at"] = datetime.datetime.now(
+        datetime.timezone.utc).isoformat(timespec="seconds")
+    if chief:
+      write_json_atomic(os.path.join(output_dir, "metrics.json"), metrics)
+      print(format_metrics(metrics))
+    return 0
+
+  app.run(main, argv=argv)
+
+
+def command_flag_values() -> Dict[str, Any]:
+  """The values of the flags the running command defined (not absl's/TF's)."""
+  values = {}
+  for module, module_flags in FLAGS.flags_by_module_dict().items():
+    if module.startswith(("absl", "tensorflow")):
+      continue
+    values.update((f.name, f.value) for f in module_flags)
+  return dict(sorted(values.items()))
+
+
+def format_metrics(metrics: Mapping[str, Any]) -> str:
+  """A readable block of the flat metrics, quality first."""
+  lines = []
+  for key in sorted(metrics):
+    value = metrics[key]
+    if isinstance(value, float):
+      value = f"{value:.4f}"
+    lines.append(f"  {key:<28} {value}")
+  return "metrics:\n" + "\n".join(lines)

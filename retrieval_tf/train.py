@@ -1,0 +1,157 @@
+"""Training CLI of the shared baselines, on the runner every package uses.
+
+    python -m retrieval_tf.train --model=two_tower --dataset=ncf-ml-1m \\
+        --data_dir=../shared/data/ncf-ml-1m --output_dir=runs/two_tower
+
+Models: `two_tower` (YouTube-DNN style, `retrieval_tf.models.two_tower`),
+`most_popular` and `item_cf` (the floors, `retrieval_tf.baselines`). Every
+model is evaluated on the leave-one-out protocol
+(`retrieval_tf.datasets.registry.leave_one_out`): `hr@k`, `ndcg@k` and `mrr` of
+the target among its sampled negatives (NCF: 99), and `recall@k` /
+`full_ndcg@k` of the target over the full corpus with the user's training
+items excluded.
+"""
+
+from __future__ import annotations
+
+import math
+import os
+from typing import Any, Dict
+
+from absl import flags
+import numpy as np
+
+from retrieval_tf import baselines
+from retrieval_tf import data as pipeline
+from retrieval_tf import evaluation
+from retrieval_tf import runner
+from retrieval_tf.compat import keras, tf
+from retrieval_tf.datasets import registry
+from retrieval_tf.models.two_tower import TwoTowerModel, save_model
+
+MODELS = ("two_tower", "most_popular", "item_cf")
+SAMPLED_KS = (10,)
+FULL_KS = (10, 50)
+
+runner.define_common_flags(registry.REC_DATASETS, default_epochs=3,
+                           default_batch_size=1024,
+                           default_learning_rate=0.1)
+flags.DEFINE_enum("model", "two_tower", MODELS, "Which baseline to run.")
+flags.DEFINE_integer("history_length", 50,
+                     "Behaviour-history window of the user tower.")
+flags.DEFINE_integer("embedding_dim", 64, "Embedding and tower size.")
+flags.DEFINE_float("temperature", 0.05, "Softmax temperature (cosine).")
+flags.DEFINE_integer("num_negatives", 99,
+                     "Sampled negatives per test user (NCF: 99).")
+flags.DEFINE_integer("eval_batch_size", 4096, "Batch size of evaluation.")
+
+
+def run_experiment(ctx: runner.RunContext) -> Dict[str, Any]:
+  """Loads the dataset, trains (or fits) the model, evaluates both ways."""
+  f = ctx.flags
+  data = registry.leave_one_out(
+      registry.load_rec_dataset(f["dataset"], f["data_dir"], seed=f["seed"]),
+      num_negatives=f["num_negatives"], seed=f["seed"])
+  train = data.dataset.interactions
+  test_users = data.test.user
+  metrics: Dict[str, Any] = {
+      "model": f["model"],
+      "num_users": data.dataset.num_users,
+      "num_items": data.dataset.num_items,
+      "num_train_examples": len(train),
+      "num_test_users": len(data.test),
+  }
+  if f["model"] == "two_tower":
+    user_vectors, item_vectors, fit_metrics = _train_two_tower(ctx, data)
+    metrics.update(fit_metrics)
+    score = lambda rows, items: np.einsum(
+        "nd,ncd->nc", user_vectors[rows], item_vectors[items])
+    full = evaluation.evaluate_full_ranking(
+        user_vectors, item_vectors, truth=data.test.item[:, None],
+        exclude=evaluation.exclusion_from_interactions(train, test_users),
+        ks=FULL_KS)
+  else:
+    model = (baselines.MostPopular() if f["model"] == "most_popular"
+             else baselines.ItemCF())
+    model.fit(train, data.dataset.num_items)
+    histories = evaluation.exclusion_from_interactions(train, test_users)
+    score = lambda rows, items: model.score(
+        _select_rows(histories, rows), items)
+    top = model.top_k(histories, max(FULL_KS), exclude_history=True)
+    full = evaluation.topk_report(top, data.test.item[:, None], ks=FULL_KS)
+  rows = np.arange(len(data.test))
+  metrics.update(evaluation.evaluate_sampled(
+      score, rows, data.test.item, data.negatives, ks=SAMPLED_KS))
+  metrics.update({k if k.startswith("recall") else f"full_{k}": v
+                  for k, v in full.items()})
+  return metrics
+
+
+def _select_rows(csr, rows):
+  indptr, indices = csr
+  starts, ends = indptr[rows], indptr[rows + 1]
+  lengths = ends - starts
+  new_indptr = np.concatenate([[0], np.cumsum(lengths)])
+  take = np.concatenate([np.arange(a, b) for a, b in zip(starts, ends)]
+                        ) if len(rows) else np.zeros(0, np.int64)
+  return new_indptr, indices[take]
+
+
+def _train_two_tower(ctx: runner.RunContext, data: registry.LeaveOneOut):
+  f = ctx.flags
+  dataset = data.dataset
+  train = dataset.interactions
+  user_sizes = {k: len(dataset.feature_vocabularies[k])
+                for k in dataset.user_features}
+  item_sizes = {k: len(dataset.feature_vocabularies[k])
+                for k in dataset.item_features}
+  dataset_fn = pipeline.distributed_dataset_fn(
+      train, batch_size=f["batch_size"], history_length=f["history_length"],
+      user_features=dataset.user_features,
+      item_features=dataset.item_features, shuffle=True, seed=f["seed"],
+      repeat=True, with_log_q=True, drop_remainder=True)
+
+  def build():
+    model = TwoTowerModel(
+        dataset.num_users, dataset.num_items, user_features=user_sizes,
+        item_features=item_sizes, embedding_dim=f["embedding_dim"],
+        output_dim=f["embedding_dim"], temperature=f["temperature"])
+    model.compile(optimizer=keras.optimizers.Adagrad(f["learning_rate"]))
+    return model
+
+  result = ctx.fit(build, dataset_fn, num_examples=len(train))
+  model = result.model
+  if ctx.chief:
+    save_model(model, os.path.join(ctx.output_dir, "model"))
+  history = pipeline.HistoryIndex.from_interactions(train)
+  users = pipeline.user_eval_dataset(
+      data.test.user, history, f["history_length"], dataset.user_features,
+      batch_size=f["eval_batch_size"])
+  items = pipeline.item_dataset(dataset.num_items, dataset.item_features,
+                                batch_size=f["eval_batch_size"])
+  user_vectors = _embed(model.user_embedding, users)
+  item_vectors = _embed(model.item_embedding, items)
+  fit_metrics = {
+      "train_seconds": round(result.train_seconds, 3),
+      "train_examples_per_second": round(result.examples_per_second, 1),
+      "train_steps": result.train_steps,
+      "epochs_run": result.epochs_run,
+      "resumed_from_epoch": result.resumed_from_epoch,
+      "final_loss": result.history["loss"][-1] if result.history.get(
+          "loss") else math.nan,
+  }
+  return user_vectors, item_vectors, fit_metrics
+
+
+def _embed(tower, dataset) -> np.ndarray:
+  call = tf.function(lambda features: tower(features, training=False))
+  return np.concatenate([call(batch).numpy() for batch in dataset], axis=0)
+
+
+def run_main():
+  """Console entry point (`retrieval-tf-train`)."""
+  runner.run(run_experiment)
+
+
+if __name__ == "__main__":
+  run_main()

@@ -1,0 +1,34 @@
+"""retrieval_tf and its paper packages: TF2/Keras retrieval systems."""
+
+import setuptools
+
+INSTALL_REQUIRES = [
+    "tensorflow==2.20.*",
+    "tf-keras==2.20.*",
+    "tensorflow-recommenders==0.7.7",
+    "absl-py",
+    "numpy",
+    "scipy",
+]
+
+EXTRAS = {
+    # ANN peers for the benchmarks (ScaNN's TF ops break on TF 2.21).
+    "bench": ["scann[tf]==1.4.2", "faiss-cpu"],
+    "dev": ["pytest", "scikit-learn", "scann[tf]==1.4.2", "faiss-cpu"],
+}
+
+setuptools.setup(
+    name="retrieval-tf",
+    version="0.1.0",
+    description=("TF2/Keras reference implementations of industrial retrieval "
+                 "systems (Poeem, Deep Retrieval, PDN, DPSR, MGDSPR)"),
+    packages=setuptools.find_packages(include=["retrieval_tf", "retrieval_tf.*"]),
+    python_requires=">=3.10,<3.12",
+    install_requires=INSTALL_REQUIRES,
+    extras_require=EXTRAS,
+    entry_points={
+        "console_scripts": [
+            "retrieval-tf-train=retrieval_tf.train:run_main",
+        ],
+    },
+)

@@ -1,0 +1,126 @@
+"""The shared runner: flag validation, output folders, NaN stop, JSON writes."""
+
+import json
+import os
+
+import numpy as np
+import pytest
+
+from retrieval_tf import runner
+from retrieval_tf.compat import keras, tf
+from retrieval_tf.files import write_json_atomic
+
+runner._DATASETS.update({"synthetic": False, "ml-1m": True})  # pylint: disable=protected-access
+
+
+def _flags(tmp_path, **overrides):
+  values = dict(dataset="synthetic", data_dir=None,
+                output_dir=str(tmp_path / "run"), epochs=1, batch_size=8,
+                learning_rate=0.1, steps_per_epoch=None, seed=0,
+                strategy="default", overwrite=False, verbose=0)
+  values.update(overrides)
+  return values
+
+
+def test_validate_accepts_good_flags(tmp_path):
+  runner.validate(_flags(tmp_path))
+
+
+@pytest.mark.parametrize("overrides, message", [
+    ({"dataset": "nope"}, "--dataset='nope' is unknown"),
+    ({"dataset": "ml-1m"}, "needs --data_dir"),
+    ({"dataset": "ml-1m", "data_dir": "/does/not/exist"}, "does not exist"),
+    ({"output_dir": None}, "--output_dir is required"),
+    ({"epochs": 0}, "--epochs must be >= 1"),
+    ({"batch_size": -4}, "--batch_size must be >= 1"),
+    ({"learning_rate": 0.0}, "--learning_rate must be > 0"),
+    ({"steps_per_epoch": 0}, "--steps_per_epoch must be >= 1"),
+])
+def test_validate_names_the_bad_flag(tmp_path, overrides, message):
+  with pytest.raises(runner.UsageError, match=message):
+    runner.validate(_flags(tmp_path, **overrides))
+
+
+def test_validate_rejects_unwritable_output_dir(tmp_path):
+  blocker = tmp_path / "file"
+  blocker.write_text("x")
+  with pytest.raises(runner.UsageError, match="is a file"):
+    runner.validate(_flags(tmp_path, output_dir=str(blocker / "run")))
+  locked = tmp_path / "locked"
+  locked.mkdir()
+  os.chmod(locked, 0o500)
+  try:
+    if os.access(locked, os.W_OK):
+      pytest.skip("running as a user who can write anywhere (root)")
+    with pytest.raises(runner.UsageError, match="not writable"):
+      runner.validate(_flags(tmp_path, output_dir=str(locked / "run")))
+  finally:
+    os.chmod(locked, 0o700)
+
+
+def test_prepare_output_dir_never_overwrites_a_finished_run(tmp_path):
+  values = _flags(tmp_path)
+  out = values["output_dir"]
+  assert runner.prepare_output_dir(out, values, overwrite=False) is False
+  write_json_atomic(os.path.join(out, "metrics.json"), {"hr@10": 0.5})
+  with pytest.raises(runner.UsageError, match="finished run"):
+    runner.prepare_output_dir(out, values, overwrite=False)
+  with open(os.path.join(out, "metrics.json")) as f:
+    assert json.load(f) == {"hr@10": 0.5}
+  assert runner.prepare_output_dir(out, values, overwrite=True) is False
+  assert not os.path.exists(os.path.join(out, "metrics.json"))
+
+
+def test_prepare_output_dir_resumes_only_the_same_config(tmp_path):
+  values = _flags(tmp_path)
+  out = values["output_dir"]
+  runner.prepare_output_dir(out, values, overwrite=False)
+  assert runner.prepare_output_dir(out, dict(values, verbose=2),
+                                   overwrite=False) is True
+  with pytest.raises(runner.UsageError, match="changed: epochs"):
+    runner.prepare_output_dir(out, dict(values, epochs=5), overwrite=False)
+
+
+def test_prepare_output_dir_refuses_a_foreign_non_empty_folder(tmp_path):
+  out = tmp_path / "mine"
+  out.mkdir()
+  (out / "notes.txt").write_text("keep me")
+  with pytest.raises(runner.UsageError, match="not empty"):
+    runner.prepare_output_dir(str(out), _flags(tmp_path), overwrite=False)
+  assert (out / "notes.txt").read_text() == "keep me"
+
+
+def test_write_json_atomic_leaves_no_partial_file(tmp_path):
+  path = tmp_path / "m.json"
+  write_json_atomic(str(path), {"a": np.float32(0.5), "b": np.arange(2)})
+  assert json.loads(path.read_text()) == {"a": 0.5, "b": [0, 1]}
+  with pytest.raises(TypeError):
+    write_json_atomic(str(path), {"bad": object()})
+  assert json.loads(path.read_text()) == {"a": 0.5, "b": [0, 1]}
+  assert [p.name for p in tmp_path.iterdir()] == ["m.json"]
+
+
+def test_nan_loss_stops_training_with_a_clear_error(tmp_path):
+  x = np.ones((32, 2), np.float32)
+  y = np.full((32, 1), np.nan, np.float32)
+
+  def build():
+    model = keras.Sequential([keras.layers.Dense(1)])
+    model.compile("sgd", "mse")
+    return model
+
+  def dataset_fn(context):
+    del context
+    return tf.data.Dataset.from_tensor_slices((x, y)).batch(8).repeat()
+
+  with pytest.raises(runner.NonFiniteLossError, match="became nan at step 0"):
+    runner.fit(build, dataset_fn, strategy=tf.distribute.get_strategy(),
+               output_dir=str(tmp_path), epochs=2, steps_per_epoch=4,
+               batch_size=8, verbose=0)
+
+
+def test_make_strategy_rejects_parameter_server_without_cluster(monkeypatch):
+  monkeypatch.delenv("TF_CONFIG", raising=False)
+  with pytest.raises(runner.UsageError, match="'ps' tasks"):
+    runner.make_strategy("parameter_server")
+  assert runner.is_chief(runner.make_strategy("default"))
