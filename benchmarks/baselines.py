@@ -27,7 +27,7 @@ flags.DEFINE_string("data_root", os.path.join(
                     "Folder holding ncf-ml-1m/ and amazon-beauty/.")
 flags.DEFINE_string("output_root", None,
                     "Where the runs go (default: a temporary folder).")
-flags.DEFINE_integer("epochs", 10, "Two-tower training epochs.")
+flags.DEFINE_integer("epochs", 5, "Two-tower training epochs.")
 FLAGS = flags.FLAGS
 
 DATASETS = ("ncf-ml-1m", "amazon-beauty")

@@ -24,6 +24,7 @@ import numpy as np
 from retrieval_tf import baselines
 from retrieval_tf import data as pipeline
 from retrieval_tf import evaluation
+from retrieval_tf import metrics as metrics_lib
 from retrieval_tf import runner
 from retrieval_tf.compat import keras, tf
 from retrieval_tf.datasets import registry
@@ -68,47 +69,43 @@ def run_experiment(ctx: runner.RunContext) -> Dict[str, Any]:
         "nd,ncd->nc", user_vectors[rows], item_vectors[items])
     full = evaluation.evaluate_full_ranking(
         user_vectors, item_vectors, truth=data.test.item[:, None],
-        exclude=evaluation.exclusion_from_interactions(train, test_users),
+        exclude=evaluation.exclusion_from_interactions(
+            train, test_users, data.dataset.num_items),
         ks=FULL_KS)
   else:
     model = (baselines.MostPopular() if f["model"] == "most_popular"
              else baselines.ItemCF())
     model.fit(train, data.dataset.num_items)
-    histories = evaluation.exclusion_from_interactions(train, test_users)
-    score = lambda rows, items: model.score(
-        _select_rows(histories, rows), items)
+    histories = evaluation.exclusion_from_interactions(
+        train, test_users, data.dataset.num_items)
+    score = lambda rows, items: model.score(histories[rows], items)
     top = model.top_k(histories, max(FULL_KS), exclude_history=True)
-    full = evaluation.topk_report(top, data.test.item[:, None], ks=FULL_KS)
+    full = metrics_lib.ranking_report(topk=top, truth=data.test.item[:, None],
+                                      ks=FULL_KS)
   rows = np.arange(len(data.test))
   metrics.update(evaluation.evaluate_sampled(
       score, rows, data.test.item, data.negatives, ks=SAMPLED_KS))
+  # One target per user: precision, F and HR over the full corpus restate
+  # recall, so only recall@k and full_ndcg@k are kept.
   metrics.update({k if k.startswith("recall") else f"full_{k}": v
-                  for k, v in full.items()})
+                  for k, v in full.items()
+                  if k.startswith(("recall", "ndcg"))})
   return metrics
-
-
-def _select_rows(csr, rows):
-  indptr, indices = csr
-  starts, ends = indptr[rows], indptr[rows + 1]
-  lengths = ends - starts
-  new_indptr = np.concatenate([[0], np.cumsum(lengths)])
-  take = np.concatenate([np.arange(a, b) for a, b in zip(starts, ends)]
-                        ) if len(rows) else np.zeros(0, np.int64)
-  return new_indptr, indices[take]
 
 
 def _train_two_tower(ctx: runner.RunContext, data: registry.LeaveOneOut):
   f = ctx.flags
   dataset = data.dataset
   train = dataset.interactions
-  user_sizes = {k: len(dataset.feature_vocabularies[k])
-                for k in dataset.user_features}
-  item_sizes = {k: len(dataset.feature_vocabularies[k])
-                for k in dataset.item_features}
+  user_features = _categorical(dataset.user_features, dataset)
+  item_features = _categorical(dataset.item_features, dataset)
+  user_sizes = {k: len(dataset.feature_vocabularies[k]) for k in user_features}
+  item_sizes = {k: len(dataset.feature_vocabularies[k]) for k in item_features}
   dataset_fn = pipeline.distributed_dataset_fn(
       train, batch_size=f["batch_size"], history_length=f["history_length"],
-      user_features=dataset.user_features,
-      item_features=dataset.item_features, shuffle=True, seed=f["seed"],
+      user_features=user_features, item_features=item_features,
+      num_users=dataset.num_users, num_items=dataset.num_items,
+      shuffle=True, seed=f["seed"],
       repeat=True, with_log_q=True, drop_remainder=True)
 
   def build():
@@ -125,9 +122,9 @@ def _train_two_tower(ctx: runner.RunContext, data: registry.LeaveOneOut):
     save_model(model, os.path.join(ctx.output_dir, "model"))
   history = pipeline.HistoryIndex.from_interactions(train)
   users = pipeline.user_eval_dataset(
-      data.test.user, history, f["history_length"], dataset.user_features,
+      data.test.user, history, f["history_length"], user_features,
       batch_size=f["eval_batch_size"])
-  items = pipeline.item_dataset(dataset.num_items, dataset.item_features,
+  items = pipeline.item_dataset(dataset.num_items, item_features,
                                 batch_size=f["eval_batch_size"])
   user_vectors = _embed(model.user_embedding, users)
   item_vectors = _embed(model.item_embedding, items)
@@ -141,6 +138,12 @@ def _train_two_tower(ctx: runner.RunContext, data: registry.LeaveOneOut):
           "loss") else math.nan,
   }
   return user_vectors, item_vectors, fit_metrics
+
+
+def _categorical(features, dataset):
+  """The categorical side features (those with a vocabulary)."""
+  return {k: v for k, v in features.items()
+          if k in dataset.feature_vocabularies}
 
 
 def _embed(tower, dataset) -> np.ndarray:

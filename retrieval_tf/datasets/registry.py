@@ -18,9 +18,6 @@ from typing import Dict, Optional
 
 import numpy as np
 
-from retrieval_tf.datasets import amazon
-from retrieval_tf.datasets import interactions_csv
-from retrieval_tf.datasets import movielens
 from retrieval_tf.datasets import splits
 from retrieval_tf.datasets import synthetic
 from retrieval_tf.datasets.errors import DataError
@@ -51,15 +48,20 @@ def load_rec_dataset(name: str, data_dir: Optional[str] = None,
   if name == "synthetic":
     config = synthetic_config or synthetic.SyntheticConfig(seed=seed)
     return synthetic.generate(config).to_rec_dataset()
+  # pylint: disable=g-import-not-at-top  (each loader only when asked for)
   if name == "ml-1m":
+    from retrieval_tf.datasets import movielens
     return movielens.load_ml1m(data_dir)
   if name == "ncf-ml-1m":
+    from retrieval_tf.datasets import movielens
     sibling = os.path.join(os.path.dirname(os.path.abspath(data_dir)),
                            "ml-1m")
     return movielens.load_ncf_ml1m(
         data_dir, ml1m_dir=sibling if os.path.isdir(sibling) else None)
   if name == "csv":
+    from retrieval_tf.datasets import interactions_csv
     return interactions_csv.load_interactions_csv(data_dir)
+  from retrieval_tf.datasets import amazon
   return amazon.load_amazon(data_dir,
                             name=None if name == "amazon" else name)
 

@@ -1,0 +1,83 @@
+"""CrowdFlower e-commerce search relevance (Kaggle 2015).
+
+`train.csv`: `id,query,product_title,product_description,median_relevance,
+relevance_variance`; fields are quoted and may span lines, descriptions hold
+HTML. Products are the distinct (title, description) pairs, queries the
+distinct query strings, and every row is one graded judgment (median of
+human grades, 1 = irrelevant .. 4 = perfect).
+"""
+
+from __future__ import annotations
+
+import csv
+import html
+import os
+import re
+
+import numpy as np
+
+from retrieval_tf.datasets.errors import DataError, malformed, require_files
+from retrieval_tf.datasets.types import Judgments, SearchDataset, Vocabulary
+
+FILE = "train.csv"
+COLUMNS = ("id", "query", "product_title", "product_description",
+           "median_relevance", "relevance_variance")
+_TAG = re.compile(r"<[^>]*>")
+_CSS_RULE = re.compile(r"[.#]?[\w\-, .#:]*\{[^{}]*:[^{}]*\}")
+_SPACE = re.compile(r"\s+")
+
+
+def clean_html(text: str) -> str:
+  """Strips tags and stray CSS rules, unescapes entities, collapses
+  whitespace."""
+  text = _CSS_RULE.sub(" ", _TAG.sub(" ", text))
+  return _SPACE.sub(" ", html.unescape(text)).strip()
+
+
+def load_crowdflower(data_dir: str) -> SearchDataset:
+  """Loads `train.csv` of the CrowdFlower competition."""
+  require_files(data_dir, [FILE], "crowdflower")
+  path = os.path.join(data_dir, FILE)
+  with open(path, newline="", encoding="utf-8") as f:
+    reader = csv.DictReader(f)
+    if reader.fieldnames is None:
+      raise DataError(f"{path}: the file is empty")
+    missing = [c for c in COLUMNS if c not in reader.fieldnames]
+    if missing:
+      raise malformed(path, 1, f"missing column(s) {', '.join(missing)}; "
+                      f"found {', '.join(reader.fieldnames)}")
+    rows = []
+    for row in reader:
+      try:
+        grade = int(row["median_relevance"])
+        variance = float(row["relevance_variance"])
+      except (TypeError, ValueError):
+        raise malformed(path, reader.line_num, "median_relevance must be an "
+                        "integer and relevance_variance a number") from None
+      if not 1 <= grade <= 4:
+        raise malformed(path, reader.line_num,
+                        f"median_relevance {grade} is outside 1..4")
+      if variance < 0:
+        raise malformed(path, reader.line_num, "negative relevance_variance")
+      if not row["query"].strip():
+        raise malformed(path, reader.line_num, "empty query")
+      rows.append((row["query"], row["product_title"],
+                   row["product_description"] or "", grade, variance))
+  if not rows:
+    raise DataError(f"{path}: no rows after the header")
+  queries = Vocabulary.from_values((r[0] for r in rows), name="query",
+                                   sort=False)
+  products = list(dict.fromkeys((r[1], r[2]) for r in rows))
+  product_index = {p: i for i, p in enumerate(products)}
+  items = Vocabulary(range(len(products)), name="product")
+  raw = np.asarray([p[1] for p in products], dtype=object)
+  return SearchDataset(
+      "crowdflower", queries, items,
+      item_titles=np.asarray([p[0] for p in products], dtype=object),
+      item_text={"description": np.asarray([clean_html(d) for d in raw],
+                                           dtype=object),
+                 "description_raw": raw},
+      judgments=Judgments(queries.lookup(r[0] for r in rows),
+                          [product_index[(r[1], r[2])] for r in rows],
+                          [r[3] for r in rows],
+                          variance=[r[4] for r in rows]))
