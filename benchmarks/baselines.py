@@ -15,21 +15,21 @@ import os
 import shlex
 import subprocess
 import sys
-import tempfile
 
 from absl import app
 from absl import flags
 
 from benchmarks import report
 
-flags.DEFINE_string("data_root", os.path.join(
-    os.path.dirname(report.HERE), "..", "shared", "data"),
-                    "Folder holding ncf-ml-1m/ and amazon-beauty/.")
-flags.DEFINE_string("output_root", None,
-                    "Where the runs go (default: a temporary folder).")
+flags.DEFINE_string("data_root", os.path.join("..", "shared", "data"),
+                    "Folder holding ncf-ml-1m/ and amazon-beauty/ (relative "
+                    "to the repository root).")
+flags.DEFINE_string("output_root", os.path.join("runs", "benchmarks"),
+                    "Where the runs go (relative to the repository root).")
 flags.DEFINE_integer("epochs", 5, "Two-tower training epochs.")
 FLAGS = flags.FLAGS
 
+REPO_ROOT = os.path.dirname(report.HERE)
 DATASETS = ("ncf-ml-1m", "amazon-beauty")
 MODELS = ("most_popular", "item_cf", "two_tower")
 # The PDN paper's Table 2 (NCF ML-1M, target + 99 negatives).
@@ -38,7 +38,7 @@ PAPER = {"YouTube DNN (PDN paper)": (0.6187, 0.3579),
 
 
 def _command(model: str, dataset: str, output_dir: str):
-  data_dir = os.path.normpath(os.path.join(FLAGS.data_root, dataset))
+  data_dir = os.path.join(FLAGS.data_root, dataset)
   cmd = ["python", "-m", "retrieval_tf.train", f"--model={model}",
          f"--dataset={dataset}", f"--data_dir={data_dir}",
          f"--output_dir={output_dir}", "--overwrite", "--verbose=2"]
@@ -48,7 +48,8 @@ def _command(model: str, dataset: str, output_dir: str):
 
 
 def main(unused_argv):
-  root = FLAGS.output_root or tempfile.mkdtemp(prefix="bench_baselines_")
+  os.chdir(REPO_ROOT)  # the recorded commands run from the repository root
+  root = FLAGS.output_root
   rows, raw = [], {}
   for dataset in DATASETS:
     for model in MODELS:
@@ -62,7 +63,7 @@ def main(unused_argv):
       rows.append([dataset, model, metrics["hr@10"], metrics["ndcg@10"],
                    metrics["recall@10"], metrics["recall@50"],
                    metrics.get("train_examples_per_second", "-"),
-                   round(metrics["total_seconds"], 1)])
+                   f"{metrics['total_seconds']:.1f}"])
   for name, (hr, ndcg) in PAPER.items():
     rows.append(["ncf-ml-1m", name, hr, ndcg, "-", "-", "-", "-"])
   table = report.markdown_table(
@@ -73,11 +74,10 @@ def main(unused_argv):
   report.write_section("baselines", f"""
 ## Baselines: two-tower, most popular, item-CF (leave-one-out)
 
-Measured on {report.machine()} by `python -m benchmarks.baselines`
-(each row is its own process:
+Measured on {report.machine()} by `python -m benchmarks.baselines`, which
+runs each row as its own process, from the repository root:
 
 {commands}
-).
 
 {table}
 """, raw)

@@ -135,36 +135,34 @@ def prepare_output_dir(output_dir: str, config: Mapping[str, Any],
                        overwrite: bool) -> bool:
   """Makes `output_dir` ready; returns True when an unfinished run resumes.
 
-  A finished run (`metrics.json`) is kept unless `overwrite`; an unfinished
-  one is resumed only when its `config.json` equals `config`.
+  With `overwrite`, whatever run the folder holds is discarded and training
+  starts afresh. Without it, a finished run (`metrics.json`) is never
+  touched, and an unfinished one is resumed only when its `config.json`
+  equals `config` (flags that do not change the computation aside).
   """
   metrics_path = os.path.join(output_dir, "metrics.json")
   config_path = os.path.join(output_dir, "config.json")
-  if os.path.exists(metrics_path):
-    if not overwrite:
-      raise UsageError(
-          f"--output_dir={output_dir!r} already holds a finished run "
-          "(metrics.json); pass --overwrite to replace it or choose another "
-          "folder")
+  if overwrite and os.path.isdir(output_dir):
     shutil.rmtree(output_dir)
+  elif os.path.exists(metrics_path):
+    raise UsageError(
+        f"--output_dir={output_dir!r} already holds a finished run "
+        "(metrics.json); pass --overwrite to replace it or choose another "
+        "folder")
   elif os.path.exists(config_path):
     with open(config_path) as f:
       previous = json.load(f)
-    comparable = {k: v for k, v in config.items() if k not in
-                  _NON_CONFIG_FLAGS}
     old = {k: v for k, v in previous.items() if k not in _NON_CONFIG_FLAGS}
-    if old != comparable:
-      if not overwrite:
-        changed = sorted(k for k in set(old) | set(comparable)
-                         if old.get(k) != comparable.get(k))
-        raise UsageError(
-            f"--output_dir={output_dir!r} holds an unfinished run with a "
-            f"different configuration (changed: {', '.join(changed)}); pass "
-            "--overwrite to discard it or choose another folder")
-      shutil.rmtree(output_dir)
-    else:
-      return True
-  elif os.path.isdir(output_dir) and os.listdir(output_dir) and not overwrite:
+    new = {k: v for k, v in config.items() if k not in _NON_CONFIG_FLAGS}
+    if old != new:
+      changed = sorted(k for k in set(old) | set(new)
+                       if old.get(k) != new.get(k))
+      raise UsageError(
+          f"--output_dir={output_dir!r} holds an unfinished run with a "
+          f"different configuration (changed: {', '.join(changed)}); pass "
+          "--overwrite to discard it or choose another folder")
+    return True
+  elif os.path.isdir(output_dir) and os.listdir(output_dir):
     raise UsageError(
         f"--output_dir={output_dir!r} is not empty and holds no run of this "
         "library; pass --overwrite or choose another folder")

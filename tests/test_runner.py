@@ -79,6 +79,10 @@ def test_prepare_output_dir_resumes_only_the_same_config(tmp_path):
                                    overwrite=False) is True
   with pytest.raises(runner.UsageError, match="changed: epochs"):
     runner.prepare_output_dir(out, dict(values, epochs=5), overwrite=False)
+  # --overwrite never resumes: it starts afresh.
+  (tmp_path / "run" / "backup").mkdir()
+  assert runner.prepare_output_dir(out, values, overwrite=True) is False
+  assert not (tmp_path / "run" / "backup").exists()
 
 
 def test_prepare_output_dir_refuses_a_foreign_non_empty_folder(tmp_path):

@@ -63,15 +63,23 @@ def _int_table(path: str, sep: str, columns: int, what: str) -> np.ndarray:
   return rows
 
 
-def _read_users(path: str):
-  ids, gender, age, occupation = [], [], [], []
-  for number, line in enumerate(_read_lines(path), 1):
+def _records(path: str, layout: str, encoding: str = "utf-8"):
+  """The `::`-separated fields of each non-blank line; `layout` names them
+  (e.g. "MovieID::Title::Genres") for the error message."""
+  width = layout.count("::") + 1
+  for number, line in enumerate(_read_lines(path, encoding), 1):
     if not line.strip():
       continue
     fields = line.split("::")
-    if len(fields) != 5:
-      raise malformed(path, number, "expected UserID::Gender::Age::"
-                      f"Occupation::Zip, found {line[:80]!r}")
+    if len(fields) != width:
+      raise malformed(path, number, f"expected {layout}, found "
+                      f"{line[:80]!r}")
+    yield fields
+
+
+def _read_users(path: str):
+  ids, gender, age, occupation = [], [], [], []
+  for fields in _records(path, "UserID::Gender::Age::Occupation::Zip"):
     ids.append(fields[0])
     gender.append(fields[1])
     age.append(fields[2])
@@ -88,13 +96,7 @@ def _read_users(path: str):
 
 def _read_movies(path: str):
   ids, titles, genres, years = [], [], [], []
-  for number, line in enumerate(_read_lines(path, encoding="latin-1"), 1):
-    if not line.strip():
-      continue
-    fields = line.split("::")
-    if len(fields) != 3:
-      raise malformed(path, number, "expected MovieID::Title::Genres, found "
-                      f"{line[:80]!r}")
+  for fields in _records(path, "MovieID::Title::Genres", encoding="latin-1"):
     ids.append(fields[0])
     titles.append(fields[1])
     genres.append(fields[2].split("|") if fields[2] else [])
