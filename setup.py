@@ -14,7 +14,9 @@ INSTALL_REQUIRES = [
 EXTRAS = {
     # ANN peers for the benchmarks (ScaNN's TF ops break on TF 2.21).
     "bench": ["scann[tf]==1.4.2", "faiss-cpu"],
-    "dev": ["pytest", "scikit-learn", "scann[tf]==1.4.2", "faiss-cpu"],
+    # tensorflow-serving-api: the REST -> PredictRequest check of servables.
+    "dev": ["pytest", "scikit-learn", "scann[tf]==1.4.2", "faiss-cpu",
+            "tensorflow-serving-api==2.20.*"],
 }
 
 setuptools.setup(
@@ -29,6 +31,7 @@ setuptools.setup(
     entry_points={
         "console_scripts": [
             "retrieval-tf-train=retrieval_tf.train:run_main",
+            "retrieval-tf-check=retrieval_tf.serving.check:run_main",
         ],
     },
 )

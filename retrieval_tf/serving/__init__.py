@@ -1,0 +1,1 @@
+"""Proving that an export is servable by stock TensorFlow Serving."""
