@@ -1,9 +1,10 @@
 """`make demo`: the main job end to end on the embedded synthetic world.
 
 Generates the deterministic synthetic e-commerce world, trains the two-tower
-baseline with the shared runner, evaluates it next to the most-popular and item-CF floors,
-and prints readable top-K recommendations for a few users beside their recent
-history. Runs in a few minutes on 2 CPU cores.
+baseline with the shared runner, evaluates it next to the most-popular and
+item-CF floors, exports the two-tower servable, checks that stock TF Serving
+can run it, and queries it: readable top-K recommendations for a few users
+beside their recent history. About a minute on 2 CPU cores.
 
     python -m retrieval_tf.demo [--output_dir=runs/demo] [--k=5]
 """
@@ -40,52 +41,57 @@ def _train(model: str, extra=()) -> dict:
 
 def main(unused_argv):
   results = {m: _train(m) for m in ("most_popular", "item_cf")}
-  results["two_tower"] = _train("two_tower", TWO_TOWER_FLAGS)
+  export_dir = os.path.join(FLAGS.output_dir, "export")
+  results["two_tower"] = _train(
+      "two_tower", TWO_TOWER_FLAGS + (f"--export_dir={export_dir}",))
   print("\nleave-one-out on the synthetic world (target + 99 negatives; "
         "full corpus)")
   keys = ("hr@10", "ndcg@10", "recall@10", "recall@50")
   print(f"{'model':<14}" + "".join(f"{k:>11}" for k in keys))
   for model, metrics in results.items():
     print(f"{model:<14}" + "".join(f"{metrics[k]:>11.4f}" for k in keys))
-  _show_recommendations()
+  _check(export_dir)
+  _show_recommendations(export_dir)
 
 
-def _show_recommendations():
-  """Reloads the trained two-tower weights and prints top-K per user."""
-  from retrieval_tf import data as pipeline  # pylint: disable=g-import-not-at-top
-  from retrieval_tf import evaluation  # pylint: disable=g-import-not-at-top
+def _check(export_dir: str) -> None:
+  cmd = [sys.executable, "-m", "retrieval_tf.serving.check", export_dir]
+  print("\n$", " ".join(cmd), flush=True)
+  subprocess.run(cmd, check=True)
+
+
+def _show_recommendations(export_dir: str):
+  """Queries the exported servable and prints readable top-K per user."""
   from retrieval_tf.datasets import registry  # pylint: disable=g-import-not-at-top
-  from retrieval_tf.models.two_tower import load_model  # pylint: disable=g-import-not-at-top
+  from retrieval_tf.query import query  # pylint: disable=g-import-not-at-top
 
-  run_dir = os.path.join(FLAGS.output_dir, "two_tower")
-  with open(os.path.join(run_dir, "config.json")) as f:
-    config = json.load(f)
-  data = registry.leave_one_out(
-      registry.load_rec_dataset("synthetic", seed=config["seed"]),
-      seed=config["seed"])
+  data = registry.leave_one_out(registry.load_rec_dataset("synthetic"))
   dataset = data.dataset
+  sequences = dataset.interactions.sequences()
   users = data.test.user[:FLAGS.users]
-  history = pipeline.HistoryIndex.from_interactions(dataset.interactions)
-  user_batch = next(iter(pipeline.user_eval_dataset(
-      users, history, config["history_length"], dataset.user_features,
-      batch_size=len(users))))
-  item_batch = next(iter(pipeline.item_dataset(
-      dataset.num_items, dataset.item_features,
-      batch_size=dataset.num_items)))
-  model = load_model(os.path.join(run_dir, "model"), user_batch, item_batch)
-  u = model.user_embedding(user_batch).numpy()
-  v = model.item_embedding(item_batch).numpy()
-  seen = evaluation.exclusion_from_interactions(dataset.interactions, users)
-  top = evaluation.top_k_items(u, v, FLAGS.k, exclude=seen)
-  titles = dataset.item_titles
+  histories = [[dataset.items.ids[i] for i in sequences.get(int(u), [])[-50:]]
+               for u in users]
+  width = max(len(h) for h in histories)
+  request = {"user_id": [dataset.users.ids[u] for u in users],
+             "history": [[""] * (width - len(h)) + h for h in histories],
+             "k": [FLAGS.k] * len(users)}
+  for field, values in dataset.user_features.items():
+    vocab = dataset.feature_vocabularies[field]
+    request[f"user_{field}"] = [vocab.ids[values[u]] for u in users]
+  print("\nquerying the servable (raw ids in, top-K ids out) for "
+        f"{len(users)} users")
+  outputs = query(export_dir, request)
+  title = dict(zip(dataset.items.ids, dataset.item_titles))
   for row, user in enumerate(users):
-    recent = user_batch["history"][row].numpy()
-    recent = [titles[i] for i in recent[recent >= 0][-3:]]
-    print(f"\nuser {dataset.users.ids[user]} recently: " + "; ".join(recent))
-    print(f"  held-out next item: {titles[data.test.item[row]]}")
-    for rank, item in enumerate(top[row], 1):
-      mark = "  <- held-out item" if item == data.test.item[row] else ""
-      print(f"  {rank}. {titles[item]}  (score {u[row] @ v[item]:.3f}){mark}")
+    target = dataset.items.ids[data.test.item[row]]
+    print(f"\nuser {dataset.users.ids[user]} recently: " +
+          "; ".join(title[i] for i in histories[row][-3:]))
+    print(f"  held-out next item: {title[target]}")
+    for rank, (item, score) in enumerate(zip(outputs["item_ids"][row],
+                                             outputs["scores"][row]), 1):
+      item = item.decode()
+      mark = "  <- held-out item" if item == target else ""
+      print(f"  {rank}. {title[item]}  (score {score:.3f}){mark}")
 
 
 if __name__ == "__main__":

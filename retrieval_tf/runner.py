@@ -86,7 +86,7 @@ def define_common_flags(datasets: Mapping[str, bool],
 _DATASETS: Dict[str, bool] = {}
 
 # Flags that do not change what a run computes: a resumed run may differ here.
-_NON_CONFIG_FLAGS = ("overwrite", "verbose")
+_NON_CONFIG_FLAGS = ("overwrite", "verbose", "export_dir")
 
 
 class UsageError(ValueError):
@@ -107,7 +107,7 @@ def validate(values: Mapping[str, Any]) -> None:
       raise UsageError(f"--data_dir={values['data_dir']!r} does not exist")
   if not values.get("output_dir"):
     raise UsageError("--output_dir is required")
-  _check_writable(values["output_dir"], "--output_dir")
+  check_writable(values["output_dir"], "--output_dir")
   for name in ("epochs", "batch_size"):
     if values[name] < 1:
       raise UsageError(f"--{name} must be >= 1, got {values[name]}")
@@ -118,7 +118,9 @@ def validate(values: Mapping[str, Any]) -> None:
                      f"{values['learning_rate']}")
 
 
-def _check_writable(path: str, flag: str) -> None:
+def check_writable(path: str, flag: str) -> None:
+  """`UsageError` unless `path` (or its nearest existing parent) is a
+  writable folder."""
   probe = os.path.abspath(path)
   while not os.path.exists(probe):
     parent = os.path.dirname(probe)
@@ -352,8 +354,7 @@ def _build_on_sample(model: keras.Model, dataset_fn) -> None:
     sample = sample[0]
   if isinstance(model, tfrs.Model):
     model.compute_loss(sample, training=False)
-  else:
-    model(sample, training=False)
+  model(sample, training=False)  # marks the model built
 
 
 def _is_parameter_server(strategy) -> bool:
@@ -362,13 +363,21 @@ def _is_parameter_server(strategy) -> bool:
 
 
 def run(experiment: Callable[[RunContext], Dict[str, Any]],
-        argv: Optional[List[str]] = None) -> None:
-  """Runs `experiment` from the parsed flags; see the module docstring."""
+        argv: Optional[List[str]] = None,
+        validate_command: Optional[Callable[[Dict[str, Any]], None]] = None
+        ) -> None:
+  """Runs `experiment` from the parsed flags; see the module docstring.
+
+  `validate_command(values)` checks the command's own flags (raising
+  `UsageError`) before any work, after the common ones.
+  """
 
   def main(unused_argv):
     values = command_flag_values()
     try:
       validate(values)
+      if validate_command is not None:
+        validate_command(values)
       strategy = make_strategy(values["strategy"])
       chief = is_chief(strategy)
       output_dir = values["output_dir"]

@@ -29,6 +29,7 @@ from retrieval_tf import runner
 from retrieval_tf.compat import keras, tf
 from retrieval_tf.datasets import registry
 from retrieval_tf.models.two_tower import TwoTowerModel, save_model
+from retrieval_tf.models.two_tower_servable import export_two_tower
 
 MODELS = ("two_tower", "most_popular", "item_cf")
 SAMPLED_KS = (10,)
@@ -45,6 +46,9 @@ flags.DEFINE_float("temperature", 0.05, "Softmax temperature (cosine).")
 flags.DEFINE_integer("num_negatives", 99,
                      "Sampled negatives per test user (NCF: 99).")
 flags.DEFINE_integer("eval_batch_size", 4096, "Batch size of evaluation.")
+flags.DEFINE_string("export_dir", None,
+                    "two_tower only: export the servable (raw request -> "
+                    "top-k item ids) as the next version of this folder.")
 
 
 def run_experiment(ctx: runner.RunContext) -> Dict[str, Any]:
@@ -63,7 +67,8 @@ def run_experiment(ctx: runner.RunContext) -> Dict[str, Any]:
       "num_test_users": len(data.test),
   }
   if f["model"] == "two_tower":
-    user_vectors, item_vectors, fit_metrics = _train_two_tower(ctx, data)
+    model, user_vectors, item_vectors, fit_metrics = _train_two_tower(
+        ctx, data)
     metrics.update(fit_metrics)
     score = lambda rows, items: np.einsum(
         "nd,ncd->nc", user_vectors[rows], item_vectors[items])
@@ -90,6 +95,14 @@ def run_experiment(ctx: runner.RunContext) -> Dict[str, Any]:
   metrics.update({k if k.startswith("recall") else f"full_{k}": v
                   for k, v in full.items()
                   if k.startswith(("recall", "ndcg"))})
+  if f["export_dir"] and ctx.chief:
+    path = export_two_tower(
+        model, data.dataset, item_vectors, f["export_dir"],
+        f["history_length"],
+        model_card={"config": f, "dataset": f["dataset"],
+                    "metrics": dict(metrics)})
+    metrics["export_path"] = path
+    print(f"exported the servable to {path}")
   return metrics
 
 
@@ -137,7 +150,7 @@ def _train_two_tower(ctx: runner.RunContext, data: registry.LeaveOneOut):
       "final_loss": result.history["loss"][-1] if result.history.get(
           "loss") else math.nan,
   }
-  return user_vectors, item_vectors, fit_metrics
+  return model, user_vectors, item_vectors, fit_metrics
 
 
 def _categorical(features, dataset):
@@ -151,9 +164,24 @@ def _embed(tower, dataset) -> np.ndarray:
   return np.concatenate([call(batch).numpy() for batch in dataset], axis=0)
 
 
+def validate_flags(values: Dict[str, Any]) -> None:
+  """This command's own flags; runs before any work."""
+  if values["export_dir"]:
+    if values["model"] != "two_tower":
+      raise runner.UsageError("--export_dir works with --model=two_tower "
+                              "only")
+    runner.check_writable(values["export_dir"], "--export_dir")
+  for name in ("history_length", "embedding_dim", "num_negatives",
+               "eval_batch_size"):
+    if values[name] < 1:
+      raise runner.UsageError(f"--{name} must be >= 1, got {values[name]}")
+  if not values["temperature"] > 0:
+    raise runner.UsageError("--temperature must be > 0")
+
+
 def run_main():
   """Console entry point (`retrieval-tf-train`)."""
-  runner.run(run_experiment)
+  runner.run(run_experiment, validate_command=validate_flags)
 
 
 if __name__ == "__main__":

@@ -90,3 +90,14 @@ def test_works_inside_tf_function():
   features = {k: tf.constant(v) for k, v in _features().items()}
   call = tf.function(lambda f: model.compute_loss(f, training=True))
   assert np.isfinite(call(features).numpy())
+
+
+def test_unknown_user_and_profile_ids_embed_like_absent_fields():
+  model = TwoTowerModel(5, 8, {"gender": 2}, embedding_dim=4, output_dim=4,
+                        hidden_units=[])
+  features = {"user_id": np.array([-1, 2]), "user_gender": np.array([-1, 1]),
+              "history": np.array([[-1, 3], [1, 2]]),
+              "history_mask": np.array([[False, True], [True, True]])}
+  out = model.user_embedding(features).numpy()
+  assert np.isfinite(out).all()
+  np.testing.assert_allclose(np.linalg.norm(out, axis=1), 1.0, rtol=1e-5)

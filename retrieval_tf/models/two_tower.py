@@ -10,6 +10,8 @@ removed.
 
 Feature names follow `retrieval_tf.data.pipeline`: `user_id`, `history`,
 `history_mask`, `user_<field>`; `item_id`, `item_<field>`, `item_log_q`.
+Negative ids mean "unknown / padding" in the user tower: an unknown user id
+or profile value contributes a zero vector, unknown history items are masked.
 """
 
 from __future__ import annotations
@@ -78,10 +80,11 @@ class TwoTowerModel(tfrs.Model):
     self.item_id_embedding = keras.layers.Embedding(
         self.num_items, self.embedding_dim,
         embeddings_regularizer=regularizer, name="item_id_embedding")
+    # Negative user ids (unknown users at serving) embed to zeros.
     self.user_id_embedding = (
-        keras.layers.Embedding(self.num_users, self.embedding_dim,
-                               embeddings_regularizer=regularizer,
-                               name="user_id_embedding")
+        MaskedMeanEmbedding(self.num_users, self.embedding_dim,
+                            embeddings_regularizer=regularizer,
+                            name="user_id_embedding")
         if self.use_user_id else None)
     self.user_field_embeddings = {
         name: MaskedMeanEmbedding(size, self.embedding_dim,

@@ -192,7 +192,7 @@ def check(export_dir: str, signature: str = "serving_default",
           request: Optional[Dict] = None) -> Dict:
   """Runs the four checks; returns a report, raises `CheckFailed`."""
   from retrieval_tf.export import latest_version_dir  # pylint: disable=g-import-not-at-top
-  path = latest_version_dir(export_dir)
+  path = os.path.abspath(latest_version_dir(export_dir))
   request = request or example_request(path, signature)
   probe = _run_probe(path, signature, request)
   if probe["unknown_ops"]:

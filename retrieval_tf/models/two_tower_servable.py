@@ -1,0 +1,168 @@
+"""What goes into the two-tower baseline's one servable.
+
+`TwoTowerServable` takes raw request features (original string ids, as a
+client knows them), maps them to indices with vocabulary tables read from the
+export's asset files, runs the user tower and searches the item index:
+
+* `serving_default(user_id [B] string, history [B, L] string, user_<field>
+  [B] string, k [B] int32) -> {item_ids [B, k] string, scores [B, k]}`;
+* `query_embedding(... same features, no k) -> {query_embedding [B, d]}`.
+
+Out-of-vocabulary path: an unknown user id or profile value maps to -1 and
+contributes a zero vector to the user tower; unknown or empty ("") history
+entries are masked out. A user with nothing known is served from the tower's
+bias alone (a popularity-like answer), never an error. `k` is per row (TF
+Serving's row format batches every input) and must be equal across a
+request's rows and within `1..min(max_k, num_items)`; an empty batch is an
+error raised inside the graph.
+"""
+
+from __future__ import annotations
+
+import os
+import tempfile
+from typing import Dict, Mapping, Optional, Sequence
+
+import numpy as np
+
+from retrieval_tf import export as export_lib
+from retrieval_tf.compat import tf
+from retrieval_tf.datasets.types import RecDataset, Vocabulary
+from retrieval_tf.index import BruteForceIndex
+from retrieval_tf.models.two_tower import TwoTowerModel
+
+
+def _write_vocabulary(folder: str, name: str, values: Sequence[str]) -> str:
+  path = os.path.join(folder, f"{name}.txt")
+  for value in values:
+    if "\n" in value or "\r" in value:
+      raise ValueError(f"{name} vocabulary entry {value!r} has a line break")
+  with open(path, "w", encoding="utf-8") as f:
+    f.write("".join(f"{v}\n" for v in values))
+  return path
+
+
+def _to_index_table(asset: tf.saved_model.Asset) -> tf.lookup.StaticHashTable:
+  """string (line content) -> int64 line number; unknown -> -1."""
+  return tf.lookup.StaticHashTable(
+      tf.lookup.TextFileInitializer(
+          asset, tf.string, tf.lookup.TextFileIndex.WHOLE_LINE, tf.int64,
+          tf.lookup.TextFileIndex.LINE_NUMBER), default_value=-1)
+
+
+class TwoTowerServable(tf.Module):
+  """The user tower + a `BruteForceIndex` over the item tower's embeddings."""
+
+  def __init__(self, model: TwoTowerModel, index: BruteForceIndex,
+               vocabularies: Mapping[str, str], history_length: int,
+               max_k: int, extra_assets: Sequence[str] = ()):
+    super().__init__()
+    self.model = model
+    self.index = index
+    self.history_length = int(history_length)
+    self.max_k = int(min(max_k, index.num_items))
+    self.fields = sorted(model.user_features)
+    self.assets = {name: tf.saved_model.Asset(path)
+                   for name, path in vocabularies.items()}
+    self.to_index = {name: _to_index_table(asset)
+                     for name, asset in self.assets.items()}
+    # Files shipped with the export for tools (e.g. titles for the query
+    # CLI), not read by the graph.
+    self.extra_assets = [tf.saved_model.Asset(p) for p in extra_assets]
+    self.item_ids = tf.lookup.StaticHashTable(
+        tf.lookup.TextFileInitializer(
+            self.assets["items"], tf.int64,
+            tf.lookup.TextFileIndex.LINE_NUMBER, tf.string,
+            tf.lookup.TextFileIndex.WHOLE_LINE), default_value="")
+    spec = {"user_id": tf.TensorSpec([None], tf.string, "user_id"),
+            "history": tf.TensorSpec([None, None], tf.string, "history")}
+    spec.update({f"user_{f}": tf.TensorSpec([None], tf.string, f"user_{f}")
+                 for f in self.fields})
+    self.input_spec = spec
+    self.serve = tf.function(
+        self._serve, input_signature=[spec, tf.TensorSpec([None], tf.int32,
+                                                          "k")])
+    self.embed = tf.function(self._embed, input_signature=[spec])
+
+  def _lookup(self, name: str, values: tf.Tensor) -> tf.Tensor:
+    return tf.cast(self.to_index[name].lookup(values), tf.int32)
+
+  def _user_vector(self, request: Dict[str, tf.Tensor]) -> tf.Tensor:
+    batch = tf.shape(request["user_id"])[0]
+    tf.debugging.assert_positive(
+        batch, message="empty batch: the request has no rows")
+    history = request["history"][:, -self.history_length:]
+    tf.debugging.assert_equal(
+        tf.shape(history)[0], batch,
+        message="history must have one row per user_id")
+    history_ids = self._lookup("items", history)
+    features = {"user_id": self._lookup("users", request["user_id"]),
+                "history": history_ids, "history_mask": history_ids >= 0}
+    for f in self.fields:
+      features[f"user_{f}"] = self._lookup(f, request[f"user_{f}"])
+    return self.model.user_embedding(features, training=False)
+
+  def _embed(self, request):
+    return {"query_embedding": self._user_vector(request)}
+
+  def _serve(self, request, k):
+    vectors = self._user_vector(request)
+    tf.debugging.assert_equal(
+        tf.size(k), tf.shape(vectors)[0],
+        message="k must have one value per row")
+    k0 = k[0]
+    tf.debugging.assert_equal(
+        k, tf.fill(tf.shape(k), k0),
+        message="k must be the same for every row of a request")
+    tf.debugging.assert_greater_equal(k0, 1, message="k must be >= 1")
+    tf.debugging.assert_less_equal(
+        k0, self.max_k, message=f"k must be <= {self.max_k}")
+    scores, indices = self.index(vectors, k0)
+    return {"item_ids": self.item_ids.lookup(tf.cast(indices, tf.int64)),
+            "scores": scores}
+
+
+def export_two_tower(model: TwoTowerModel, dataset: RecDataset,
+                     item_vectors: np.ndarray, export_dir: str,
+                     history_length: int, max_k: int = 1000,
+                     model_card: Optional[Mapping] = None) -> str:
+  """Exports the servable as the next version of `export_dir`; returns it."""
+  vocab_dir = tempfile.mkdtemp(prefix="two_tower_vocab_")
+  vocabularies = {
+      "users": _write_vocabulary(vocab_dir, "users", dataset.users.ids),
+      "items": _write_vocabulary(vocab_dir, "items", dataset.items.ids)}
+  for field in model.user_features:
+    vocab: Vocabulary = dataset.feature_vocabularies[field]
+    vocabularies[field] = _write_vocabulary(vocab_dir, field, vocab.ids)
+  extra = []
+  if dataset.item_titles is not None:
+    extra.append(_write_vocabulary(
+        vocab_dir, "item_titles",
+        [" ".join(str(t).split()) for t in dataset.item_titles]))
+  index = BruteForceIndex(len(item_vectors), item_vectors.shape[1],
+                          max_k=min(max_k, len(item_vectors)))
+  index.set_embeddings(item_vectors)
+  servable = TwoTowerServable(model, index, vocabularies, history_length,
+                              max_k, extra_assets=extra)
+  users = dataset.users.ids[:2]
+  history = [list(dataset.items.ids[:3]), list(dataset.items.ids[3:5]) + [""]]
+  example = {"user_id": list(users), "history": history}
+  for field in servable.fields:
+    example[f"user_{field}"] = [dataset.feature_vocabularies[field].ids[0]] * 2
+  card = dict(model_card or {})
+  card.update({
+      "model": "two_tower", "paper": "Covington et al., RecSys'16 (YouTube "
+      "DNN) as a two-tower retrieval model",
+      "index": {"type": "BruteForceIndex", "metric": "dot",
+                "num_items": len(item_vectors),
+                "dim": int(item_vectors.shape[1]), "max_k": servable.max_k},
+      "history_length": history_length,
+      "vocabulary_assets": sorted(os.path.basename(p) for p in
+                                  list(vocabularies.values()) + extra),
+      "example_requests": {
+          "serving_default": dict(example, k=[10, 10]),
+          "query_embedding": example}})
+  return export_lib.export_servable(
+      export_dir, servable,
+      {"serving_default": servable.serve.get_concrete_function(),
+       "query_embedding": servable.embed.get_concrete_function()}, card)
