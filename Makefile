@@ -24,8 +24,10 @@ test: $(STAMP)
 	$(PY) -m pytest -q tests
 
 bench: $(STAMP)
+	$(PY) -m pip install --quiet -e '.[bench]'
 	$(PY) -m benchmarks.baselines
 	$(PY) -m benchmarks.pipeline
+	$(PY) -m benchmarks.ann
 
 clean:
 	rm -rf $(VENV) runs .pytest_cache

@@ -13,7 +13,8 @@ INSTALL_REQUIRES = [
 
 EXTRAS = {
     # ANN peers for the benchmarks (ScaNN's TF ops break on TF 2.21).
-    "bench": ["scann[tf]==1.4.2", "faiss-cpu"],
+    "bench": ["scann[tf]==1.4.2", "faiss-cpu", "hnswlib", "annoy",
+              "matplotlib"],
     # tensorflow-serving-api: the REST -> PredictRequest check of servables.
     "dev": ["pytest", "scikit-learn", "scann[tf]==1.4.2", "faiss-cpu",
             "tensorflow-serving-api==2.20.*"],

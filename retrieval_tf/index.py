@@ -33,13 +33,7 @@ class BruteForceIndex(keras.layers.Layer):
                max_k: int = 1000, chunk_size: Optional[int] = None,
                **kwargs):
     super().__init__(**kwargs)
-    if num_items < 1 or dim < 1:
-      raise ValueError(f"BruteForceIndex needs num_items >= 1 and dim >= 1, "
-                       f"got {num_items} and {dim}")
-    if metric not in ("dot", "cosine"):
-      raise ValueError(f"metric must be 'dot' or 'cosine', got {metric!r}")
-    if max_k < 1:
-      raise ValueError(f"max_k must be >= 1, got {max_k}")
+    _check_shape_and_metric(self, num_items, dim, metric, max_k)
     if chunk_size is not None and chunk_size < 1:
       raise ValueError(f"chunk_size must be >= 1, got {chunk_size}")
     self.num_items, self.dim = int(num_items), int(dim)
@@ -62,13 +56,6 @@ class BruteForceIndex(keras.layers.Layer):
       embeddings = embeddings / np.maximum(norms, 1e-12)
     self.embeddings.assign(embeddings)
 
-  def _check_k(self, k):
-    k = tf.convert_to_tensor(k, tf.int32)
-    tf.debugging.assert_greater_equal(k, 1, message="k must be >= 1")
-    tf.debugging.assert_less_equal(
-        k, self.max_k, message=f"k must be <= {self.max_k}")
-    return k
-
   def _scores(self, queries, items, offset, exclude):
     scores = tf.matmul(queries, items, transpose_b=True)
     if exclude is not None:
@@ -82,7 +69,7 @@ class BruteForceIndex(keras.layers.Layer):
     queries = tf.convert_to_tensor(queries, tf.float32)
     if self.metric == "cosine":
       queries = tf.math.l2_normalize(queries, axis=-1)
-    k = self._check_k(k)
+    k = _checked(k, 1, self.max_k, "k")
     if exclude is not None:
       exclude = tf.cast(exclude, tf.int32)
     if self.chunk_size is None or self.chunk_size >= self.num_items:
@@ -121,3 +108,406 @@ class BruteForceIndex(keras.layers.Layer):
                    "metric": self.metric, "max_k": self.max_k,
                    "chunk_size": self.chunk_size})
     return config
+
+
+@keras.utils.register_keras_serializable(package="retrieval_tf")
+class IVFPQIndex(keras.layers.Layer):
+  """Inverted file + product quantization, searched by asymmetric distance
+  computation (ADC) with a look-up table.
+
+  Each item x lives in one inverted list j(x) (its coarse centroid c_j) and
+  is stored as the PQ codes of its residual, one of K codewords b_{m, .} in
+  each of D sub-spaces: T(x) = c_j + concat_m b_{m, code_m(x)} (Poeem Eq. 2
+  and 4; Jegou et al., TPAMI'11). With an optional rotation R (Poeem's
+  Givens rotation, Eq. 6) the quantizers live in the rotated space and the
+  query is rotated: q' = q R. For a query:
+
+      coarse score    s_j = <q', c_j>          -> the `nprobe` best lists
+      look-up table   LUT[m, c] = <q'_m, b_{m,c}>          [D, K]
+      ADC score       s(x) = s_j(x) + sum_m LUT[m, code_m(x)] = <q', T(x)>
+
+  and optionally the best `rerank` candidates by ADC are re-scored exactly,
+  <q, x>, from the stored vectors. Inverted lists are stored CSR-style:
+  `list_offsets [J + 1]` into `list_items [N]`, with codes and vectors kept
+  in list order so that a probed list is one contiguous slice.
+
+  `call(queries [B, d], k, nprobe=None, rerank=None, exclude=None) ->
+  (scores [B, k], indices [B, k])`. `k`, `nprobe` and `rerank` may be
+  tensors and are checked in the graph (`1 <= k <= max_k`,
+  `1 <= nprobe <= num_lists`, `0 <= rerank <= num_items`, and `rerank` must
+  be 0 without `store_vectors`); re-ranking re-scores the best
+  `max(rerank, k)` candidates. When the probed lists hold fewer than k
+  candidates the row is padded with index -1 and score -inf. The work is
+  batched over queries: one matmul for the coarse scores, one for the LUTs,
+  and gathers over the flattened candidates of the whole batch.
+
+  Build it from codes a model learned (`set_index`) or from embeddings with
+  the TF k-means / PQ trainer (`from_embeddings`).
+
+  Args:
+    num_items, dim: the index shape.
+    num_lists: J, coarse centroids.
+    num_subspaces: D, PQ sub-spaces (must divide dim).
+    num_codewords: K <= 256 codewords per sub-space (codes are bytes).
+    metric: "dot" or "cosine" (queries and stored vectors L2-normalised).
+    max_k: the largest k a caller may ask for.
+    nprobe: default number of lists searched (None: min(8, num_lists)).
+    rerank: default number of ADC candidates re-scored exactly (0: none).
+    store_vectors: keep the full vectors for re-ranking.
+    rotation: hold a `[d, d]` query rotation (set by `set_index`).
+    list_scan_from: batches probing more than this many (query, list) pairs
+      are scanned list by list (each list decoded once, one matmul with all
+      its queries); smaller ones query by query with look-up tables. Both
+      give the same scores; this only trades speed.
+  """
+
+  def __init__(self, num_items: int, dim: int, num_lists: int,
+               num_subspaces: int, num_codewords: int = 256,
+               metric: str = "dot", max_k: int = 1000,
+               nprobe: Optional[int] = None,
+               rerank: int = 0, store_vectors: bool = False,
+               rotation: bool = False, list_scan_from: int = 64, **kwargs):
+    super().__init__(**kwargs)
+    _check_shape_and_metric(self, num_items, dim, metric, max_k)
+    if not 1 <= num_lists <= num_items:
+      raise ValueError(f"num_lists must be in 1..num_items={num_items}, got "
+                       f"{num_lists}")
+    if num_subspaces < 1 or dim % num_subspaces:
+      raise ValueError(f"num_subspaces={num_subspaces} must divide "
+                       f"dim={dim}")
+    if not 1 <= num_codewords <= 256:
+      raise ValueError(f"num_codewords must be in 1..256, got "
+                       f"{num_codewords}")
+    if nprobe is None:
+      nprobe = min(8, num_lists)
+    if not 1 <= nprobe <= num_lists:
+      raise ValueError(f"nprobe must be in 1..num_lists={num_lists}, got "
+                       f"{nprobe}")
+    if rerank < 0 or (rerank and not store_vectors):
+      raise ValueError(f"rerank={rerank}: re-ranking needs "
+                       "store_vectors=True (and rerank >= 0)")
+    self.num_items, self.dim = int(num_items), int(dim)
+    self.num_lists, self.num_subspaces = int(num_lists), int(num_subspaces)
+    self.num_codewords, self.metric = int(num_codewords), metric
+    self.max_k = int(min(max_k, num_items))
+    self.nprobe, self.rerank = int(nprobe), int(rerank)
+    self.store_vectors, self.use_rotation = bool(store_vectors), bool(rotation)
+    self.list_scan_from = int(list_scan_from)
+    sub_dim = self.dim // self.num_subspaces
+
+    def state(name, shape, dtype=tf.float32):
+      return self.add_weight(name=name, shape=shape, dtype=dtype,
+                             initializer="zeros", trainable=False)
+
+    self.centroids = state("centroids", (self.num_lists, self.dim))
+    self.codebooks = state(
+        "codebooks", (self.num_subspaces, self.num_codewords, sub_dim))
+    self.list_offsets = state("list_offsets", (self.num_lists + 1,), tf.int32)
+    self.list_items = state("list_items", (self.num_items,), tf.int32)
+    self.codes = state("codes", (self.num_items, self.num_subspaces),
+                       tf.uint8)
+    self.vectors = (state("vectors", (self.num_items, self.dim))
+                    if self.store_vectors else None)
+    self.rotation = (state("rotation", (self.dim, self.dim))
+                     if self.use_rotation else None)
+
+  @classmethod
+  def from_embeddings(cls, embeddings, num_lists: int, num_subspaces: int,
+                      num_codewords: int = 256, iterations: int = 20,
+                      seed: int = 0, **kwargs) -> "IVFPQIndex":
+    """Trains the quantizers on `embeddings` with the TF k-means / PQ
+    trainer and returns the filled index (kwargs go to the constructor)."""
+    from retrieval_tf import quantization  # pylint: disable=g-import-not-at-top
+    embeddings = np.asarray(embeddings, np.float32)
+    index = cls(len(embeddings), embeddings.shape[1], num_lists,
+                num_subspaces, num_codewords, **kwargs)
+    codebook = quantization.train_ivfpq(
+        embeddings, num_lists, num_subspaces, num_codewords, iterations,
+        seed=seed, normalize=index.metric == "cosine")
+    index.set_index(codebook.centroids, codebook.codebooks,
+                    codebook.assignments, codebook.codes,
+                    vectors=embeddings if index.store_vectors else None)
+    return index
+
+  def set_index(self, centroids, codebooks, assignments, codes,
+                vectors=None, rotation=None) -> None:
+    """Loads quantizers and item codes (e.g. learned by a model).
+
+    Args:
+      centroids: `[J, d]` coarse centroids (in the rotated space).
+      codebooks: `[D, K, d / D]` residual codewords (rotated space).
+      assignments: `[N]` coarse list of each item.
+      codes: `[N, D]` PQ codes of each item.
+      vectors: `[N, d]` original vectors, needed when `store_vectors`.
+      rotation: `[d, d]`, needed when the index was built with `rotation`.
+    """
+    def array(value, name, shape, dtype):
+      value = np.asarray(value)
+      if value.shape != shape:
+        raise ValueError(f"{name} has shape {value.shape}, the index expects "
+                         f"{shape}")
+      if value.dtype.kind == "f" and not np.isfinite(value).all():
+        raise ValueError(f"{name} contains NaN or infinite values")
+      return value.astype(dtype)
+
+    centroids = array(centroids, "centroids", (self.num_lists, self.dim),
+                      np.float32)
+    codebooks = array(codebooks, "codebooks", tuple(self.codebooks.shape),
+                      np.float32)
+    assignments = array(assignments, "assignments", (self.num_items,),
+                        np.int64)
+    codes = array(codes, "codes", (self.num_items, self.num_subspaces),
+                  np.int64)
+    if assignments.min() < 0 or assignments.max() >= self.num_lists:
+      raise ValueError(f"assignments must be in 0..{self.num_lists - 1}")
+    if codes.min() < 0 or codes.max() >= self.num_codewords:
+      raise ValueError(f"codes must be in 0..{self.num_codewords - 1}")
+    if (vectors is None) == self.store_vectors:
+      raise ValueError("vectors must be given exactly when the index was "
+                       f"built with store_vectors (={self.store_vectors})")
+    if (rotation is None) == self.use_rotation:
+      raise ValueError("rotation must be given exactly when the index was "
+                       f"built with rotation (={self.use_rotation})")
+    order = np.argsort(assignments, kind="stable")
+    offsets = np.searchsorted(assignments[order],
+                              np.arange(self.num_lists + 1))
+    self.centroids.assign(centroids)
+    self.codebooks.assign(codebooks)
+    self.list_offsets.assign(offsets.astype(np.int32))
+    self.list_items.assign(order.astype(np.int32))
+    self.codes.assign(codes[order].astype(np.uint8))
+    if vectors is not None:
+      vectors = array(vectors, "vectors", (self.num_items, self.dim),
+                      np.float32)
+      if self.metric == "cosine":
+        vectors = vectors / np.maximum(
+            np.linalg.norm(vectors, axis=1, keepdims=True), 1e-12)
+      self.vectors.assign(vectors[order])
+    if rotation is not None:
+      self.rotation.assign(array(rotation, "rotation", (self.dim, self.dim),
+                                 np.float32))
+
+  def call(self, queries, k, nprobe=None, rerank=None, exclude=None):
+    queries = tf.convert_to_tensor(queries, tf.float32)
+    if self.metric == "cosine":
+      queries = tf.math.l2_normalize(queries, axis=-1)
+    k = _checked(k, 1, self.max_k, "k")
+    nprobe = _checked(self.nprobe if nprobe is None else nprobe, 1,
+                      self.num_lists, "nprobe")
+    rerank = _checked(self.rerank if rerank is None else rerank, 0,
+                      self.num_items if self.store_vectors else 0, "rerank")
+    rotated = queries if self.rotation is None else tf.matmul(
+        queries, self.rotation)
+
+    # Coarse step: the nprobe best lists of every query.
+    coarse, probes = tf.math.top_k(
+        tf.matmul(rotated, self.centroids, transpose_b=True), k=nprobe)
+    if exclude is not None:
+      exclude = tf.cast(exclude, tf.int32)
+    # The best `width` candidates by ADC (k, or rerank when re-ranking);
+    # rows with fewer candidates are padded with position -1 / -inf.
+    width = tf.maximum(k, rerank)
+    by_list = tf.size(probes) > self.list_scan_from
+    top_scores, top_positions = tf.cond(
+        by_list,
+        lambda: self._scan_by_list(rotated, coarse, probes, width, exclude),
+        lambda: self._scan_by_query(rotated, coarse, probes, width, exclude))
+    if self.store_vectors:
+      top_scores, top_positions = tf.cond(
+          rerank > 0,
+          lambda: self._rerank(queries, top_scores, top_positions, k),
+          lambda: (top_scores[:, :k], top_positions[:, :k]))
+    valid = top_positions >= 0
+    indices = tf.where(valid, tf.gather(self.list_items,
+                                        tf.maximum(top_positions, 0)), -1)
+    return top_scores, indices
+
+  def _scan_by_query(self, rotated, coarse, probes, width, exclude):
+    """ADC with a look-up table per query: every candidate of the batch,
+    flattened, sums its D table entries (best for small batches)."""
+    batch = tf.shape(rotated)[0]
+    starts = tf.gather(self.list_offsets, probes)
+    lengths = tf.gather(self.list_offsets, probes + 1) - starts
+    # Each candidate's position in list order, query row and coarse score.
+    positions = tf.ragged.range(tf.reshape(starts, [-1]),
+                                tf.reshape(starts + lengths, [-1])).flat_values
+    row_lengths = tf.reduce_sum(lengths, axis=1)
+    rows = tf.repeat(tf.range(batch), row_lengths)
+    base = tf.repeat(tf.reshape(coarse, [-1]), tf.reshape(lengths, [-1]))
+    # LUT[b, m, c] = <q'_{b,m}, b_{m,c}>, summed over the item's codes.
+    sub_queries = tf.reshape(rotated, [batch, self.num_subspaces, -1])
+    lut = tf.einsum("bmd,mcd->bmc", sub_queries, self.codebooks)
+    codes = tf.cast(tf.gather(self.codes, positions), tf.int32)
+    lut_index = (codes + tf.range(self.num_subspaces) * self.num_codewords
+                 + rows[:, tf.newaxis] * (self.num_subspaces *
+                                          self.num_codewords))
+    scores = base + tf.reduce_sum(
+        tf.gather(tf.reshape(lut, [-1]), lut_index), axis=1)
+    if exclude is not None:
+      scores = self._mask_excluded(scores, tf.gather(exclude, rows),
+                                   positions)
+    dense_scores = _pad_columns(
+        tf.RaggedTensor.from_row_lengths(scores, row_lengths).to_tensor(
+            -np.inf), width, -np.inf)
+    dense_positions = _pad_columns(
+        tf.RaggedTensor.from_row_lengths(positions, row_lengths).to_tensor(
+            -1), width, -1)
+    top_scores, top = tf.math.top_k(dense_scores, k=width)
+    return top_scores, tf.gather(dense_positions, top, batch_dims=1)
+
+  def _scan_by_list(self, rotated, coarse, probes, width, exclude):
+    """The same ADC scores, list by list: each probed list is decoded once,
+    <q', c_j + concat_m b_{m, code_m}> = s_j + sum_m LUT[m, code_m], and
+    multiplied with all the queries that probe it in one matmul (best for
+    large batches, where lists are shared by many queries)."""
+    batch, nprobe = tf.shape(probes)[0], tf.shape(probes)[1]
+    pair_lists = tf.reshape(probes, [-1])
+    pair_base = tf.reshape(coarse, [-1])
+    order = tf.argsort(pair_lists, stable=True)
+    lists, _, counts = tf.unique_with_counts(tf.gather(pair_lists, order))
+    ends = tf.cumsum(counts)
+    flat_codebooks = tf.reshape(self.codebooks, [-1, self.codebooks.shape[2]])
+    code_offsets = tf.range(self.num_subspaces) * self.num_codewords
+    offsets = tf.convert_to_tensor(self.list_offsets)
+
+    def scan(i, found_scores, found_positions):
+      pairs = order[ends[i] - counts[i]:ends[i]]
+      rows = pairs // nprobe
+      start, end = offsets[lists[i]], offsets[lists[i] + 1]
+      positions = tf.range(start, end)
+      # A gather, not a slice: slicing a variable would copy all of it.
+      codes = tf.cast(tf.gather(self.codes, positions), tf.int32) + code_offsets
+      decoded = tf.reshape(tf.gather(flat_codebooks, codes), [-1, self.dim])
+      scores = tf.gather(pair_base, pairs)[:, tf.newaxis] + tf.matmul(
+          tf.gather(rotated, rows), decoded, transpose_b=True)
+      if exclude is not None:
+        scores = self._mask_excluded(scores, tf.gather(exclude, rows),
+                                     positions)
+      best, top = tf.math.top_k(scores, k=tf.minimum(width, end - start))
+      best = _pad_columns(best, width, -np.inf)
+      top = _pad_columns(tf.gather(positions, top), width, -1)
+      return (i + 1, found_scores.write(i, best),
+              found_positions.write(i, top))
+
+    arrays = (tf.TensorArray(tf.float32, size=tf.size(lists),
+                             infer_shape=False),
+              tf.TensorArray(tf.int32, size=tf.size(lists),
+                             infer_shape=False))
+    _, found_scores, found_positions = tf.while_loop(
+        lambda i, *_: i < tf.size(lists), scan, (0,) + arrays)
+    # Rows come out grouped by list; put them back in (query, probe) order.
+    unsort = tf.math.invert_permutation(order)
+    scores = tf.reshape(tf.gather(found_scores.concat(), unsort),
+                        [batch, nprobe * width])
+    positions = tf.reshape(tf.gather(found_positions.concat(), unsort),
+                           [batch, nprobe * width])
+    top_scores, top = tf.math.top_k(scores, k=width)
+    return top_scores, tf.gather(positions, top, batch_dims=1)
+
+  def _mask_excluded(self, scores, exclude, positions):
+    """-inf where the item at `positions` is in that row's `exclude`;
+    scores [n, L] or [n] with exclude [n, E] and positions [L] or [n]."""
+    ids = tf.gather(self.list_items, positions)
+    if scores.shape.rank == 2:
+      banned = tf.reduce_any(
+          exclude[:, :, tf.newaxis] == ids[tf.newaxis, tf.newaxis, :], axis=1)
+    else:
+      banned = tf.reduce_any(exclude == ids[:, tf.newaxis], axis=1)
+    return tf.where(banned, tf.constant(-np.inf), scores)
+
+  def _rerank(self, queries, adc_scores, positions, k):
+    """Exact <q, x> for the ADC candidates, then the best k."""
+    vectors = tf.gather(self.vectors, tf.maximum(positions, 0))
+    exact = tf.einsum("bd,brd->br", queries, vectors)
+    exact = tf.where(tf.math.is_finite(adc_scores), exact,
+                     tf.constant(-np.inf))
+    scores, top = tf.math.top_k(exact, k=k)
+    return scores, tf.gather(positions, top, batch_dims=1)
+
+  def get_config(self):
+    config = super().get_config()
+    config.update({
+        "num_items": self.num_items, "dim": self.dim,
+        "num_lists": self.num_lists, "num_subspaces": self.num_subspaces,
+        "num_codewords": self.num_codewords, "metric": self.metric,
+        "max_k": self.max_k, "nprobe": self.nprobe, "rerank": self.rerank,
+        "store_vectors": self.store_vectors, "rotation": self.use_rotation,
+        "list_scan_from": self.list_scan_from})
+    return config
+
+
+def _check_shape_and_metric(layer, num_items, dim, metric, max_k) -> None:
+  if num_items < 1 or dim < 1:
+    raise ValueError(f"{type(layer).__name__} needs num_items >= 1 and "
+                     f"dim >= 1, got {num_items} and {dim}")
+  if metric not in ("dot", "cosine"):
+    raise ValueError(f"metric must be 'dot' or 'cosine', got {metric!r}")
+  if max_k < 1:
+    raise ValueError(f"max_k must be >= 1, got {max_k}")
+
+
+def _checked(value, low: int, high: int, name: str) -> tf.Tensor:
+  """`value` as an int32 tensor that can only be used once it has been
+  checked to lie in `low..high` (the checks run before any op reading it)."""
+  value = tf.convert_to_tensor(value, tf.int32)
+  with tf.control_dependencies([
+      tf.debugging.assert_greater_equal(value, low,
+                                        message=f"{name} must be >= {low}"),
+      tf.debugging.assert_less_equal(value, high,
+                                     message=f"{name} must be <= {high}")]):
+    return tf.identity(value)
+
+
+def _pad_columns(matrix, width, value):
+  """Pads `[B, n]` on the right to at least `width` columns."""
+  missing = tf.maximum(width - tf.shape(matrix)[1], 0)
+  return tf.pad(matrix, [[0, 0], [0, missing]], constant_values=value)
+
+
+INDEX_KINDS = ("brute_force", "ivfpq")
+
+
+def build_index(item_vectors, kind: str = "brute_force", metric: str = "dot",
+                max_k: int = 1000, num_lists: Optional[int] = None,
+                num_subspaces: Optional[int] = None,
+                nprobe: Optional[int] = None, rerank: int = 100,
+                seed: int = 0) -> keras.layers.Layer:
+  """The index a servable ships, filled with `item_vectors [N, d]`.
+
+  `brute_force` is exact (chunked above 262,144 items so memory stays
+  bounded). `ivfpq` trains its quantizers on the vectors with defaults from
+  the corpus size: J = min(4 sqrt(N), N / 39) lists (Faiss' guidance), the
+  divisor of d nearest d / 4 as sub-spaces (4-d sub-spaces, one byte each),
+  nprobe = J / 16 (at least 1), and the best max(rerank, k) candidates
+  re-scored exactly.
+  """
+  item_vectors = np.asarray(item_vectors, np.float32)
+  if item_vectors.ndim != 2 or not len(item_vectors):
+    raise ValueError(f"item_vectors must be a non-empty [N, d] array, got "
+                     f"shape {item_vectors.shape}")
+  count, dim = item_vectors.shape
+  max_k = min(max_k, count)
+  if kind == "brute_force":
+    index = BruteForceIndex(count, dim, metric=metric, max_k=max_k,
+                            chunk_size=262_144 if count > 262_144 else None)
+    index.set_embeddings(item_vectors)
+    return index
+  if kind != "ivfpq":
+    raise ValueError(f"index kind must be one of {INDEX_KINDS}, got {kind!r}")
+  num_lists = num_lists or max(1, min(int(4 * np.sqrt(count)), count // 39))
+  num_subspaces = num_subspaces or min(
+      (s for s in range(1, dim + 1) if dim % s == 0),
+      key=lambda s: abs(s - dim / 4))
+  return IVFPQIndex.from_embeddings(
+      item_vectors, num_lists, num_subspaces,
+      num_codewords=min(256, count), seed=seed, metric=metric, max_k=max_k,
+      nprobe=nprobe or max(1, num_lists // 16), rerank=rerank,
+      store_vectors=rerank > 0)
+
+
+def index_parameters(index: keras.layers.Layer) -> dict:
+  """What a model card says of an index: its type, config and bytes."""
+  config = {k: v for k, v in index.get_config().items()
+            if k not in ("name", "trainable", "dtype")}
+  size = int(sum(np.prod(v.shape) * v.dtype.size for v in index.weights))
+  return dict(config, type=type(index).__name__, bytes=size)

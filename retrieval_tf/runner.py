@@ -36,6 +36,7 @@ from absl import flags
 from absl import logging
 
 from retrieval_tf.compat import keras, tf
+from retrieval_tf.datasets import synthetic
 from retrieval_tf.files import write_json_atomic
 import tensorflow_recommenders as tfrs  # pylint: disable=g-bad-import-order
 
@@ -75,6 +76,10 @@ def define_common_flags(datasets: Mapping[str, bool],
   flags.DEFINE_float("learning_rate", default_learning_rate,
                      "Optimizer learning rate.")
   flags.DEFINE_integer("seed", 0, "Random seed (data order, init, splits).")
+  flags.DEFINE_integer("synthetic_items", 0,
+                       "--dataset=synthetic only: items of the generated "
+                       "world (0: the default 2,000; other sizes scale users,"
+                       " categories and queries with it).")
   flags.DEFINE_enum("strategy", "default", STRATEGIES,
                     "tf.distribute strategy; multi_worker and "
                     "parameter_server read the cluster from TF_CONFIG.")
@@ -87,6 +92,15 @@ _DATASETS: Dict[str, bool] = {}
 
 # Flags that do not change what a run computes: a resumed run may differ here.
 _NON_CONFIG_FLAGS = ("overwrite", "verbose", "export_dir")
+
+
+def synthetic_config(values: Mapping[str, Any]):
+  """The synthetic world's configuration from `--seed` and
+  `--synthetic_items` (None: the default world)."""
+  if not values.get("synthetic_items"):
+    return None
+  return synthetic.SyntheticConfig.scaled(values["synthetic_items"],
+                                          seed=values["seed"])
 
 
 class UsageError(ValueError):
@@ -105,6 +119,13 @@ def validate(values: Mapping[str, Any]) -> None:
                        "with its files)")
     if not os.path.exists(values["data_dir"]):
       raise UsageError(f"--data_dir={values['data_dir']!r} does not exist")
+  if values.get("synthetic_items"):
+    if dataset != "synthetic":
+      raise UsageError("--synthetic_items works with --dataset=synthetic "
+                       "only")
+    if values["synthetic_items"] < 100:
+      raise UsageError(f"--synthetic_items must be >= 100, got "
+                       f"{values['synthetic_items']}")
   if not values.get("output_dir"):
     raise UsageError("--output_dir is required")
   check_writable(values["output_dir"], "--output_dir")

@@ -24,6 +24,7 @@ import numpy as np
 from retrieval_tf import baselines
 from retrieval_tf import data as pipeline
 from retrieval_tf import evaluation
+from retrieval_tf import index as index_lib
 from retrieval_tf import metrics as metrics_lib
 from retrieval_tf import runner
 from retrieval_tf.compat import keras, tf
@@ -49,13 +50,26 @@ flags.DEFINE_integer("eval_batch_size", 4096, "Batch size of evaluation.")
 flags.DEFINE_string("export_dir", None,
                     "two_tower only: export the servable (raw request -> "
                     "top-k item ids) as the next version of this folder.")
+flags.DEFINE_enum("index", "brute_force", index_lib.INDEX_KINDS,
+                  "The servable's item index: exact, or IVF-PQ trained on "
+                  "the item embeddings.")
+flags.DEFINE_integer("num_lists", 0, "IVF-PQ lists J (0: from the corpus "
+                     "size).")
+flags.DEFINE_integer("num_subspaces", 0, "IVF-PQ sub-spaces D (0: dim / 4).")
+flags.DEFINE_integer("nprobe", 0, "IVF-PQ lists searched (0: J / 16).")
+flags.DEFINE_integer("rerank", 100, "IVF-PQ candidates re-scored exactly "
+                     "(0: none).")
+flags.DEFINE_bool("save_embeddings", False,
+                  "two_tower only: write item_embeddings.npy and the test "
+                  "users' user_embeddings.npy to --output_dir.")
 
 
 def run_experiment(ctx: runner.RunContext) -> Dict[str, Any]:
   """Loads the dataset, trains (or fits) the model, evaluates both ways."""
   f = ctx.flags
   data = registry.leave_one_out(
-      registry.load_rec_dataset(f["dataset"], f["data_dir"], seed=f["seed"]),
+      registry.load_rec_dataset(f["dataset"], f["data_dir"], seed=f["seed"],
+                                synthetic_config=runner.synthetic_config(f)),
       num_negatives=f["num_negatives"], seed=f["seed"])
   train = data.dataset.interactions
   test_users = data.test.user
@@ -95,12 +109,21 @@ def run_experiment(ctx: runner.RunContext) -> Dict[str, Any]:
   metrics.update({k if k.startswith("recall") else f"full_{k}": v
                   for k, v in full.items()
                   if k.startswith(("recall", "ndcg"))})
+  if f["save_embeddings"] and ctx.chief:
+    np.save(os.path.join(ctx.output_dir, "item_embeddings.npy"),
+            item_vectors)
+    np.save(os.path.join(ctx.output_dir, "user_embeddings.npy"),
+            user_vectors)
   if f["export_dir"] and ctx.chief:
+    index = index_lib.build_index(
+        item_vectors, f["index"], num_lists=f["num_lists"] or None,
+        num_subspaces=f["num_subspaces"] or None, nprobe=f["nprobe"] or None,
+        rerank=f["rerank"], seed=f["seed"])
     path = export_two_tower(
         model, data.dataset, item_vectors, f["export_dir"],
         f["history_length"],
         model_card={"config": f, "dataset": f["dataset"],
-                    "metrics": dict(metrics)})
+                    "metrics": dict(metrics)}, index=index)
     metrics["export_path"] = path
     print(f"exported the servable to {path}")
   return metrics
@@ -166,15 +189,25 @@ def _embed(tower, dataset) -> np.ndarray:
 
 def validate_flags(values: Dict[str, Any]) -> None:
   """This command's own flags; runs before any work."""
+  for name in ("export_dir", "save_embeddings"):
+    if values[name] and values["model"] != "two_tower":
+      raise runner.UsageError(f"--{name} works with --model=two_tower only")
   if values["export_dir"]:
-    if values["model"] != "two_tower":
-      raise runner.UsageError("--export_dir works with --model=two_tower "
-                              "only")
     runner.check_writable(values["export_dir"], "--export_dir")
   for name in ("history_length", "embedding_dim", "num_negatives",
                "eval_batch_size"):
     if values[name] < 1:
       raise runner.UsageError(f"--{name} must be >= 1, got {values[name]}")
+  for name in ("num_lists", "num_subspaces", "nprobe", "rerank"):
+    if values[name] < 0:
+      raise runner.UsageError(f"--{name} must be >= 0, got {values[name]}")
+  if values["num_subspaces"] and \
+      values["embedding_dim"] % values["num_subspaces"]:
+    raise runner.UsageError(
+        f"--num_subspaces={values['num_subspaces']} must divide "
+        f"--embedding_dim={values['embedding_dim']}")
+  if values["num_lists"] and values["nprobe"] > values["num_lists"]:
+    raise runner.UsageError("--nprobe must be <= --num_lists")
   if not values["temperature"] > 0:
     raise runner.UsageError("--temperature must be > 0")
 

@@ -4,7 +4,8 @@ import numpy as np
 import pytest
 
 from retrieval_tf.compat import keras, tf
-from retrieval_tf.index import BruteForceIndex
+from retrieval_tf.index import (BruteForceIndex, IVFPQIndex, build_index,
+                                index_parameters)
 
 
 def _reference(queries, items, k, exclude=None, cosine=False):
@@ -74,8 +75,13 @@ def test_config_and_checkpoint_round_trip(tmp_path):
     np.testing.assert_allclose(a.numpy(), b.numpy())
 
 
-def test_a_1m_x_64_index_exports_as_variables(tmp_path):
-  index = BruteForceIndex(1_000_000, 64, max_k=100, chunk_size=250_000)
+@pytest.mark.parametrize("make", [
+    lambda: BruteForceIndex(1_000_000, 64, max_k=100, chunk_size=250_000),
+    lambda: IVFPQIndex(1_000_000, 64, num_lists=1024, num_subspaces=16,
+                       max_k=100, store_vectors=True, rerank=200)],
+                         ids=["brute_force", "ivfpq"])
+def test_a_1m_x_64_index_exports_as_variables(tmp_path, make):
+  index = make()
   module = tf.Module()
   module.index = index
   module.search = tf.function(
@@ -84,3 +90,198 @@ def test_a_1m_x_64_index_exports_as_variables(tmp_path):
   tf.saved_model.save(module, str(tmp_path / "big"))
   graph_bytes = (tmp_path / "big" / "saved_model.pb").stat().st_size
   assert graph_bytes < 10 * 2**20  # the 256 MB of vectors are variables
+
+
+def _random_ivfpq(num_items=300, dim=8, lists=6, subspaces=4, codewords=16,
+                  seed=3, rotation=False, store_vectors=False, metric="dot",
+                  list_scan_from=64):
+  """An index filled with random quantizers and codes, plus the arrays."""
+  rng = np.random.default_rng(seed)
+  parts = {
+      "centroids": rng.normal(size=(lists, dim)).astype(np.float32),
+      "codebooks": rng.normal(
+          size=(subspaces, codewords, dim // subspaces)).astype(np.float32),
+      "assignments": rng.integers(0, lists, num_items),
+      "codes": rng.integers(0, codewords, (num_items, subspaces)),
+      "vectors": (rng.normal(size=(num_items, dim)).astype(np.float32)
+                  if store_vectors else None),
+      "rotation": (np.linalg.qr(rng.normal(size=(dim, dim)))[0]
+                   if rotation else None)}
+  index = IVFPQIndex(num_items, dim, lists, subspaces, codewords,
+                     metric=metric, max_k=50, nprobe=2, rotation=rotation,
+                     store_vectors=store_vectors,
+                     list_scan_from=list_scan_from)
+  index.set_index(**parts)
+  return index, parts
+
+
+def _reference_adc(queries, parts, k, nprobe, exclude=None, rerank=0,
+                   cosine=False):
+  """Plain NumPy IVF-PQ: probe lists, score candidates by ADC, top-k
+  (padded with -1 / -inf), optionally re-rank the best `rerank` exactly."""
+  if cosine:
+    queries = queries / np.linalg.norm(queries, axis=1, keepdims=True)
+  rotated = queries if parts["rotation"] is None else queries @ parts[
+      "rotation"]
+  centroids, codebooks = parts["centroids"], parts["codebooks"]
+  subspaces, _, sub_dim = codebooks.shape
+  all_scores, all_ids = [], []
+  for row, q in enumerate(rotated):
+    coarse = centroids @ q
+    probed = np.argsort(-coarse, kind="stable")[:nprobe]
+    candidates = np.flatnonzero(np.isin(parts["assignments"], probed))
+    if exclude is not None:
+      candidates = np.setdiff1d(candidates, exclude[row])
+    scores = coarse[parts["assignments"][candidates]].astype(np.float64)
+    for m in range(subspaces):
+      lut = codebooks[m] @ q[m * sub_dim:(m + 1) * sub_dim]
+      scores += lut[parts["codes"][candidates, m]]
+    order = np.argsort(-scores, kind="stable")[:max(k, rerank)]
+    candidates, scores = candidates[order], scores[order]
+    if rerank:
+      vectors = parts["vectors"][candidates]
+      if cosine:
+        vectors = vectors / np.linalg.norm(vectors, axis=1, keepdims=True)
+      scores = vectors @ queries[row]
+      order = np.argsort(-scores, kind="stable")[:k]
+      candidates, scores = candidates[order], scores[order]
+    missing = k - len(candidates)
+    all_ids.append(np.pad(candidates[:k], (0, max(missing, 0)),
+                          constant_values=-1))
+    all_scores.append(np.pad(scores[:k], (0, max(missing, 0)),
+                             constant_values=-np.inf))
+  return np.array(all_scores), np.array(all_ids)
+
+
+@pytest.mark.parametrize("list_scan_from", [0, 10_000])  # both scans
+@pytest.mark.parametrize("rotation", [False, True])
+@pytest.mark.parametrize("metric", ["dot", "cosine"])
+def test_ivfpq_equals_numpy_adc(rotation, metric, list_scan_from):
+  index, parts = _random_ivfpq(rotation=rotation, metric=metric,
+                               store_vectors=True,
+                               list_scan_from=list_scan_from)
+  queries = np.random.default_rng(4).normal(size=(7, 8)).astype(np.float32)
+  exclude = np.random.default_rng(5).integers(-1, 300, (7, 5))
+  for nprobe, ban, rerank in [(1, None, 0), (2, exclude, 0), (6, None, 0),
+                              (3, exclude, 40), (6, None, 25), (4, None, 7)]:
+    scores, ids = index(queries, 20, nprobe=nprobe, rerank=rerank,
+                        exclude=ban)
+    want_scores, want_ids = _reference_adc(queries, parts, 20, nprobe, ban,
+                                           rerank, cosine=metric == "cosine")
+    np.testing.assert_allclose(scores.numpy(), want_scores, atol=1e-5,
+                               rtol=1e-5)
+    np.testing.assert_array_equal(ids.numpy(), want_ids)
+
+
+@pytest.mark.parametrize("list_scan_from", [0, 10_000])
+def test_ivfpq_pads_rows_with_too_few_candidates(list_scan_from):
+  index, parts = _random_ivfpq(num_items=30, lists=6,
+                               list_scan_from=list_scan_from)
+  queries = np.random.default_rng(6).normal(size=(3, 8)).astype(np.float32)
+  scores, ids = index(queries, 25, nprobe=1)
+  want_scores, want_ids = _reference_adc(queries, parts, 25, 1)
+  assert (ids.numpy() == -1).any()
+  np.testing.assert_array_equal(ids.numpy(), want_ids)
+  assert np.all(np.isneginf(scores.numpy()) == (ids.numpy() == -1))
+
+
+def test_ivfpq_call_arguments_are_checked_in_a_traced_function():
+  index, _ = _random_ivfpq(store_vectors=True)
+  search = tf.function(
+      lambda q, k, nprobe, rerank: index(q, k, nprobe=nprobe, rerank=rerank),
+      input_signature=[tf.TensorSpec([None, 8], tf.float32)] +
+      [tf.TensorSpec([], tf.int32)] * 3)
+  queries = tf.ones([2, 8])
+  assert search(queries, 5, 2, 0)[1].shape == (2, 5)
+  assert search(queries, 5, 6, 10)[1].shape == (2, 5)
+  for args, message in [((0, 2, 0), "k must be >= 1"),
+                        ((51, 2, 0), "k must be <= 50"),
+                        ((5, 0, 0), "nprobe must be >= 1"),
+                        ((5, 7, 0), "nprobe must be <= 6"),
+                        ((5, 2, -1), "rerank must be >= 0"),
+                        ((5, 2, 301), "rerank must be <= 300")]:
+    with pytest.raises(tf.errors.InvalidArgumentError, match=message):
+      search(queries, *args)
+  plain, _ = _random_ivfpq()
+  with pytest.raises(tf.errors.InvalidArgumentError,
+                     match="rerank must be <= 0"):
+    plain(queries, 5, rerank=10)
+
+
+def test_ivfpq_construction_and_loading_errors():
+  with pytest.raises(ValueError, match="must divide"):
+    IVFPQIndex(10, 6, 2, 4)
+  with pytest.raises(ValueError, match="num_codewords"):
+    IVFPQIndex(10, 8, 2, 4, num_codewords=300)
+  with pytest.raises(ValueError, match="num_lists"):
+    IVFPQIndex(10, 8, 11, 4)
+  with pytest.raises(ValueError, match="store_vectors"):
+    IVFPQIndex(10, 8, 2, 4, rerank=5)
+  index, parts = _random_ivfpq()
+  bad = dict(parts, codes=parts["codes"] + 16)
+  with pytest.raises(ValueError, match="codes must be in 0..15"):
+    index.set_index(**bad)
+  with pytest.raises(ValueError, match="assignments"):
+    index.set_index(**dict(parts, assignments=parts["assignments"] - 1))
+  with pytest.raises(ValueError, match="centroids has shape"):
+    index.set_index(**dict(parts, centroids=parts["centroids"][:2]))
+  with pytest.raises(ValueError, match="NaN"):
+    index.set_index(**dict(parts, centroids=parts["centroids"] * np.nan))
+  with pytest.raises(ValueError, match="vectors must be given"):
+    index.set_index(**dict(parts, vectors=np.zeros((300, 8))))
+  with pytest.raises(ValueError, match="rotation must be given"):
+    index.set_index(**dict(parts, rotation=np.eye(8)))
+
+
+def test_ivfpq_config_and_checkpoint_round_trip(tmp_path):
+  index, _ = _random_ivfpq(rotation=True, store_vectors=True,
+                           metric="cosine")
+  clone = keras.layers.deserialize(keras.layers.serialize(index))
+  assert clone.get_config() == index.get_config()
+  path = tf.train.Checkpoint(index=index).write(str(tmp_path / "ckpt"))
+  tf.train.Checkpoint(index=clone).read(path).assert_consumed()
+  queries = tf.random.normal([4, 8], seed=1)
+  for rerank in (0, 30):
+    for a, b in zip(index(queries, 10, rerank=rerank),
+                    clone(queries, 10, rerank=rerank)):
+      np.testing.assert_array_equal(a.numpy(), b.numpy())
+
+
+def test_ivfpq_from_embeddings_finds_the_true_neighbours():
+  rng = np.random.default_rng(7)
+  centres = rng.normal(size=(20, 16)) * 3
+  items = (centres[rng.integers(0, 20, 4000)] +
+           rng.normal(size=(4000, 16))).astype(np.float32)
+  queries = (centres[rng.integers(0, 20, 50)] +
+             rng.normal(size=(50, 16))).astype(np.float32)
+  index = IVFPQIndex.from_embeddings(items, num_lists=20, num_subspaces=8,
+                                     num_codewords=32, nprobe=4, rerank=100,
+                                     store_vectors=True, max_k=100)
+  truth = np.argsort(-(queries @ items.T), axis=1)[:, :10]
+  _, found = index(queries, 10)
+  recall = np.mean([len(set(a) & set(b)) / 10
+                    for a, b in zip(truth, found.numpy())])
+  assert recall >= 0.9
+  _, exhaustive = index(queries, 10, nprobe=20, rerank=4000)
+  np.testing.assert_array_equal(exhaustive.numpy(), truth)
+  card = index_parameters(index)
+  assert card["type"] == "IVFPQIndex" and card["num_lists"] == 20
+  assert card["bytes"] > 4000 * (8 + 16 * 4)  # codes, ids, vectors
+
+
+def test_build_index_defaults_by_corpus_size():
+  vectors = np.random.default_rng(8).normal(size=(2000, 12))
+  exact = build_index(vectors, "brute_force", max_k=5000)
+  assert isinstance(exact, BruteForceIndex) and exact.max_k == 2000
+  approx = build_index(vectors, "ivfpq", rerank=50)
+  assert isinstance(approx, IVFPQIndex)
+  assert (approx.num_lists, approx.num_subspaces) == (51, 3)
+  assert approx.nprobe == 3 and approx.store_vectors
+  _, ids = approx(vectors[:3].astype(np.float32), 5, nprobe=51, rerank=2000)
+  _, want = exact(vectors[:3].astype(np.float32), 5)
+  np.testing.assert_array_equal(ids.numpy(), want.numpy())
+  with pytest.raises(ValueError, match="index kind"):
+    build_index(vectors, "hnsw")
+  with pytest.raises(ValueError, match="non-empty"):
+    build_index(np.zeros((0, 4)))
+

@@ -7,6 +7,7 @@ import subprocess
 import sys
 import time
 
+import numpy as np
 import pytest
 
 from conftest import dataset_dir
@@ -29,6 +30,14 @@ def _metrics(output_dir):
     (["--dataset=ncf-ml-1m"], "needs --data_dir"),
     (["--dataset=ml-1m", "--data_dir=/no/such/folder"], "does not exist"),
     (["--epochs=0"], "--epochs must be >= 1"),
+    (["--dataset=ml-1m", "--data_dir=.", "--synthetic_items=5000"],
+     "--synthetic_items works with --dataset=synthetic only"),
+    (["--synthetic_items=50"], "--synthetic_items must be >= 100"),
+    (["--model=item_cf", "--save_embeddings"],
+     "--save_embeddings works with --model=two_tower only"),
+    (["--num_subspaces=5"], "--num_subspaces=5 must divide"),
+    (["--num_lists=4", "--nprobe=5"], "--nprobe must be <= --num_lists"),
+    (["--rerank=-1"], "--rerank must be >= 0"),
 ])
 def test_bad_flags_fail_before_any_work(tmp_path, args, message):
   out = tmp_path / "run"
@@ -70,6 +79,27 @@ def test_finished_run_is_kept_without_overwrite_and_resumes_after_a_kill(
   assert again.returncode == 2
   assert "already holds a finished run" in again.stderr
   assert _metrics(out) == metrics
+
+
+def test_two_tower_exports_an_ivfpq_servable_and_its_embeddings(tmp_path):
+  out, export = tmp_path / "run", tmp_path / "export"
+  proc = _run("--model=two_tower", "--dataset=synthetic",
+              "--synthetic_items=3000", f"--output_dir={out}",
+              f"--export_dir={export}", "--index=ivfpq", "--num_lists=16",
+              "--nprobe=4", "--rerank=50", "--save_embeddings", "--epochs=1",
+              "--batch_size=512", "--verbose=0")
+  assert proc.returncode == 0, proc.stderr[-3000:]
+  metrics = _metrics(out)
+  assert metrics["num_items"] == 3000
+  items = np.load(out / "item_embeddings.npy")
+  users = np.load(out / "user_embeddings.npy")
+  assert items.shape == (3000, 64)
+  assert users.shape == (metrics["num_test_users"], 64)
+  card = json.loads((export / "1" / "assets.extra" /
+                     "model_card.json").read_text())
+  assert card["index"]["type"] == "IVFPQIndex"
+  assert (card["index"]["num_lists"], card["index"]["nprobe"],
+          card["index"]["rerank"]) == (16, 4, 50)
 
 
 def test_floors_on_the_ncf_split(data_root, tmp_path):

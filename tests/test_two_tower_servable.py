@@ -1,5 +1,6 @@
 """The two-tower servable: export -> check -> same answers as in memory."""
 
+import json
 import subprocess
 import sys
 
@@ -10,7 +11,9 @@ from retrieval_tf import evaluation
 from retrieval_tf.compat import tf
 from retrieval_tf.datasets import synthetic
 from retrieval_tf.models.two_tower import TwoTowerModel
-from retrieval_tf.models.two_tower_servable import export_two_tower
+from retrieval_tf.index import build_index
+from retrieval_tf.models.two_tower_servable import (export_two_tower,
+                                                    raw_requests)
 from retrieval_tf.serving import check
 
 L = 5
@@ -130,3 +133,37 @@ def test_query_cli_prints_titles(exported):
                         "--json", json.dumps(dict(request, k=[0]))],
                        capture_output=True, text=True, timeout=300)
   assert bad.returncode == 1 and "k must be >= 1" in bad.stderr
+
+
+def test_ivfpq_servable_passes_the_checker_and_matches_its_index(
+    exported, tmp_path):
+  data, model, items, _ = exported
+  index = build_index(items, "ivfpq", max_k=50, num_lists=8, rerank=0)
+  path = export_two_tower(model, data, items, str(tmp_path / "ivfpq"), L,
+                          max_k=50, index=index)
+  check.check(path)
+  card = json.loads((tmp_path / "ivfpq" / "1" / "assets.extra" /
+                     "model_card.json").read_text())
+  assert card["index"]["type"] == "IVFPQIndex"
+  assert card["index"]["num_lists"] == 8 and card["index"]["bytes"] > 0
+  request = raw_requests(data, [0, 5, 7], L)
+  ids, scores = _serve(path, request, [10] * 3)
+  loaded = tf.saved_model.load(path).signatures["query_embedding"]
+  vectors = loaded(**{n: tf.constant(v) for n, v in request.items()})
+  want_scores, want = index(vectors["query_embedding"], 10)
+  np.testing.assert_allclose(scores, want_scores.numpy(), rtol=1e-5,
+                             atol=1e-6)
+  got = np.array([[x.decode() for x in row] for row in ids])
+  np.testing.assert_array_equal(got, data.items.decode(want.numpy()))
+
+
+def test_raw_requests_are_what_a_client_sends(exported):
+  data = exported[0]
+  request = raw_requests(data, [0, 3], history_length=4)
+  assert request["user_id"] == [str(data.users.ids[0]),
+                                str(data.users.ids[3])]
+  assert all(len(row) == len(request["history"][0])
+             for row in request["history"])
+  assert max(len(row) for row in request["history"]) <= 4
+  assert set(request) == {"user_id", "history"} | {
+      f"user_{f}" for f in data.user_features}

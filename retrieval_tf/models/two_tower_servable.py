@@ -26,9 +26,10 @@ from typing import Dict, Mapping, Optional, Sequence
 import numpy as np
 
 from retrieval_tf import export as export_lib
-from retrieval_tf.compat import tf
+from retrieval_tf.compat import keras, tf
+from retrieval_tf.data.history import HistoryIndex
 from retrieval_tf.datasets.types import RecDataset, Vocabulary
-from retrieval_tf.index import BruteForceIndex
+from retrieval_tf.index import build_index, index_parameters
 from retrieval_tf.models.two_tower import TwoTowerModel
 
 
@@ -51,9 +52,9 @@ def _to_index_table(asset: tf.saved_model.Asset) -> tf.lookup.StaticHashTable:
 
 
 class TwoTowerServable(tf.Module):
-  """The user tower + a `BruteForceIndex` over the item tower's embeddings."""
+  """The user tower + an index layer over the item tower's embeddings."""
 
-  def __init__(self, model: TwoTowerModel, index: BruteForceIndex,
+  def __init__(self, model: TwoTowerModel, index: keras.layers.Layer,
                vocabularies: Mapping[str, str], history_length: int,
                max_k: int, extra_assets: Sequence[str] = ()):
     super().__init__()
@@ -89,8 +90,6 @@ class TwoTowerServable(tf.Module):
 
   def _user_vector(self, request: Dict[str, tf.Tensor]) -> tf.Tensor:
     batch = tf.shape(request["user_id"])[0]
-    tf.debugging.assert_positive(
-        batch, message="empty batch: the request has no rows")
     history = request["history"][:, -self.history_length:]
     tf.debugging.assert_equal(
         tf.shape(history)[0], batch,
@@ -103,9 +102,12 @@ class TwoTowerServable(tf.Module):
     return self.model.user_embedding(features, training=False)
 
   def _embed(self, request):
+    request = _non_empty(request)
     return {"query_embedding": self._user_vector(request)}
 
   def _serve(self, request, k):
+    request = _non_empty(dict(request, k=k))
+    k = request.pop("k")
     vectors = self._user_vector(request)
     tf.debugging.assert_equal(
         tf.size(k), tf.shape(vectors)[0],
@@ -122,11 +124,49 @@ class TwoTowerServable(tf.Module):
             "scores": scores}
 
 
+def _non_empty(request: Dict[str, tf.Tensor]) -> Dict[str, tf.Tensor]:
+  """The request's tensors, usable only after the check that it has rows
+  (so an empty batch fails with this message, not inside a later op)."""
+  batch = tf.shape(request["user_id"])[0]
+  with tf.control_dependencies([tf.debugging.assert_positive(
+      batch, message="empty batch: the request has no rows")]):
+    return {name: tf.identity(value) for name, value in request.items()}
+
+
+def raw_requests(dataset: RecDataset, users: Sequence[int],
+                 history_length: int) -> Dict[str, list]:
+  """The `serving_default` request (without `k`) a client would send for
+  these user indices: original ids, the last `history_length` items of each
+  user's interactions (right-aligned, padded with ""), profile values."""
+  users = np.asarray(users, np.int64)
+  history = HistoryIndex.from_interactions(dataset.interactions,
+                                           dataset.num_users)
+  starts, ends = history.user_history(users)
+  starts = np.maximum(starts, ends - history_length)
+  width = int(max(1, (ends - starts).max(initial=0)))
+  rows = []
+  for start, end in zip(starts, ends):
+    ids = [dataset.items.ids[i] for i in history.items[start:end]]
+    rows.append([""] * (width - len(ids)) + [str(i) for i in ids])
+  request = {"user_id": [str(dataset.users.ids[u]) for u in users],
+             "history": rows}
+  for field, values in dataset.user_features.items():
+    if field in dataset.feature_vocabularies:
+      vocab = dataset.feature_vocabularies[field]
+      request[f"user_{field}"] = [str(vocab.ids[v]) for v in values[users]]
+  return request
+
+
 def export_two_tower(model: TwoTowerModel, dataset: RecDataset,
                      item_vectors: np.ndarray, export_dir: str,
                      history_length: int, max_k: int = 1000,
-                     model_card: Optional[Mapping] = None) -> str:
-  """Exports the servable as the next version of `export_dir`; returns it."""
+                     model_card: Optional[Mapping] = None,
+                     index: Optional[keras.layers.Layer] = None) -> str:
+  """Exports the servable as the next version of `export_dir`; returns it.
+
+  `index` is a filled index layer over `item_vectors` (e.g. from
+  `retrieval_tf.index.build_index`); by default an exact `BruteForceIndex`.
+  """
   vocab_dir = tempfile.mkdtemp(prefix="two_tower_vocab_")
   vocabularies = {
       "users": _write_vocabulary(vocab_dir, "users", dataset.users.ids),
@@ -139,23 +179,19 @@ def export_two_tower(model: TwoTowerModel, dataset: RecDataset,
     extra.append(_write_vocabulary(
         vocab_dir, "item_titles",
         [" ".join(str(t).split()) for t in dataset.item_titles]))
-  index = BruteForceIndex(len(item_vectors), item_vectors.shape[1],
-                          max_k=min(max_k, len(item_vectors)))
-  index.set_embeddings(item_vectors)
+  if index is None:
+    index = build_index(item_vectors, "brute_force", max_k=max_k)
+  if index.num_items != len(item_vectors):
+    raise ValueError(f"the index holds {index.num_items} items, the dataset "
+                     f"has {len(item_vectors)}")
   servable = TwoTowerServable(model, index, vocabularies, history_length,
                               max_k, extra_assets=extra)
-  users = dataset.users.ids[:2]
-  history = [list(dataset.items.ids[:3]), list(dataset.items.ids[3:5]) + [""]]
-  example = {"user_id": list(users), "history": history}
-  for field in servable.fields:
-    example[f"user_{field}"] = [dataset.feature_vocabularies[field].ids[0]] * 2
+  example = raw_requests(dataset, [0, 1], min(history_length, 5))
   card = dict(model_card or {})
   card.update({
       "model": "two_tower", "paper": "Covington et al., RecSys'16 (YouTube "
       "DNN) as a two-tower retrieval model",
-      "index": {"type": "BruteForceIndex", "metric": "dot",
-                "num_items": len(item_vectors),
-                "dim": int(item_vectors.shape[1]), "max_k": servable.max_k},
+      "index": dict(index_parameters(index), max_k=servable.max_k),
       "history_length": history_length,
       "vocabulary_assets": sorted(os.path.basename(p) for p in
                                   list(vocabularies.values()) + extra),

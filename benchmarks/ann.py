@@ -1,0 +1,427 @@
+"""Approximate nearest neighbours, side by side in one run.
+
+    python -m benchmarks.ann [--data_root=../shared/data] [--num_items=1000000]
+
+Same vectors, same queries, one thread everywhere (TF intra/inter-op, Faiss
+OpenMP, hnswlib, ScaNN's serial batch search), exact ground truth by NumPy
+brute force. Peers: the pure-TF `BruteForceIndex` and `IVFPQIndex` of this
+library, TFRS `BruteForce` and `ScaNN` layers, ScaNN's Python API, Faiss
+`IndexFlatIP` and `IndexIVFPQ` (with and without `IndexRefineFlat`), hnswlib
+and Annoy. Datasets:
+
+* `ml-1m`: item and user embeddings of the two-tower baseline trained on NCF
+  ML-1M (`python -m retrieval_tf.train ... --save_embeddings`), real;
+* `clustered-1m`: `--num_items` x 64 vectors drawn around 2,000 Gaussian
+  centres with different spreads, queries from the same mixture.
+
+For each method and setting: recall@10 and recall@100 against the exact
+top-100, QPS of one 1,000-query batch (median of 3; Annoy has no batch call
+and is timed query by query), single-query p50 / p99 latency, build time and
+index bytes. It then trains the two-tower on a synthetic world of
+`--num_items` items, exports it with an IVF-PQ index, and times that
+servable and the ML-1M one from disk in a TensorFlow-only process
+(`benchmarks/servable_latency.py`). Writes the `ann` section of RESULTS.md,
+`results/ann.json` and `results/ann.png` (recall@100 vs QPS).
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import shlex
+import subprocess
+import sys
+import tempfile
+import time
+from typing import Callable, Dict, List
+
+from absl import app
+from absl import flags
+import numpy as np
+
+from benchmarks import report
+
+flags.DEFINE_string("data_root", os.path.join("..", "shared", "data"),
+                    "Folder holding ncf-ml-1m/ (relative to the repository "
+                    "root).")
+flags.DEFINE_string("output_root", os.path.join("runs", "benchmarks", "ann"),
+                    "Where training runs and exports go.")
+flags.DEFINE_integer("num_items", 1_000_000, "Items of the clustered set and"
+                     " of the synthetic world behind the 1M servable.")
+flags.DEFINE_integer("num_queries", 1000, "Queries (one batch).")
+flags.DEFINE_integer("latency_queries", 200, "Single queries timed.")
+flags.DEFINE_list("datasets", ["ml-1m", "clustered-1m"], "Which datasets.")
+flags.DEFINE_bool("servables", True, "Also time exported servables.")
+FLAGS = flags.FLAGS
+
+K = 100
+REPO_ROOT = os.path.dirname(report.HERE)
+
+
+def _pin_threads() -> None:
+  from retrieval_tf.compat import tf  # pylint: disable=g-import-not-at-top
+  tf.config.threading.set_intra_op_parallelism_threads(1)
+  tf.config.threading.set_inter_op_parallelism_threads(1)
+  import faiss  # pylint: disable=g-import-not-at-top
+  faiss.omp_set_num_threads(1)
+
+
+def clustered_vectors(num_items: int, num_queries: int, dim: int = 64,
+                      centres: int = 2000, seed: int = 0):
+  """Items and queries from one Gaussian mixture (spreads 0.3 to 0.8)."""
+  rng = np.random.default_rng(seed)
+  means = rng.standard_normal((centres, dim)).astype(np.float32)
+  spread = rng.uniform(0.3, 0.8, centres).astype(np.float32)
+
+  def draw(n):
+    labels = rng.integers(0, centres, n)
+    noise = rng.standard_normal((n, dim)).astype(np.float32)
+    return means[labels] + spread[labels, None] * noise
+
+  return draw(num_items), draw(num_queries)
+
+
+def _run(cmd: List[str]) -> None:
+  print("$", shlex.join(cmd), flush=True)
+  subprocess.run([sys.executable] + cmd[1:], check=True, cwd=REPO_ROOT)
+
+
+def _train_command(dataset: str, output_dir: str, export_dir: str,
+                   extra=()) -> List[str]:
+  cmd = ["python", "-m", "retrieval_tf.train", "--model=two_tower",
+         f"--dataset={dataset}", f"--output_dir={output_dir}",
+         f"--export_dir={export_dir}", "--overwrite", "--verbose=2"]
+  if dataset != "synthetic":
+    cmd.append(f"--data_dir={os.path.join(FLAGS.data_root, dataset)}")
+  return cmd + list(extra)
+
+
+def ml1m_embeddings():
+  out = os.path.join(FLAGS.output_root, "ml-1m")
+  cmd = _train_command("ncf-ml-1m", out, os.path.join(out, "export"),
+                       ["--epochs=5", "--save_embeddings"])
+  _run(cmd)
+  items = np.load(os.path.join(REPO_ROOT, out, "item_embeddings.npy"))
+  users = np.load(os.path.join(REPO_ROOT, out, "user_embeddings.npy"))
+  return items, users, cmd, os.path.join(out, "export")
+
+
+def exact_top(items, queries, k=K):
+  top = []
+  for start in range(0, len(queries), 256):
+    scores = queries[start:start + 256] @ items.T
+    part = np.argpartition(-scores, k - 1, axis=1)[:, :k]
+    order = np.argsort(-np.take_along_axis(scores, part, 1), axis=1)
+    top.append(np.take_along_axis(part, order, 1))
+  return np.concatenate(top)
+
+
+def recall(found, truth, k):
+  return float(np.mean([len(set(f[:k]) & set(t[:k])) / k
+                        for f, t in zip(found, truth)]))
+
+
+def _measure(search: Callable, queries, truth, batch_search=True):
+  """recall@10/@100, QPS of the batch (median of 3), single-query p50/p99."""
+  found = np.asarray(search(queries))
+  if batch_search:
+    runs = []
+    for _ in range(3):
+      start = time.perf_counter()
+      search(queries)
+      runs.append(time.perf_counter() - start)
+    qps = len(queries) / float(np.median(runs))
+  latencies = []
+  for q in queries[:FLAGS.latency_queries]:
+    start = time.perf_counter()
+    search(q[None])
+    latencies.append(time.perf_counter() - start)
+  if not batch_search:
+    qps = len(latencies) / float(np.sum(latencies))
+  return {"recall@10": recall(found, truth, 10),
+          "recall@100": recall(found, truth, K), "qps": qps,
+          "p50_ms": 1000 * float(np.percentile(latencies, 50)),
+          "p99_ms": 1000 * float(np.percentile(latencies, 99))}
+
+
+def _file_bytes(save: Callable[[str], None]) -> int:
+  with tempfile.TemporaryDirectory() as folder:
+    save(os.path.join(folder, "index"))
+    return sum(os.path.getsize(os.path.join(root, name))
+               for root, _, names in os.walk(folder) for name in names)
+
+
+def methods(items: np.ndarray, large: bool) -> Dict[str, Callable]:
+  """name -> builder returning (bytes, {setting: search(queries) -> ids})."""
+  from retrieval_tf.compat import tf  # pylint: disable=g-import-not-at-top
+  from retrieval_tf import index as index_lib  # pylint: disable=g-import-not-at-top
+  num, dim = items.shape
+  lists = 2048 if large else max(1, min(int(4 * np.sqrt(num)), num // 39))
+  leaves = 2000 if large else lists
+  probes = (8, 16, 32) if large else tuple(
+      sorted({max(1, lists // d) for d in (16, 8, 4)}))
+  spec = [tf.TensorSpec([None, dim], tf.float32)]
+
+  def tf_search(call):
+    fn = tf.function(call, input_signature=spec)
+    return lambda q: fn(tf.constant(q, tf.float32))[1].numpy()
+
+  def tf_brute_force():
+    index = index_lib.build_index(items, "brute_force", max_k=K)
+    return (index_lib.index_parameters(index)["bytes"],
+            {"exact": tf_search(lambda q: index(q, K))})
+
+  def tf_ivfpq():
+    index = index_lib.IVFPQIndex.from_embeddings(
+        items, lists, dim // 4, iterations=10, max_k=K, store_vectors=True)
+    settings = {}
+    for nprobe in probes:
+      for rerank in (0, 300):
+        settings[f"nprobe={nprobe} rerank={rerank}"] = tf_search(
+            lambda q, n=nprobe, r=rerank: index(q, K, nprobe=n, rerank=r))
+    return index_lib.index_parameters(index)["bytes"], settings
+
+  def tfrs_brute_force():
+    import tensorflow_recommenders as tfrs  # pylint: disable=g-import-not-at-top
+    layer = tfrs.layers.factorized_top_k.BruteForce(k=K)
+    layer.index(tf.constant(items))
+    return items.nbytes + 8 * num, {"exact": tf_search(layer)}
+
+  def tfrs_scann():
+    import tensorflow_recommenders as tfrs  # pylint: disable=g-import-not-at-top
+    layer = tfrs.layers.factorized_top_k.ScaNN(
+        k=K, num_leaves=leaves, num_leaves_to_search=max(1, leaves // 20),
+        num_reordering_candidates=300, parallelize_batch_searches=False)
+    layer.index(tf.constant(items))
+    return None, {f"leaves={leaves // 20} reorder=300": tf_search(layer)}
+
+  def scann_python():
+    import scann  # pylint: disable=g-import-not-at-top
+    searcher = (scann.scann_ops_pybind.builder(items, K, "dot_product")
+                .tree(num_leaves=leaves, num_leaves_to_search=leaves // 20,
+                      training_sample_size=min(num, 250_000))
+                .score_ah(2, anisotropic_quantization_threshold=0.2)
+                .reorder(300).build())
+    settings = {}
+    for share in (40, 20, 10):
+      searched = max(1, leaves // share)
+      settings[f"leaves={searched} reorder=300"] = (
+          lambda q, s=searched: searcher.search_batched(
+              q, final_num_neighbors=K, leaves_to_search=s)[0])
+    return _file_bytes(lambda p: (os.makedirs(p), searcher.serialize(p))), \
+        settings
+
+  def faiss_flat():
+    import faiss  # pylint: disable=g-import-not-at-top
+    index = faiss.IndexFlatIP(dim)
+    index.add(items)
+    return (len(faiss.serialize_index(index)),
+            {"exact": lambda q: index.search(q, K)[1]})
+
+  def faiss_ivfpq(refine: bool):
+    import faiss  # pylint: disable=g-import-not-at-top
+    quantizer = faiss.IndexFlatIP(dim)
+    ivfpq = faiss.IndexIVFPQ(quantizer, dim, lists, dim // 4, 8,
+                             faiss.METRIC_INNER_PRODUCT)
+    ivfpq.train(items)
+    ivfpq.add(items)
+    index = faiss.IndexRefineFlat(ivfpq, faiss.swig_ptr(items)) \
+        if refine else ivfpq
+    if refine:
+      index.k_factor = 3.0
+    settings = {}
+    for nprobe in probes:
+      def search(q, n=nprobe):
+        ivfpq.nprobe = n
+        return index.search(q, K)[1]
+      name = f"nprobe={nprobe}" + (" k_factor=3" if refine else "")
+      settings[name] = search
+    return len(faiss.serialize_index(index)), settings
+
+  def hnsw():
+    import hnswlib  # pylint: disable=g-import-not-at-top
+    index = hnswlib.Index(space="ip", dim=dim)
+    index.init_index(max_elements=num, ef_construction=100, M=16)
+    index.set_num_threads(1)
+    index.add_items(items)
+    settings = {}
+    for ef in (100, 200, 400):
+      def search(q, ef=ef):
+        index.set_ef(ef)
+        return index.knn_query(q, k=K)[0]
+      settings[f"ef={ef}"] = search
+    return _file_bytes(index.save_index), settings
+
+  def annoy():
+    from annoy import AnnoyIndex  # pylint: disable=g-import-not-at-top
+    trees = 50 if large else 20
+    index = AnnoyIndex(dim, "dot")
+    for i, vector in enumerate(items):
+      index.add_item(i, vector)
+    index.build(trees, n_jobs=1)
+    settings = {}
+    for search_k in (trees * K * 4, trees * K * 16):
+      settings[f"trees={trees} search_k={search_k}"] = (
+          lambda q, s=search_k: np.array(
+              [index.get_nns_by_vector(v, K, search_k=s) for v in q]))
+    return _file_bytes(index.save), settings
+
+  return {"tf BruteForceIndex": tf_brute_force, "tf IVFPQIndex": tf_ivfpq,
+          "tfrs BruteForce": tfrs_brute_force, "tfrs ScaNN": tfrs_scann,
+          "ScaNN (Python)": scann_python, "Faiss IndexFlatIP": faiss_flat,
+          "Faiss IVFPQ": lambda: faiss_ivfpq(False),
+          "Faiss IVFPQ + refine": lambda: faiss_ivfpq(True),
+          "hnswlib": hnsw, "Annoy": annoy}
+
+
+def benchmark_dataset(name, items, queries):
+  truth = exact_top(items, queries)
+  rows = []
+  for method, build in methods(items, large=len(items) >= 500_000).items():
+    print(f"[{name}] {method}: building", flush=True)
+    start = time.perf_counter()
+    size, settings = build()
+    build_seconds = time.perf_counter() - start
+    for setting, search in settings.items():
+      result = _measure(search, queries, truth,
+                        batch_search=method != "Annoy")
+      result.update(dataset=name, method=method, setting=setting,
+                    build_seconds=build_seconds, bytes=size)
+      print(json.dumps(result), flush=True)
+      rows.append(result)
+  return rows
+
+
+def servable_timings(ml1m_export: str):
+  """Load time and latency of exported servables, each in its own process."""
+  out = os.path.join(FLAGS.output_root, "synthetic")
+  results, commands = [], []
+  exports = []
+  if ml1m_export:
+    exports.append(("ncf-ml-1m two-tower + BruteForceIndex (3,706 items)",
+                    ml1m_export, None))
+  export = os.path.join(out, "export")
+  cmd = _train_command(
+      "synthetic", out, export,
+      [f"--synthetic_items={FLAGS.num_items}", "--epochs=1",
+       "--batch_size=1024", "--learning_rate=0.3", "--index=ivfpq",
+       "--num_lists=2048", "--nprobe=16", "--rerank=300"])
+  _run(cmd)
+  commands.append(shlex.join(cmd))
+  exports.append((f"synthetic world, {FLAGS.num_items:,} items, two-tower + "
+                  "IVFPQIndex (J=2048, nprobe=16, rerank=300)", export, out))
+  for label, export, run_dir in exports:
+    request_file = None
+    if run_dir:
+      request_file = os.path.join(REPO_ROOT, run_dir, "requests.json")
+      _write_requests(request_file)
+    cmd = [sys.executable, "-m", "benchmarks.servable_latency",
+           os.path.join(REPO_ROOT, export), f"--k={K}"]
+    if request_file:
+      cmd.append(f"--requests={request_file}")
+    line = subprocess.run(cmd, check=True, cwd=REPO_ROOT, capture_output=True,
+                          text=True).stdout.strip().splitlines()[-1]
+    result = dict(json.loads(line), servable_label=label)
+    print(json.dumps(result), flush=True)
+    results.append(result)
+  return results, commands
+
+
+def _write_requests(path: str) -> None:
+  """1,000 raw requests of the synthetic world's users, as clients send
+  them."""
+  from retrieval_tf.datasets import registry, synthetic  # pylint: disable=g-import-not-at-top
+  from retrieval_tf.models.two_tower_servable import raw_requests  # pylint: disable=g-import-not-at-top
+  dataset = registry.load_rec_dataset(
+      "synthetic", synthetic_config=synthetic.SyntheticConfig.scaled(
+          FLAGS.num_items, seed=0))
+  users = np.random.default_rng(0).choice(dataset.num_users, 1000,
+                                          replace=False)
+  with open(path, "w") as f:
+    json.dump(raw_requests(dataset, users, 50), f)
+
+
+def plot(rows, path):
+  import matplotlib  # pylint: disable=g-import-not-at-top
+  matplotlib.use("Agg")
+  import matplotlib.pyplot as plt  # pylint: disable=g-import-not-at-top
+  datasets = sorted({r["dataset"] for r in rows})
+  fig, axes = plt.subplots(1, len(datasets), figsize=(7 * len(datasets), 5),
+                           squeeze=False)
+  for ax, dataset in zip(axes[0], datasets):
+    for method in dict.fromkeys(r["method"] for r in rows):
+      points = sorted((r["recall@100"], r["qps"]) for r in rows
+                      if r["dataset"] == dataset and r["method"] == method)
+      if points:
+        ax.plot(*zip(*points), marker="o", label=method)
+    ax.set_yscale("log")
+    ax.set_xlabel("recall@100")
+    ax.set_ylabel("queries per second (batch of 1,000, 1 thread)")
+    ax.set_title(dataset)
+    ax.grid(True, which="both", alpha=0.3)
+    ax.legend(fontsize=7)
+  fig.tight_layout()
+  fig.savefig(path, dpi=110)
+
+
+def main(unused_argv):
+  os.chdir(REPO_ROOT)
+  _pin_threads()
+  rows, commands, ml1m_export = [], [], None
+  if "ml-1m" in FLAGS.datasets:
+    items, users, cmd, ml1m_export = ml1m_embeddings()
+    commands.append(shlex.join(cmd))
+    queries = users[np.random.default_rng(0).choice(
+        len(users), min(FLAGS.num_queries, len(users)), replace=False)]
+    rows += benchmark_dataset("ml-1m two-tower", items, queries)
+  if "clustered-1m" in FLAGS.datasets:
+    items, queries = clustered_vectors(FLAGS.num_items, FLAGS.num_queries)
+    rows += benchmark_dataset(f"clustered {len(items):,} x 64", items,
+                              queries)
+  servables = []
+  if FLAGS.servables:
+    servables, more = servable_timings(ml1m_export)
+    commands += more
+  plot(rows, os.path.join(report.RESULTS_DIR, "ann.png"))
+  table = report.markdown_table(
+      ["dataset", "method", "setting", "recall@10", "recall@100", "QPS",
+       "p50 ms", "p99 ms", "build s", "MB"],
+      [[r["dataset"], r["method"], r["setting"], r["recall@10"],
+        r["recall@100"], round(r["qps"], 1), round(r["p50_ms"], 3),
+        round(r["p99_ms"], 3), round(r["build_seconds"], 1),
+        "-" if r["bytes"] is None else round(r["bytes"] / 2**20, 1)]
+       for r in rows])
+  serving = report.markdown_table(
+      ["servable", "load s", "p50 ms", "p99 ms", "rows/s (1,000-row "
+       "request)"],
+      [[s["servable_label"], s["load_seconds"], s["p50_ms"], s["p99_ms"],
+        s["batch_1000_rows_per_second"]] for s in servables])
+  listed = "\n".join(f"    {c}" for c in commands)
+  argv = shlex.join(["python", "-m", "benchmarks.ann"] + sys.argv[1:])
+  report.write_section("ann", f"""
+## ANN: pure-TF indexes against TFRS, ScaNN, Faiss, hnswlib, Annoy
+
+Measured on {report.machine()} by `{argv}`, one thread per method, exact
+top-{K} by brute force as ground truth; the embeddings and servables come
+from:
+
+{listed}
+
+QPS is for one batch of {FLAGS.num_queries} queries (Annoy: one query at a
+time); p50/p99 over {FLAGS.latency_queries} single queries; MB is the
+serialised index (TF indexes: their variables; TFRS ScaNN: not measured).
+Plot: `results/ann.png`.
+
+{table}
+
+### Servables end to end (raw request -> top-{K}, loaded from disk)
+
+Each timed by `python -m benchmarks.servable_latency` in a TensorFlow-only
+process with one thread; synthetic requests are 1,000 users' real histories.
+
+{serving}
+""", {"rows": rows, "servables": servables, "commands": commands})
+
+
+if __name__ == "__main__":
+  app.run(main)
