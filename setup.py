@@ -25,7 +25,8 @@ setuptools.setup(
     version="0.1.0",
     description=("TF2/Keras reference implementations of industrial retrieval "
                  "systems (Poeem, Deep Retrieval, PDN, DPSR, MGDSPR)"),
-    packages=setuptools.find_packages(include=["retrieval_tf", "retrieval_tf.*"]),
+    packages=setuptools.find_packages(
+        include=["retrieval_tf", "retrieval_tf.*", "poeem_tf", "poeem_tf.*"]),
     python_requires=">=3.10,<3.12",
     install_requires=INSTALL_REQUIRES,
     extras_require=EXTRAS,
@@ -33,6 +34,7 @@ setuptools.setup(
         "console_scripts": [
             "retrieval-tf-train=retrieval_tf.train:run_main",
             "retrieval-tf-check=retrieval_tf.serving.check:run_main",
+            "poeem-train=poeem_tf.train:run_main",
         ],
     },
 )

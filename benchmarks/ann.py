@@ -158,7 +158,7 @@ def methods(items: np.ndarray, large: bool) -> Dict[str, Callable]:
   num, dim = items.shape
   lists = 2048 if large else max(1, min(int(4 * np.sqrt(num)), num // 39))
   leaves = 2000 if large else lists
-  probes = (8, 16, 32) if large else tuple(
+  probes = (4, 8, 16) if large else tuple(
       sorted({max(1, lists // d) for d in (16, 8, 4)}))
   spec = [tf.TensorSpec([None, dim], tf.float32)]
 
@@ -190,20 +190,21 @@ def methods(items: np.ndarray, large: bool) -> Dict[str, Callable]:
   def tfrs_scann():
     import tensorflow_recommenders as tfrs  # pylint: disable=g-import-not-at-top
     layer = tfrs.layers.factorized_top_k.ScaNN(
-        k=K, num_leaves=leaves, num_leaves_to_search=max(1, leaves // 20),
+        k=K, num_leaves=leaves, num_leaves_to_search=max(1, leaves // 40),
         num_reordering_candidates=300, parallelize_batch_searches=False)
     layer.index(tf.constant(items))
-    return None, {f"leaves={leaves // 20} reorder=300": tf_search(layer)}
+    return None, {f"leaves={max(1, leaves // 40)} reorder=300":
+                  tf_search(layer)}
 
   def scann_python():
     import scann  # pylint: disable=g-import-not-at-top
     searcher = (scann.scann_ops_pybind.builder(items, K, "dot_product")
-                .tree(num_leaves=leaves, num_leaves_to_search=leaves // 20,
+                .tree(num_leaves=leaves, num_leaves_to_search=leaves // 40,
                       training_sample_size=min(num, 250_000))
                 .score_ah(2, anisotropic_quantization_threshold=0.2)
                 .reorder(300).build())
     settings = {}
-    for share in (40, 20, 10):
+    for share in (80, 40, 20):
       searched = max(1, leaves // share)
       settings[f"leaves={searched} reorder=300"] = (
           lambda q, s=searched: searcher.search_batched(

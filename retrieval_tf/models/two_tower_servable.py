@@ -8,6 +8,9 @@ export's asset files, runs the user tower and searches the item index:
   [B] string, k [B] int32) -> {item_ids [B, k] string, scores [B, k]}`;
 * `query_embedding(... same features, no k) -> {query_embedding [B, d]}`.
 
+A model without a user-id embedding (`use_user_id=False`, e.g. for held-out
+users, or Poeem's towers) takes no `user_id` input.
+
 Out-of-vocabulary path: an unknown user id or profile value maps to -1 and
 contributes a zero vector to the user tower; unknown or empty ("") history
 entries are masked out. A user with nothing known is served from the tower's
@@ -75,8 +78,10 @@ class TwoTowerServable(tf.Module):
             self.assets["items"], tf.int64,
             tf.lookup.TextFileIndex.LINE_NUMBER, tf.string,
             tf.lookup.TextFileIndex.WHOLE_LINE), default_value="")
-    spec = {"user_id": tf.TensorSpec([None], tf.string, "user_id"),
-            "history": tf.TensorSpec([None, None], tf.string, "history")}
+    self.with_user_id = bool(model.use_user_id)
+    spec = {"history": tf.TensorSpec([None, None], tf.string, "history")}
+    if self.with_user_id:
+      spec["user_id"] = tf.TensorSpec([None], tf.string, "user_id")
     spec.update({f"user_{f}": tf.TensorSpec([None], tf.string, f"user_{f}")
                  for f in self.fields})
     self.input_spec = spec
@@ -89,14 +94,14 @@ class TwoTowerServable(tf.Module):
     return tf.cast(self.to_index[name].lookup(values), tf.int32)
 
   def _user_vector(self, request: Dict[str, tf.Tensor]) -> tf.Tensor:
-    batch = tf.shape(request["user_id"])[0]
     history = request["history"][:, -self.history_length:]
-    tf.debugging.assert_equal(
-        tf.shape(history)[0], batch,
-        message="history must have one row per user_id")
     history_ids = self._lookup("items", history)
-    features = {"user_id": self._lookup("users", request["user_id"]),
-                "history": history_ids, "history_mask": history_ids >= 0}
+    features = {"history": history_ids, "history_mask": history_ids >= 0}
+    if self.with_user_id:
+      tf.debugging.assert_equal(
+          tf.shape(history)[0], tf.shape(request["user_id"])[0],
+          message="history must have one row per user_id")
+      features["user_id"] = self._lookup("users", request["user_id"])
     for f in self.fields:
       features[f"user_{f}"] = self._lookup(f, request[f"user_{f}"])
     return self.model.user_embedding(features, training=False)
@@ -127,14 +132,15 @@ class TwoTowerServable(tf.Module):
 def _non_empty(request: Dict[str, tf.Tensor]) -> Dict[str, tf.Tensor]:
   """The request's tensors, usable only after the check that it has rows
   (so an empty batch fails with this message, not inside a later op)."""
-  batch = tf.shape(request["user_id"])[0]
+  batch = tf.shape(request["history"])[0]
   with tf.control_dependencies([tf.debugging.assert_positive(
       batch, message="empty batch: the request has no rows")]):
     return {name: tf.identity(value) for name, value in request.items()}
 
 
 def raw_requests(dataset: RecDataset, users: Sequence[int],
-                 history_length: int) -> Dict[str, list]:
+                 history_length: int, with_user_id: bool = True,
+                 with_profile: bool = True) -> Dict[str, list]:
   """The `serving_default` request (without `k`) a client would send for
   these user indices: original ids, the last `history_length` items of each
   user's interactions (right-aligned, padded with ""), profile values."""
@@ -148,10 +154,11 @@ def raw_requests(dataset: RecDataset, users: Sequence[int],
   for start, end in zip(starts, ends):
     ids = [dataset.items.ids[i] for i in history.items[start:end]]
     rows.append([""] * (width - len(ids)) + [str(i) for i in ids])
-  request = {"user_id": [str(dataset.users.ids[u]) for u in users],
-             "history": rows}
+  request = {"history": rows}
+  if with_user_id:
+    request["user_id"] = [str(dataset.users.ids[u]) for u in users]
   for field, values in dataset.user_features.items():
-    if field in dataset.feature_vocabularies:
+    if with_profile and field in dataset.feature_vocabularies:
       vocab = dataset.feature_vocabularies[field]
       request[f"user_{field}"] = [str(vocab.ids[v]) for v in values[users]]
   return request
@@ -186,11 +193,13 @@ def export_two_tower(model: TwoTowerModel, dataset: RecDataset,
                      f"has {len(item_vectors)}")
   servable = TwoTowerServable(model, index, vocabularies, history_length,
                               max_k, extra_assets=extra)
-  example = raw_requests(dataset, [0, 1], min(history_length, 5))
-  card = dict(model_card or {})
+  example = raw_requests(dataset, [0, 1], min(history_length, 5),
+                         with_user_id=servable.with_user_id,
+                         with_profile=bool(servable.fields))
+  card = {"model": "two_tower", "paper": "Covington et al., RecSys'16 "
+          "(YouTube DNN) as a two-tower retrieval model"}
+  card.update(model_card or {})
   card.update({
-      "model": "two_tower", "paper": "Covington et al., RecSys'16 (YouTube "
-      "DNN) as a two-tower retrieval model",
       "index": dict(index_parameters(index), max_k=servable.max_k),
       "history_length": history_length,
       "vocabulary_assets": sorted(os.path.basename(p) for p in

@@ -1,0 +1,113 @@
+"""Warm start (Sec. 2.3.2) and centroid utilisation (Sec. 3.3) of Poeem's
+indexing layer, as Keras callbacks around `model.fit`."""
+
+from __future__ import annotations
+
+import math
+import os
+from typing import Callable, Dict, Optional
+
+import numpy as np
+
+from retrieval_tf import quantization
+from retrieval_tf.compat import keras, tf
+
+from poeem_tf.layers import EmbeddingIndexLayer
+
+# k-means of the warm start runs on at most this many item embeddings per
+# centroid (Faiss' default), sampled from the catalogue.
+_POINTS_PER_CENTROID = 256
+
+
+def initialise_from_embeddings(layer: EmbeddingIndexLayer,
+                               embeddings: np.ndarray, seed: int = 0,
+                               iterations: int = 10) -> None:
+  """k-means initialisation of the coarse centroids and, on the residuals,
+  of the PQ codebooks, in the layer's (current) rotated space; then
+  enables the layer."""
+  embeddings = np.asarray(embeddings, np.float32)
+  if not np.isfinite(embeddings).all():
+    raise FloatingPointError("Poeem warm start: the item embeddings contain "
+                             "NaN or infinite values")
+  rotated = embeddings if layer.rotation is None else \
+      layer.rotation(embeddings).numpy()
+  book = quantization.train_ivfpq(
+      rotated, layer.coarse.num_centroids, layer.product.num_subspaces,
+      layer.product.num_codewords, iterations=iterations,
+      max_points_per_centroid=_POINTS_PER_CENTROID, seed=seed)
+  layer.coarse.centroids.assign(book.centroids)
+  layer.product.codebooks.assign(book.codebooks)
+  layer.enable()
+
+
+class WarmStart(keras.callbacks.Callback):
+  """Trains without the index layer for `steps` steps, then embeds the
+  catalogue with the item tower, initialises the quantizers by k-means and
+  plugs the layer in (Sec. 2.3.2). A resumed run whose layer is already
+  enabled does nothing.
+
+  Args:
+    steps: warm-start steps (global optimizer steps).
+    item_embeddings: returns the current raw item embeddings `[N, d]`.
+    seed: k-means seed.
+  """
+
+  def __init__(self, steps: int, item_embeddings: Callable[[], np.ndarray],
+               seed: int = 0):
+    super().__init__()
+    if steps < 1:
+      raise ValueError(f"WarmStart needs steps >= 1, got {steps}")
+    self.steps, self.item_embeddings, self.seed = int(steps), \
+        item_embeddings, int(seed)
+
+  def on_train_batch_end(self, batch, logs=None):
+    layer = self.model.index_layer
+    if float(layer.enabled.numpy()) or \
+        int(self.model.optimizer.iterations.numpy()) < self.steps:
+      return
+    initialise_from_embeddings(layer, self.item_embeddings(), self.seed)
+
+
+def utilisation(layer: EmbeddingIndexLayer,
+                embeddings: np.ndarray) -> Dict[str, float]:
+  """How the catalogue uses the quantizers: share of coarse centroids and
+  of codewords (mean over sub-spaces) with at least one item, and the
+  entropy of the coarse assignment normalised by log J (1 = uniform)."""
+  codes = layer.encode(tf.constant(embeddings, tf.float32))
+  coarse = codes["coarse_codes"].numpy()
+  pq = codes["pq_codes"].numpy()
+  num_centroids = layer.coarse.num_centroids
+  counts = np.bincount(coarse, minlength=num_centroids)
+  share = counts[counts > 0] / len(coarse)
+  entropy = float(-(share * np.log(share)).sum())
+  return {
+      "coarse_used": float((counts > 0).mean()),
+      "codewords_used": float(np.mean(
+          [len(np.unique(pq[:, m])) / layer.product.num_codewords
+           for m in range(pq.shape[1])])),
+      "coarse_entropy": entropy / math.log(num_centroids)
+      if num_centroids > 1 else 1.0,
+  }
+
+
+class UtilisationLogger(keras.callbacks.Callback):
+  """Logs `utilisation` of the catalogue to TensorBoard after each epoch
+  (under `log_dir/utilisation`) and keeps the last values."""
+
+  def __init__(self, item_embeddings: Callable[[], np.ndarray],
+               log_dir: Optional[str]):
+    super().__init__()
+    self.item_embeddings = item_embeddings
+    self.writer = tf.summary.create_file_writer(
+        os.path.join(log_dir, "utilisation")) if log_dir else None
+    self.last: Dict[str, float] = {}
+
+  def on_epoch_end(self, epoch, logs=None):
+    self.last = utilisation(self.model.index_layer, self.item_embeddings())
+    if self.writer is not None:
+      with self.writer.as_default():
+        for name, value in self.last.items():
+          tf.summary.scalar(name, value, step=epoch)
+      self.writer.flush()
+    if logs is not None:
+      logs.update(self.last)

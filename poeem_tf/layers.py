@@ -1,0 +1,262 @@
+"""Poeem's embedding indexing layer (Zhang et al., SIGIR'21, Sec. 2.2-2.3).
+
+The full quantization function (Eq. 6)
+
+    T(x) = R^T rho(psi(x'), phi(x' - v_psi(x'))),   x' = R x,
+
+is composed of a rotation R (`GivensRotation`), a coarse quantizer psi
+(`CoarseQuantizer`, Eq. 2), a product quantizer phi on the residual
+(`ProductQuantizer`, Eq. 3-5) and the decoder rho (the sum of the chosen
+coarse centroid and the concatenated PQ codewords). `EmbeddingIndexLayer`
+wires them, emits the straight-through estimate H(x) = x - sg(x - T(x))
+(Eq. 7) and adds the distortion loss sum ||T(x) - sg(x)||^2 (Sec. 2.3.1).
+Vectors are rows here, so x' = R x is written `x @ R^T`.
+"""
+
+from __future__ import annotations
+
+from typing import Dict
+
+import numpy as np
+
+from retrieval_tf.compat import keras, tf
+
+_PACKAGE = "poeem_tf"
+
+
+@keras.utils.register_keras_serializable(package=_PACKAGE)
+class GivensRotation(keras.layers.Layer):
+  """x' = R x with R orthonormal (Eq. 6), learned as a product of Givens
+  rotations by steepest block coordinate descent (Sec. 2.3.3).
+
+  R starts at the identity and is left alone by the optimizer (it is not a
+  trainable weight). `apply_gradient(dL/dR, learning_rate)` takes one step:
+  for a rotation by angle t in the plane (i, j), R <- G_ij(t) R, the
+  derivative dL/dt at t = 0 is A_ij with A = G R^T - R G^T (G = dL/dR). The
+  steepest block is a set of d/2 disjoint planes picked greedily by |A_ij|;
+  each is rotated by t_ij = -learning_rate * A_ij, and the product of these
+  Givens rotations (orthonormal by construction) multiplies R. One
+  Newton-Schulz step, R <- R (3I - R^T R) / 2, then removes float32 drift,
+  so R stays orthonormal to ~1e-6 after any number of steps.
+
+  `call(x) = x R^T` (rotate), `inverse(y) = y R` (rotate back).
+  """
+
+  def __init__(self, dim: int, **kwargs):
+    super().__init__(**kwargs)
+    if dim < 2:
+      raise ValueError(f"GivensRotation needs dim >= 2, got {dim}")
+    self.dim = int(dim)
+    self.rotation = self.add_weight(
+        name="rotation", shape=(self.dim, self.dim),
+        initializer=keras.initializers.Identity(), trainable=False,
+        aggregation=tf.VariableAggregation.ONLY_FIRST_REPLICA)
+
+  def call(self, inputs):
+    return tf.matmul(inputs, self.rotation, transpose_b=True)
+
+  def inverse(self, rotated):
+    return tf.matmul(rotated, self.rotation)
+
+  def apply_gradient(self, gradient, learning_rate) -> None:
+    """One steepest block coordinate descent step from `dL/dR`."""
+    rotation = tf.convert_to_tensor(self.rotation)
+    product = tf.matmul(gradient, rotation, transpose_b=True)
+    skew = product - tf.transpose(product)
+    rows, cols = _disjoint_planes(skew, self.dim // 2)
+    angles = -learning_rate * tf.gather_nd(
+        skew, tf.stack([rows, cols], axis=1))
+    cos, sin = tf.cos(angles), tf.sin(angles)
+    givens = tf.tensor_scatter_nd_update(
+        tf.eye(self.dim),
+        tf.concat([tf.stack([rows, rows], 1), tf.stack([cols, cols], 1),
+                   tf.stack([rows, cols], 1), tf.stack([cols, rows], 1)], 0),
+        tf.concat([cos, cos, sin, -sin], 0))
+    rotated = tf.matmul(givens, rotation)
+    gram = tf.matmul(rotated, rotated, transpose_a=True)
+    self.rotation.assign(
+        0.5 * tf.matmul(rotated, 3.0 * tf.eye(self.dim) - gram))
+
+  def get_config(self):
+    return dict(super().get_config(), dim=self.dim)
+
+
+def _disjoint_planes(skew, count: int):
+  """Greedy maximum-|A_ij| matching: `count` planes (i < j) sharing no
+  axis."""
+  dim = tf.shape(skew)[0]
+  ones = tf.ones_like(skew)
+  upper = (tf.linalg.band_part(ones, 0, -1) -
+           tf.linalg.band_part(ones, 0, 0)) > 0          # i < j only
+  scores = tf.abs(skew)
+  free = tf.ones([dim], tf.bool)
+  rows = tf.TensorArray(tf.int32, size=count)
+  cols = tf.TensorArray(tf.int32, size=count)
+
+  def pick(step, free, rows, cols):
+    allowed = tf.logical_and(
+        upper, tf.logical_and(free[:, tf.newaxis], free[tf.newaxis, :]))
+    masked = tf.where(allowed, scores, -1.0)
+    flat = tf.argmax(tf.reshape(masked, [-1]), output_type=tf.int32)
+    i, j = flat // dim, flat % dim
+    free = tf.tensor_scatter_nd_update(free, [[i], [j]], [False, False])
+    return step + 1, free, rows.write(step, i), cols.write(step, j)
+
+  _, _, rows, cols = tf.while_loop(lambda step, *_: step < count, pick,
+                                   (0, free, rows, cols))
+  return rows.stack(), cols.stack()
+
+
+def _nearest(points, centroids):
+  """Index of the L2-nearest centroid: argmin ||x - v||^2 =
+  argmax 2<x, v> - ||v||^2 (one matmul)."""
+  scores = 2.0 * tf.matmul(points, centroids, transpose_b=True) - \
+      tf.reduce_sum(tf.square(centroids), axis=-1)
+  return tf.argmax(scores, axis=-1, output_type=tf.int32)
+
+
+@keras.utils.register_keras_serializable(package=_PACKAGE)
+class CoarseQuantizer(keras.layers.Layer):
+  """psi(x) = argmin_k dist(x, v_k) over J centroids (Eq. 2).
+
+  `call(x) -> (codes [B] int32, v_codes [B, d])`; the residual is
+  `x - v_codes`. Centroids are trainable weights: the distortion loss moves
+  them toward the mean of their members.
+  """
+
+  def __init__(self, num_centroids: int, dim: int, **kwargs):
+    super().__init__(**kwargs)
+    if num_centroids < 1 or dim < 1:
+      raise ValueError(f"CoarseQuantizer needs num_centroids >= 1 and "
+                       f"dim >= 1, got {num_centroids} and {dim}")
+    self.num_centroids, self.dim = int(num_centroids), int(dim)
+    self.centroids = self.add_weight(
+        name="centroids", shape=(self.num_centroids, self.dim),
+        initializer=keras.initializers.RandomNormal(
+            stddev=1.0 / np.sqrt(self.dim)))
+
+  def call(self, inputs):
+    codes = _nearest(tf.stop_gradient(inputs), self.centroids)
+    return codes, tf.gather(self.centroids, codes)
+
+  def get_config(self):
+    return dict(super().get_config(), num_centroids=self.num_centroids,
+                dim=self.dim)
+
+
+@keras.utils.register_keras_serializable(package=_PACKAGE)
+class ProductQuantizer(keras.layers.Layer):
+  """phi(y) = [c^1, ..., c^D], c^j = argmin_k dist(y^j, v^j_k) (Eq. 3-5),
+  each sub-vector y^j of d / D dimensions quantized by its own K codewords.
+
+  `call(y) -> (codes [B, D] int32, quantized [B, d])` where `quantized` is
+  the concatenation of the chosen codewords.
+  """
+
+  def __init__(self, num_subspaces: int, num_codewords: int, dim: int,
+               **kwargs):
+    super().__init__(**kwargs)
+    if num_subspaces < 1 or dim % num_subspaces:
+      raise ValueError(f"ProductQuantizer: the embedding size d={dim} must be"
+                       f" divisible by D={num_subspaces}")
+    if num_codewords < 1:
+      raise ValueError(f"ProductQuantizer needs K >= 1, got {num_codewords}")
+    self.num_subspaces, self.num_codewords = int(num_subspaces), int(
+        num_codewords)
+    self.dim = int(dim)
+    self.codebooks = self.add_weight(
+        name="codebooks",
+        shape=(self.num_subspaces, self.num_codewords,
+               self.dim // self.num_subspaces),
+        initializer=keras.initializers.RandomNormal(
+            stddev=1.0 / np.sqrt(self.dim)))
+
+  def call(self, inputs):
+    parts = tf.transpose(tf.reshape(
+        inputs, [-1, self.num_subspaces, self.dim // self.num_subspaces]),
+                         [1, 0, 2])                      # [D, B, d/D]
+    scores = 2.0 * tf.matmul(tf.stop_gradient(parts), self.codebooks,
+                             transpose_b=True) - tf.reduce_sum(
+                                 tf.square(self.codebooks), -1)[:, None, :]
+    codes = tf.argmax(scores, axis=-1, output_type=tf.int32)   # [D, B]
+    chosen = tf.gather(self.codebooks, codes, batch_dims=1)    # [D, B, d/D]
+    quantized = tf.reshape(tf.transpose(chosen, [1, 0, 2]), [-1, self.dim])
+    return tf.transpose(codes), quantized
+
+  def get_config(self):
+    return dict(super().get_config(), num_subspaces=self.num_subspaces,
+                num_codewords=self.num_codewords, dim=self.dim)
+
+
+@keras.utils.register_keras_serializable(package=_PACKAGE)
+class EmbeddingIndexLayer(keras.layers.Layer):
+  """The indexing layer: T(x) (Eq. 6), the straight-through output
+  H(x) = x - sg(x - T(x)) (Eq. 7) and the distortion loss
+  `distortion_weight * mean_x ||T(x) - sg(x)||^2` via `add_loss`.
+
+  Until `enable()` (cold start: at construction; warm start: after the
+  k-means initialisation of `WarmStart`) the layer passes x through and adds
+  no loss, so a model can train without the index first (Sec. 2.3.2).
+
+  Args:
+    dim: embedding size d.
+    num_centroids: J coarse centroids.
+    num_subspaces: D PQ sub-spaces (must divide d).
+    num_codewords: K codewords per sub-space.
+    rotation: learn a Givens rotation R (off: R = I, "Poeem-nr").
+    distortion_weight: weight of the distortion loss.
+    enabled: quantize from the start (cold start).
+  """
+
+  def __init__(self, dim: int, num_centroids: int, num_subspaces: int,
+               num_codewords: int, rotation: bool = True,
+               distortion_weight: float = 1.0, enabled: bool = True,
+               **kwargs):
+    super().__init__(**kwargs)
+    self.dim = int(dim)
+    self.use_rotation = bool(rotation)
+    self.distortion_weight = float(distortion_weight)
+    self.rotation = GivensRotation(dim, name="rotation") if rotation else None
+    self.coarse = CoarseQuantizer(num_centroids, dim, name="coarse")
+    self.product = ProductQuantizer(num_subspaces, num_codewords, dim,
+                                    name="product")
+    self.enabled = self.add_weight(
+        name="enabled", shape=(), trainable=False,
+        initializer=keras.initializers.Constant(float(enabled)),
+        aggregation=tf.VariableAggregation.ONLY_FIRST_REPLICA)
+
+  def enable(self) -> None:
+    self.enabled.assign(1.0)
+
+  def encode(self, inputs) -> Dict[str, tf.Tensor]:
+    """Everything the quantization computes: `rotated` x', `coarse_codes`
+    [B], `pq_codes` [B, D] and `quantized` T(x) [B, d]."""
+    rotated = inputs if self.rotation is None else self.rotation(inputs)
+    coarse_codes, centroids = self.coarse(rotated)
+    pq_codes, residual = self.product(rotated - centroids)
+    decoded = centroids + residual                       # rho(...)
+    quantized = decoded if self.rotation is None else \
+        self.rotation.inverse(decoded)
+    return {"rotated": rotated, "coarse_codes": coarse_codes,
+            "pq_codes": pq_codes, "quantized": quantized}
+
+  def call(self, inputs):
+    inputs = tf.convert_to_tensor(inputs)
+    quantized = self.encode(inputs)["quantized"]
+    distortion = tf.reduce_mean(tf.reduce_sum(
+        tf.square(quantized - tf.stop_gradient(inputs)), axis=-1))
+    tf.debugging.assert_all_finite(
+        distortion, "Poeem: the quantization distortion is NaN or infinite "
+        "(embeddings or centroids diverged)")
+    self.add_loss(self.enabled * self.distortion_weight * distortion)
+    straight_through = inputs - tf.stop_gradient(inputs - quantized)
+    return self.enabled * straight_through + (1.0 - self.enabled) * inputs
+
+  def get_config(self):
+    return dict(super().get_config(), dim=self.dim,
+                num_centroids=self.coarse.num_centroids,
+                num_subspaces=self.product.num_subspaces,
+                num_codewords=self.product.num_codewords,
+                rotation=self.use_rotation,
+                distortion_weight=self.distortion_weight,
+                enabled=bool(self.enabled.numpy()))

@@ -1,0 +1,117 @@
+"""Poeem's one servable: the user tower + an `IVFPQIndex` made of the codes
+the model learned.
+
+"The index is just the codes" (Sec. 3.4): building it means running the
+item tower once, reading each item's coarse and PQ codes off the trained
+`EmbeddingIndexLayer`, and copying the centroids, codebooks and rotation into
+`retrieval_tf.index.IVFPQIndex` (whose query rotation is R^T in row-vector
+form, so that <R q, rho> = <q, T(x)>, the training score). The servable is
+the shared two-tower one: raw history in, original item ids out.
+"""
+
+from __future__ import annotations
+
+import time
+import weakref
+from typing import Any, Dict, Mapping, Optional, Tuple
+
+import numpy as np
+
+from retrieval_tf import data as pipeline
+from retrieval_tf.compat import tf
+from retrieval_tf.datasets.types import RecDataset
+from retrieval_tf.index import IVFPQIndex
+from retrieval_tf.models.two_tower_servable import export_two_tower
+
+from poeem_tf.callbacks import utilisation
+from poeem_tf.model import PoeemModel
+
+# One traced item tower per model (the catalogue is embedded every epoch).
+_EMBEDDERS: "weakref.WeakKeyDictionary" = weakref.WeakKeyDictionary()
+
+PAPER = ("Zhang et al., Joint Learning of Deep Retrieval Model and Product "
+         "Quantization based Embedding Index (Poeem), SIGIR'21")
+
+
+def raw_item_embeddings(model: PoeemModel, num_items: int,
+                        item_features=None, batch_size: int = 4096
+                        ) -> np.ndarray:
+  """x for every item: the item tower before quantization."""
+  call = _EMBEDDERS.get(model)
+  if call is None:
+    call = _EMBEDDERS[model] = tf.function(
+        lambda f: model.raw_item_embedding(f, training=False),
+        reduce_retracing=True)
+  batches = pipeline.item_dataset(num_items, item_features,
+                                  batch_size=batch_size)
+  return np.concatenate([call(b).numpy() for b in batches], axis=0)
+
+
+def index_from_codes(model: PoeemModel, item_vectors: np.ndarray,
+                nprobe: int, rerank: int = 0, max_k: int = 1000,
+                batch_size: int = 65536) -> Tuple[IVFPQIndex, float]:
+  """The `IVFPQIndex` of the learned codes; returns it and the seconds it
+  took (encoding every item + filling the index)."""
+  layer = model.index_layer
+  if layer.product.num_codewords > 256:
+    raise ValueError(f"the servable stores one byte per code: K must be <= "
+                     f"256, got {layer.product.num_codewords}")
+  start = time.perf_counter()
+  encode = tf.function(layer.encode)
+  coarse, pq = [], []
+  for begin in range(0, len(item_vectors), batch_size):
+    codes = encode(tf.constant(item_vectors[begin:begin + batch_size]))
+    coarse.append(codes["coarse_codes"].numpy())
+    pq.append(codes["pq_codes"].numpy())
+  index = IVFPQIndex(
+      len(item_vectors), item_vectors.shape[1], layer.coarse.num_centroids,
+      layer.product.num_subspaces, layer.product.num_codewords,
+      metric="dot", max_k=max_k, nprobe=nprobe, rerank=rerank,
+      store_vectors=rerank > 0, rotation=layer.use_rotation)
+  index.set_index(
+      layer.coarse.centroids.numpy(), layer.product.codebooks.numpy(),
+      np.concatenate(coarse), np.concatenate(pq),
+      vectors=item_vectors if rerank > 0 else None,
+      rotation=(layer.rotation.rotation.numpy().T if layer.use_rotation
+                else None))
+  return index, time.perf_counter() - start
+
+
+def index_warnings(model: PoeemModel,
+                   usage: Mapping[str, float]) -> list:
+  """What a model card must say about an index that is not trustworthy."""
+  warnings = []
+  if not float(model.index_layer.enabled.numpy()):
+    warnings.append("the index layer was never enabled (warm start not "
+                    "reached): the codes come from untrained centroids")
+  if usage["coarse_used"] < 0.5:
+    warnings.append(
+        f"cold index: only {usage['coarse_used']:.0%} of the coarse "
+        "centroids hold an item (use warm start)")
+  return warnings
+
+
+def export_poeem(model: PoeemModel, dataset: RecDataset, export_dir: str,
+                 history_length: int, nprobe: int, rerank: int = 0,
+                 max_k: int = 1000, item_features=None,
+                 model_card: Optional[Mapping[str, Any]] = None
+                 ) -> Dict[str, Any]:
+  """Encodes the catalogue, exports the servable as the next version of
+  `export_dir` and returns `{path, index_build_seconds, export_seconds,
+  utilisation}`."""
+  vectors = raw_item_embeddings(model, dataset.num_items, item_features)
+  index, build_seconds = index_from_codes(model, vectors, nprobe, rerank,
+                                         max_k)
+  usage = utilisation(model.index_layer, vectors)
+  card = {"model": "poeem", "paper": PAPER,
+          "index_build_seconds": round(build_seconds, 3),
+          "utilisation": usage,
+          "warnings": index_warnings(model, usage)}
+  card.update(model_card or {})
+  start = time.perf_counter()
+  path = export_two_tower(model, dataset, vectors, export_dir,
+                          history_length, max_k=max_k, model_card=card,
+                          index=index)
+  return {"path": path, "index_build_seconds": build_seconds,
+          "export_seconds": time.perf_counter() - start,
+          "utilisation": usage}

@@ -1,0 +1,227 @@
+"""Training CLI of Poeem on the shared runner.
+
+    python -m poeem_tf.train --dataset=ml-1m --data_dir=../shared/data/ml-1m \\
+        --output_dir=runs/poeem_ml1m --export_dir=exports/poeem
+
+Protocol (Sec. 3.1, behaviour -> next behaviours): the Deep Retrieval split
+(`retrieval_tf.datasets.splits.dr_split`): `--num_test_users` held-out
+users whose first half of history is the input and second half the truth;
+every other user trains. Reported (flat keys in `metrics.json`):
+
+* `recall@k`, `precision@k` (k = 10, 100): the served index, i.e. the
+  learned codes searched by `IVFPQIndex` with `--nprobe` lists;
+* `adc_recall@k`, `adc_precision@k`: the same codes, every list probed;
+* `exact_recall@k`, `exact_precision@k`: brute force over the unquantized
+  item embeddings x (what an offline index of these embeddings approaches);
+* `popular_recall@k`, `popular_precision@k`: the most popular training
+  items (the floor);
+* `coarse_used`, `codewords_used`, `coarse_entropy`: centroid utilisation;
+* `index_build_seconds`: from the trained model to the filled index.
+
+Items of the user's input half are excluded from the results. The item
+tower reads the item id only, so that sampled negatives (ids) go through the
+same tower as positives.
+"""
+
+from __future__ import annotations
+
+import math
+from typing import Any, Dict
+
+from absl import flags
+import numpy as np
+
+from retrieval_tf import data as pipeline
+from retrieval_tf.baselines import MostPopular
+from retrieval_tf import metrics as metrics_lib
+from retrieval_tf import runner
+from retrieval_tf.compat import keras, tf
+from retrieval_tf.data.history import HistoryIndex
+from retrieval_tf.data.samplers import UniformSampler
+from retrieval_tf.datasets import registry, splits
+from retrieval_tf.evaluation import exclusion_from_interactions, top_k_items
+
+from poeem_tf import callbacks as callbacks_lib
+from poeem_tf.model import LOSSES, PoeemModel
+from poeem_tf import servable
+
+DATASETS = {name: needs for name, needs in registry.REC_DATASETS.items()
+            if name in ("synthetic", "ml-1m", "amazon-beauty", "amazon-toys",
+                        "amazon", "csv")}
+KS = (10, 100)
+
+runner.define_common_flags(DATASETS, default_epochs=5,
+                           default_batch_size=1024,
+                           default_learning_rate=0.01)
+flags.DEFINE_integer("num_centroids", 64, "J: coarse centroids.")
+flags.DEFINE_integer("num_codewords", 16, "K: codewords per sub-space "
+                     "(<= 256).")
+flags.DEFINE_integer("num_subspaces", 16, "D: PQ sub-spaces (divides "
+                     "--embedding_dim).")
+flags.DEFINE_bool("rotation", True, "Learn the Givens rotation.")
+flags.DEFINE_integer("warm_start_steps", 200, "Steps without the index "
+                     "before its k-means initialisation (0: cold start).")
+flags.DEFINE_enum("loss", "hinge", LOSSES, "Hinge (margin) or softmax.")
+flags.DEFINE_float("margin", 0.1, "Hinge loss margin.")
+flags.DEFINE_integer("num_negatives", 20, "Hinge: uniform random negatives "
+                     "per example (0: the other items of the batch).")
+flags.DEFINE_float("temperature", 0.05, "Softmax temperature.")
+flags.DEFINE_float("rotation_learning_rate", 0.01,
+                   "Step size of the Givens coordinate descent.")
+flags.DEFINE_integer("embedding_dim", 64, "Embedding and tower size d.")
+flags.DEFINE_integer("history_length", 50, "Behaviour-history window.")
+flags.DEFINE_integer("num_test_users", 1000, "Held-out test users.")
+flags.DEFINE_integer("nprobe", 0, "Lists the served index probes "
+                     "(0: J / 4).")
+flags.DEFINE_integer("rerank", 0, "Candidates the servable re-scores "
+                     "exactly (0: the codes alone, as in the paper).")
+flags.DEFINE_string("export_dir", None, "Export the servable (raw history "
+                    "-> item ids) as the next version of this folder.")
+
+
+def run_experiment(ctx: runner.RunContext) -> Dict[str, Any]:
+  f = ctx.flags
+  dataset = registry.load_rec_dataset(
+      f["dataset"], f["data_dir"], seed=f["seed"],
+      synthetic_config=runner.synthetic_config(f))
+  split = splits.dr_split(dataset.interactions, 0, f["num_test_users"],
+                          seed=f["seed"])
+  hinge = f["loss"] == "hinge"
+  dataset_fn = pipeline.distributed_dataset_fn(
+      split.train, batch_size=f["batch_size"],
+      history_length=f["history_length"], num_users=dataset.num_users,
+      num_items=dataset.num_items, shuffle=True, seed=f["seed"],
+      repeat=True, drop_remainder=True,
+      negatives=((UniformSampler(dataset.num_items), f["num_negatives"])
+                 if hinge and f["num_negatives"] else None),
+      with_log_q=not hinge)
+  holder = {}
+
+  def item_vectors():
+    return servable.raw_item_embeddings(holder["model"], dataset.num_items)
+
+  def build():
+    model = PoeemModel(
+        dataset.num_items,
+        embedding_dim=f["embedding_dim"], output_dim=f["embedding_dim"],
+        num_centroids=f["num_centroids"], num_subspaces=f["num_subspaces"],
+        num_codewords=f["num_codewords"], rotation=f["rotation"],
+        loss=f["loss"], margin=f["margin"], temperature=f["temperature"],
+        rotation_learning_rate=f["rotation_learning_rate"],
+        quantize_from_start=f["warm_start_steps"] == 0)
+    model.compile(optimizer=keras.optimizers.Adagrad(f["learning_rate"]))
+    holder["model"] = model
+    return model
+
+  usage_logger = callbacks_lib.UtilisationLogger(
+      item_vectors, ctx.output_dir + "/logs" if ctx.chief else None)
+  extra = [usage_logger]
+  if f["warm_start_steps"]:
+    extra.insert(0, callbacks_lib.WarmStart(f["warm_start_steps"],
+                                            item_vectors, seed=f["seed"]))
+  result = ctx.fit(build, dataset_fn, num_examples=len(split.train),
+                   callbacks=extra)
+  model = result.model
+  holder["model"] = model
+
+  test = split.test
+  users = pipeline.user_eval_dataset(
+      test.users, HistoryIndex.from_interactions(test.inputs,
+                                                 dataset.num_users),
+      f["history_length"], batch_size=4096)
+  embed = tf.function(lambda b: model.user_embedding(b, training=False))
+  queries = np.concatenate([embed(b).numpy() for b in users])
+  truth = _padded_truth(test)
+  exclude = exclusion_from_interactions(test.inputs, test.users,
+                                        dataset.num_items)
+  vectors = item_vectors()
+  nprobe = f["nprobe"] or max(1, f["num_centroids"] // 4)
+  index, build_seconds = servable.index_from_codes(
+      model, vectors, nprobe, f["rerank"], max_k=max(KS))
+  ban = _exclusion_rows(exclude)
+  metrics: Dict[str, Any] = {
+      "num_items": dataset.num_items, "num_train_users": int(
+          len(np.unique(split.train.user))),
+      "num_test_users": len(test.users),
+      "train_examples_per_second": round(result.examples_per_second, 1),
+      "train_seconds": round(result.train_seconds, 3),
+      "train_steps": result.train_steps,
+      "final_loss": result.history["loss"][-1] if result.history.get(
+          "loss") else math.nan,
+      "index_build_seconds": round(build_seconds, 3)}
+  rankings = {
+      "": index(queries, max(KS), nprobe=nprobe, exclude=ban)[1].numpy(),
+      "adc_": index(queries, max(KS), nprobe=index.num_lists,
+                    exclude=ban)[1].numpy(),
+      "exact_": top_k_items(queries, vectors, max(KS), exclude),
+      "popular_": MostPopular().fit(split.train, dataset.num_items).top_k(
+          exclude, max(KS), exclude_history=True)}
+  for prefix, top in rankings.items():
+    report = metrics_lib.ranking_report(topk=top, truth=truth, ks=KS)
+    metrics.update({f"{prefix}{k}": v for k, v in report.items()
+                    if k.startswith(("recall", "precision"))})
+  metrics.update(callbacks_lib.utilisation(model.index_layer, vectors))
+  if f["export_dir"] and ctx.chief:
+    exported = servable.export_poeem(
+        model, dataset, f["export_dir"], f["history_length"], nprobe,
+        f["rerank"],
+        model_card={"config": f, "dataset": f["dataset"],
+                    "metrics": dict(metrics)})
+    metrics["export_path"] = exported["path"]
+    print(f"index built in {exported['index_build_seconds']:.2f} s; "
+          f"exported the servable to {exported['path']}")
+  return metrics
+
+
+def _padded_truth(held_out: splits.HeldOutUsers) -> np.ndarray:
+  """Second-half items per test user, `[U, T]` padded with -1."""
+  rows = np.searchsorted(held_out.users, held_out.truth.user)
+  counts = np.bincount(rows, minlength=len(held_out.users))
+  truth = np.full((len(held_out.users), max(1, counts.max())), -1, np.int64)
+  order = np.argsort(rows, kind="stable")
+  starts = np.concatenate([[0], np.cumsum(counts)[:-1]])
+  columns = np.arange(len(rows)) - np.repeat(starts, counts)
+  truth[rows[order], columns] = held_out.truth.item[order]
+  return truth
+
+
+def _exclusion_rows(exclude) -> np.ndarray:
+  """A CSR of seen items -> `[U, E]` item ids padded with -1."""
+  counts = np.diff(exclude.indptr)
+  rows = np.full((exclude.shape[0], max(1, counts.max())), -1, np.int32)
+  columns = np.arange(len(exclude.indices)) - np.repeat(exclude.indptr[:-1],
+                                                         counts)
+  rows[np.repeat(np.arange(exclude.shape[0]), counts), columns] = \
+      exclude.indices
+  return rows
+
+
+def validate_flags(values: Dict[str, Any]) -> None:
+  d, j, k, m = (values["embedding_dim"], values["num_centroids"],
+                values["num_codewords"], values["num_subspaces"])
+  if values["num_negatives"] < 0:
+    raise runner.UsageError("--num_negatives must be >= 0")
+  for name in ("embedding_dim", "num_centroids", "num_codewords",
+               "num_subspaces", "history_length", "num_test_users"):
+    if values[name] < 1:
+      raise runner.UsageError(f"--{name} must be >= 1, got {values[name]}")
+  if d % m:
+    raise runner.UsageError(f"--embedding_dim={d} is not divisible by "
+                            f"--num_subspaces={m}")
+  if k > 256:
+    raise runner.UsageError(f"--num_codewords={k}: the index stores one "
+                            "byte per code, so K must be <= 256")
+  if values["nprobe"] < 0 or values["nprobe"] > j:
+    raise runner.UsageError(f"--nprobe must be in 0..--num_centroids={j}")
+  if values["warm_start_steps"] < 0 or values["rerank"] < 0:
+    raise runner.UsageError("--warm_start_steps and --rerank must be >= 0")
+  if values["export_dir"]:
+    runner.check_writable(values["export_dir"], "--export_dir")
+
+
+def run_main():
+  runner.run(run_experiment, validate_command=validate_flags)
+
+
+if __name__ == "__main__":
+  run_main()

@@ -1,0 +1,129 @@
+"""PoeemModel: training with the index layer, warm start, export."""
+
+import json
+
+import numpy as np
+import pytest
+
+from retrieval_tf import data as pipeline
+from retrieval_tf.compat import keras, tf
+from retrieval_tf.datasets import synthetic
+from retrieval_tf.models.two_tower_servable import raw_requests
+from retrieval_tf.serving import check
+from poeem_tf import callbacks, servable
+from poeem_tf.model import PoeemModel
+
+L = 10
+
+
+@pytest.fixture(scope="module")
+def world():
+  return synthetic.generate(synthetic.SyntheticConfig(
+      seed=5, num_items=400, num_users=150)).to_rec_dataset()
+
+
+def _train(data, warm_start_steps, epochs=3, **kwargs):
+  model = PoeemModel(data.num_items, embedding_dim=16, output_dim=16,
+                     hidden_units=[32], num_centroids=16, num_subspaces=4,
+                     num_codewords=8,
+                     quantize_from_start=warm_start_steps == 0, **kwargs)
+  model.compile(optimizer=keras.optimizers.Adagrad(0.01))  # the paper's
+  train = pipeline.training_dataset(
+      data.interactions, batch_size=64, history_length=L, shuffle=True,
+      seed=0, drop_remainder=True)
+  vectors = lambda: servable.raw_item_embeddings(model, data.num_items)
+  extra = [callbacks.WarmStart(warm_start_steps, vectors)] \
+      if warm_start_steps else []
+  history = model.fit(train, epochs=epochs, verbose=0, callbacks=extra)
+  return model, history.history
+
+
+def test_training_steps_the_rotation_and_keeps_it_orthonormal(world):
+  model, history = _train(world, warm_start_steps=20)
+  assert np.isfinite(history["loss"]).all()
+  r = model.index_layer.rotation.rotation.numpy()
+  np.testing.assert_allclose(r @ r.T, np.eye(16), atol=1e-5)
+  assert not np.allclose(r, np.eye(16))
+  assert float(model.index_layer.enabled.numpy()) == 1.0
+
+
+def test_warm_start_uses_more_centroids_than_cold_start(world):
+  cold, _ = _train(world, warm_start_steps=0, epochs=2)
+  warm, _ = _train(world, warm_start_steps=20, epochs=2)
+  usage = {name: callbacks.utilisation(
+      model.index_layer, servable.raw_item_embeddings(model, world.num_items))
+           for name, model in (("cold", cold), ("warm", warm))}
+  assert usage["warm"]["coarse_used"] >= 0.9
+  assert usage["warm"]["coarse_used"] > usage["cold"]["coarse_used"]
+  assert usage["warm"]["coarse_entropy"] > usage["cold"]["coarse_entropy"]
+
+
+def test_config_round_trip_and_bad_parameters(world):
+  model = PoeemModel(world.num_items, num_centroids=8, num_subspaces=8,
+                     num_codewords=4, rotation=False, loss="softmax")
+  clone = PoeemModel.from_config(model.get_config())
+  assert clone.get_config() == model.get_config()
+  with pytest.raises(ValueError, match="must be divisible by D=5"):
+    PoeemModel(world.num_items, num_subspaces=5)
+  with pytest.raises(ValueError, match="must not exceed the number of items"):
+    PoeemModel(world.num_items, num_codewords=world.num_items + 1)
+  with pytest.raises(ValueError, match="loss"):
+    PoeemModel(world.num_items, loss="bpr")
+
+
+def test_nan_embeddings_stop_the_warm_start(world):
+  model = PoeemModel(world.num_items, num_centroids=4, num_subspaces=4,
+                     num_codewords=4)
+  with pytest.raises(FloatingPointError, match="NaN"):
+    callbacks.initialise_from_embeddings(model.index_layer,
+                                         np.full((50, 64), np.nan))
+
+
+def test_export_passes_the_checker_and_equals_the_in_memory_index(
+    world, tmp_path):
+  model, _ = _train(world, warm_start_steps=20, epochs=2)
+  out = servable.export_poeem(model, world, str(tmp_path / "export"), L,
+                              nprobe=4, max_k=50)
+  check.check(out["path"])
+  card = json.loads((tmp_path / "export" / "1" / "assets.extra" /
+                     "model_card.json").read_text())
+  assert card["model"] == "poeem" and card["index"]["rotation"]
+  assert card["index_build_seconds"] >= 0 and card["warnings"] == []
+  users = [0, 3, 9]
+  request = raw_requests(world, users, L, with_user_id=False,
+                         with_profile=False)
+  fn = tf.saved_model.load(out["path"]).signatures["serving_default"]
+  served = fn(**{n: tf.constant(v) for n, v in request.items()},
+              k=tf.constant([20] * 3))
+  # In memory: the same users' vectors against the codes, and against
+  # T(x) by brute force when every list is probed.
+  vectors = servable.raw_item_embeddings(model, world.num_items)
+  index, _ = servable.index_from_codes(model, vectors, nprobe=4, max_k=50)
+  history = np.array([[world.items.index(i) if i else -1 for i in row]
+                      for row in request["history"]])
+  queries = model.user_embedding({"history": history,
+                                  "history_mask": history >= 0})
+  scores, ids = index(queries, 20)
+  np.testing.assert_allclose(served["scores"].numpy(), scores.numpy(),
+                             rtol=1e-5, atol=1e-5)
+  got = np.array([[x.decode() for x in row] for row in
+                  served["item_ids"].numpy()])
+  np.testing.assert_array_equal(got, world.items.decode(ids.numpy()))
+  quantized = model.index_layer.encode(vectors)["quantized"].numpy()
+  exhaustive, _ = index(queries, 20, nprobe=index.num_lists)
+  want = np.sort(queries.numpy() @ quantized.T, axis=1)[:, ::-1][:, :20]
+  np.testing.assert_allclose(exhaustive.numpy(), want, atol=1e-5)
+
+
+def test_an_untrained_index_is_flagged_in_the_model_card(world, tmp_path):
+  model = PoeemModel(world.num_items, embedding_dim=16, output_dim=16,
+                     num_centroids=16, num_subspaces=4, num_codewords=8,
+                     quantize_from_start=False)
+  model.user_embedding({"history": np.zeros((1, L), np.int32),
+                        "history_mask": np.ones((1, L), bool)})
+  out = servable.export_poeem(model, world, str(tmp_path / "export"), L,
+                              nprobe=4, max_k=50)
+  card = json.loads((tmp_path / "export" / "1" / "assets.extra" /
+                     "model_card.json").read_text())
+  assert any("never enabled" in w for w in card["warnings"])
+  assert out["path"].endswith("1")
