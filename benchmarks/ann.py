@@ -189,12 +189,12 @@ def methods(items: np.ndarray, large: bool) -> Dict[str, Callable]:
 
   def tfrs_scann():
     import tensorflow_recommenders as tfrs  # pylint: disable=g-import-not-at-top
+    searched = max(1, leaves // (40 if large else 8))
     layer = tfrs.layers.factorized_top_k.ScaNN(
-        k=K, num_leaves=leaves, num_leaves_to_search=max(1, leaves // 40),
+        k=K, num_leaves=leaves, num_leaves_to_search=searched,
         num_reordering_candidates=300, parallelize_batch_searches=False)
     layer.index(tf.constant(items))
-    return None, {f"leaves={max(1, leaves // 40)} reorder=300":
-                  tf_search(layer)}
+    return None, {f"leaves={searched} reorder=300": tf_search(layer)}
 
   def scann_python():
     import scann  # pylint: disable=g-import-not-at-top
@@ -204,7 +204,7 @@ def methods(items: np.ndarray, large: bool) -> Dict[str, Callable]:
                 .score_ah(2, anisotropic_quantization_threshold=0.2)
                 .reorder(300).build())
     settings = {}
-    for share in (80, 40, 20):
+    for share in ((80, 40, 20) if large else (16, 8, 4)):
       searched = max(1, leaves // share)
       settings[f"leaves={searched} reorder=300"] = (
           lambda q, s=searched: searcher.search_batched(
@@ -388,15 +388,16 @@ def main(unused_argv):
       ["dataset", "method", "setting", "recall@10", "recall@100", "QPS",
        "p50 ms", "p99 ms", "build s", "MB"],
       [[r["dataset"], r["method"], r["setting"], r["recall@10"],
-        r["recall@100"], round(r["qps"], 1), round(r["p50_ms"], 3),
-        round(r["p99_ms"], 3), round(r["build_seconds"], 1),
-        "-" if r["bytes"] is None else round(r["bytes"] / 2**20, 1)]
+        r["recall@100"], f"{r['qps']:,.0f}", f"{r['p50_ms']:.3f}",
+        f"{r['p99_ms']:.3f}", f"{r['build_seconds']:.1f}",
+        "-" if r["bytes"] is None else f"{r['bytes'] / 2**20:.1f}"]
        for r in rows])
   serving = report.markdown_table(
       ["servable", "load s", "p50 ms", "p99 ms", "rows/s (1,000-row "
        "request)"],
-      [[s["servable_label"], s["load_seconds"], s["p50_ms"], s["p99_ms"],
-        s["batch_1000_rows_per_second"]] for s in servables])
+      [[s["servable_label"], f"{s['load_seconds']:.2f}",
+        f"{s['p50_ms']:.3f}", f"{s['p99_ms']:.3f}",
+        f"{s['batch_1000_rows_per_second']:,.0f}"] for s in servables])
   listed = "\n".join(f"    {c}" for c in commands)
   argv = shlex.join(["python", "-m", "benchmarks.ann"] + sys.argv[1:])
   report.write_section("ann", f"""

@@ -37,6 +37,7 @@ def initialise_from_embeddings(layer: EmbeddingIndexLayer,
       max_points_per_centroid=_POINTS_PER_CENTROID, seed=seed)
   layer.coarse.centroids.assign(book.centroids)
   layer.product.codebooks.assign(book.codebooks)
+  layer.reset_averages()
   layer.enable()
 
 

@@ -49,6 +49,7 @@ class PoeemModel(TwoTowerModel):
     rotation_learning_rate: step size of the rotation's coordinate descent.
     distortion_weight: weight of the distortion loss.
     quantize_from_start: cold start (True) or wait for `WarmStart` (False).
+    centroid_update: "ema" or "gradient" (see `EmbeddingIndexLayer`).
   """
 
   def __init__(self, num_items: int,
@@ -60,7 +61,8 @@ class PoeemModel(TwoTowerModel):
                margin: float = 0.1, temperature: float = 0.05,
                rotation_learning_rate: float = 0.01,
                distortion_weight: float = 1.0,
-               quantize_from_start: bool = True, **kwargs):
+               quantize_from_start: bool = True,
+               centroid_update: str = "ema", **kwargs):
     if loss not in LOSSES:
       raise ValueError(f"loss must be one of {LOSSES}, got {loss!r}")
     if num_codewords > num_items or num_centroids > num_items:
@@ -77,7 +79,8 @@ class PoeemModel(TwoTowerModel):
     self.index_layer = EmbeddingIndexLayer(
         output_dim, num_centroids, num_subspaces, num_codewords,
         rotation=rotation, distortion_weight=distortion_weight,
-        enabled=quantize_from_start, name="index_layer")
+        enabled=quantize_from_start, centroid_update=centroid_update,
+        name="index_layer")
 
   def raw_item_embedding(self, features: Dict[str, tf.Tensor],
                          training: bool = False) -> tf.Tensor:
@@ -87,7 +90,8 @@ class PoeemModel(TwoTowerModel):
   def item_embedding(self, features: Dict[str, tf.Tensor],
                      training: bool = False) -> tf.Tensor:
     """H(x): T(x) forward, identity backward (Eq. 7)."""
-    return self.index_layer(self.raw_item_embedding(features, training))
+    return self.index_layer(self.raw_item_embedding(features, training),
+                            training=training)
 
   def compute_loss(self, features, training=False) -> tf.Tensor:
     if self.loss_name == "softmax":
@@ -146,5 +150,6 @@ class PoeemModel(TwoTowerModel):
         "margin": self.margin,
         "rotation_learning_rate": self.rotation_learning_rate,
         "distortion_weight": layer.distortion_weight,
+        "centroid_update": layer.centroid_update,
         "quantize_from_start": bool(layer.enabled.numpy())})
     return config

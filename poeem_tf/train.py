@@ -66,6 +66,11 @@ flags.DEFINE_float("margin", 0.1, "Hinge loss margin.")
 flags.DEFINE_integer("num_negatives", 20, "Hinge: uniform random negatives "
                      "per example (0: the other items of the batch).")
 flags.DEFINE_float("temperature", 0.05, "Softmax temperature.")
+flags.DEFINE_float("distortion_weight", 1.0, "Weight of the distortion "
+                   "loss (Sec. 2.3.1).")
+flags.DEFINE_enum("centroid_update", "ema", ("ema", "gradient"),
+                  "Centroids follow their members by moving average, or by "
+                  "the optimizer on the distortion loss (the paper).")
 flags.DEFINE_float("rotation_learning_rate", 0.01,
                    "Step size of the Givens coordinate descent.")
 flags.DEFINE_integer("embedding_dim", 64, "Embedding and tower size d.")
@@ -108,6 +113,8 @@ def run_experiment(ctx: runner.RunContext) -> Dict[str, Any]:
         num_codewords=f["num_codewords"], rotation=f["rotation"],
         loss=f["loss"], margin=f["margin"], temperature=f["temperature"],
         rotation_learning_rate=f["rotation_learning_rate"],
+        distortion_weight=f["distortion_weight"],
+        centroid_update=f["centroid_update"],
         quantize_from_start=f["warm_start_steps"] == 0)
     model.compile(optimizer=keras.optimizers.Adagrad(f["learning_rate"]))
     holder["model"] = model

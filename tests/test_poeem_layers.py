@@ -114,3 +114,33 @@ def test_a_zero_gradient_leaves_the_rotation_unchanged():
   rotation = GivensRotation(6)
   rotation.apply_gradient(tf.zeros([6, 6]), 0.1)
   np.testing.assert_allclose(rotation.rotation.numpy(), np.eye(6), atol=1e-7)
+
+
+def test_moving_averages_take_centroids_to_their_members_means():
+  layer = EmbeddingIndexLayer(4, num_centroids=3, num_subspaces=2,
+                              num_codewords=2, rotation=False,
+                              ema_decay=0.5)
+  x = np.random.default_rng(6).normal(size=(60, 4)).astype(np.float32)
+  layer(x)
+  layer.reset_averages()
+  for _ in range(40):
+    codes = layer.encode(x)
+    layer(x, training=True)
+  coarse = codes["coarse_codes"].numpy()
+  centroids = layer.coarse.centroids.numpy()
+  for k in np.unique(coarse):
+    np.testing.assert_allclose(centroids[k], x[coarse == k].mean(0),
+                               atol=1e-3)
+  # Inference calls leave the averages alone.
+  before = layer.coarse.centroids.numpy().copy()
+  layer(x * 3.0)
+  np.testing.assert_array_equal(layer.coarse.centroids.numpy(), before)
+
+
+def test_gradient_update_keeps_centroids_trainable():
+  ema = EmbeddingIndexLayer(4, 2, 2, 2)
+  by_gradient = EmbeddingIndexLayer(4, 2, 2, 2, centroid_update="gradient")
+  assert not ema.coarse.trainable_weights
+  assert by_gradient.coarse.trainable_weights
+  with pytest.raises(ValueError, match="centroid_update"):
+    EmbeddingIndexLayer(4, 2, 2, 2, centroid_update="kmeans")
