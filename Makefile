@@ -28,6 +28,7 @@ bench: $(STAMP)
 	$(PY) -m benchmarks.baselines
 	$(PY) -m benchmarks.pipeline
 	$(PY) -m benchmarks.ann
+	$(PY) -m benchmarks.poeem
 
 clean:
 	rm -rf $(VENV) runs .pytest_cache

@@ -351,10 +351,20 @@ def plot(rows, path):
                            squeeze=False)
   for ax, dataset in zip(axes[0], datasets):
     for method in dict.fromkeys(r["method"] for r in rows):
-      points = sorted((r["recall@100"], r["qps"]) for r in rows
-                      if r["dataset"] == dataset and r["method"] == method)
-      if points:
-        ax.plot(*zip(*points), marker="o", label=method)
+      points = sorted(((r["recall@100"], r["qps"]) for r in rows
+                       if r["dataset"] == dataset and r["method"] == method),
+                      key=lambda p: (-p[0], -p[1]))
+      if not points:
+        continue
+      # As ann-benchmarks: the line is the Pareto frontier (no other
+      # setting is both more accurate and faster); dots are all settings.
+      frontier, best = [], -1.0
+      for recall_value, qps in points:
+        if qps > best:
+          frontier.append((recall_value, qps))
+          best = qps
+      line, = ax.plot(*zip(*frontier), marker="o", label=method)
+      ax.scatter(*zip(*points), color=line.get_color(), s=12)
     ax.set_yscale("log")
     ax.set_xlabel("recall@100")
     ax.set_ylabel("queries per second (batch of 1,000, 1 thread)")

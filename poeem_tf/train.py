@@ -26,6 +26,7 @@ same tower as positives.
 from __future__ import annotations
 
 import math
+import os
 from typing import Any, Dict
 
 from absl import flags
@@ -80,6 +81,10 @@ flags.DEFINE_integer("nprobe", 0, "Lists the served index probes "
                      "(0: J / 4).")
 flags.DEFINE_integer("rerank", 0, "Candidates the servable re-scores "
                      "exactly (0: the codes alone, as in the paper).")
+flags.DEFINE_bool("save_embeddings", False, "Write embeddings.npz: raw item "
+                  "embeddings x, the test users' query vectors, their truth "
+                  "and excluded items (padded with -1), for offline "
+                  "indexes.")
 flags.DEFINE_string("export_dir", None, "Export the servable (raw history "
                     "-> item ids) as the next version of this folder.")
 
@@ -168,6 +173,9 @@ def run_experiment(ctx: runner.RunContext) -> Dict[str, Any]:
     metrics.update({f"{prefix}{k}": v for k, v in report.items()
                     if k.startswith(("recall", "precision"))})
   metrics.update(callbacks_lib.utilisation(model.index_layer, vectors))
+  if f["save_embeddings"] and ctx.chief:
+    np.savez(os.path.join(ctx.output_dir, "embeddings.npz"), items=vectors,
+             queries=queries, truth=truth, exclude=ban)
   if f["export_dir"] and ctx.chief:
     exported = servable.export_poeem(
         model, dataset, f["export_dir"], f["history_length"], nprobe,

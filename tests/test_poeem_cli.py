@@ -4,6 +4,7 @@ import json
 import subprocess
 import sys
 
+import numpy as np
 import pytest
 
 from conftest import dataset_dir
@@ -36,7 +37,7 @@ def test_synthetic_run_exports_a_checked_servable(tmp_path):
   out, export = tmp_path / "run", tmp_path / "export"
   proc = _run("--dataset=synthetic", f"--output_dir={out}",
               f"--export_dir={export}", "--epochs=2", "--num_test_users=100",
-              "--warm_start_steps=30", "--verbose=0")
+              "--warm_start_steps=30", "--save_embeddings", "--verbose=0")
   assert proc.returncode == 0, proc.stderr[-3000:]
   metrics = json.loads((out / "metrics.json").read_text())
   for key in ("recall@100", "precision@100", "adc_recall@100",
@@ -44,6 +45,10 @@ def test_synthetic_run_exports_a_checked_servable(tmp_path):
               "index_build_seconds"):
     assert key in metrics
   assert metrics["coarse_used"] > 0.5
+  saved = np.load(out / "embeddings.npz")
+  assert saved["items"].shape == (metrics["num_items"], 64)
+  assert saved["queries"].shape == (100, 64)
+  assert len(saved["truth"]) == len(saved["exclude"]) == 100
   check = subprocess.run([sys.executable, "-m", "retrieval_tf.serving.check",
                           str(export)], capture_output=True, text=True,
                          timeout=600)
