@@ -40,6 +40,7 @@ from absl import flags
 import numpy as np
 
 from benchmarks import report
+from benchmarks.vectors import clustered_vectors
 
 flags.DEFINE_string("data_root", os.path.join("..", "shared", "data"),
                     "Folder holding ncf-ml-1m/ (relative to the repository "
@@ -64,21 +65,6 @@ def _pin_threads() -> None:
   tf.config.threading.set_inter_op_parallelism_threads(1)
   import faiss  # pylint: disable=g-import-not-at-top
   faiss.omp_set_num_threads(1)
-
-
-def clustered_vectors(num_items: int, num_queries: int, dim: int = 64,
-                      centres: int = 2000, seed: int = 0):
-  """Items and queries from one Gaussian mixture (spreads 0.3 to 0.8)."""
-  rng = np.random.default_rng(seed)
-  means = rng.standard_normal((centres, dim)).astype(np.float32)
-  spread = rng.uniform(0.3, 0.8, centres).astype(np.float32)
-
-  def draw(n):
-    labels = rng.integers(0, centres, n)
-    noise = rng.standard_normal((n, dim)).astype(np.float32)
-    return means[labels] + spread[labels, None] * noise
-
-  return draw(num_items), draw(num_queries)
 
 
 def _run(cmd: List[str]) -> None:
