@@ -29,6 +29,8 @@ bench: $(STAMP)
 	$(PY) -m benchmarks.pipeline
 	$(PY) -m benchmarks.ann
 	$(PY) -m benchmarks.poeem
+	$(PY) -m benchmarks.poeem --figures
+	$(PY) -m benchmarks.poeem_indexing
 
 clean:
 	rm -rf $(VENV) runs .pytest_cache

@@ -45,7 +45,16 @@ flags.DEFINE_list("train_flags", [
     "--loss=softmax", "--learning_rate=0.1", "--epochs=3",
     "--steps_per_epoch=400", "--warm_start_steps=300"],
                   "Extra flags of the Poeem training run.")
+flags.DEFINE_bool("figures", False, "Instead of Table 2: Figure 2 (r@100 "
+                  "over J, K, D with and without rotation, against Faiss "
+                  "IVFPQ) and Figure 3 (r@100 over warm-start steps, coarse "
+                  "list sizes cold vs warm) on the first dataset, as PNGs.")
 FLAGS = flags.FLAGS
+
+# Figure 2: one parameter varied at a time around J=64, K=16, D=16.
+SWEEP = {"num_centroids": (16, 64, 256), "num_codewords": (4, 16, 64),
+         "num_subspaces": (4, 16, 32)}
+WARM_STEPS = (0, 100, 300, 900)
 
 K = 100
 REPO_ROOT = os.path.dirname(report.HERE)
@@ -65,7 +74,7 @@ def _filtered(ids: np.ndarray, exclude: np.ndarray) -> np.ndarray:
   return out
 
 
-def offline_indexes(items, queries, exclude, config):
+def offline_indexes(items, queries, exclude, config, only_faiss=False):
   """name -> (build seconds, top-K ids with exclusions) on the same x."""
   import faiss  # pylint: disable=g-import-not-at-top
   num, dim = items.shape
@@ -93,6 +102,8 @@ def offline_indexes(items, queries, exclude, config):
   timed(f"Faiss IVFPQ (J={lists}, D={subspaces}, K={codewords}, "
         f"nprobe={nprobe})", faiss_ivfpq,
         lambda index: index.search(queries, min(depth, num))[1])
+  if only_faiss:
+    return results
 
   def scann_index():
     import scann  # pylint: disable=g-import-not-at-top
@@ -146,23 +157,130 @@ ABLATIONS = {"Poeem": [], "Poeem-nr (no rotation)": ["--norotation"],
              "Poeem, cold start": ["--warm_start_steps=0"]}
 
 
-def _train(dataset: str, out: str, extra):
-  """Runs one Poeem training (one thread); returns (command, metrics)."""
+def _train(dataset: str, out: str, extra, threads: int = 1):
+  """Runs one Poeem training; returns (command, metrics)."""
   cmd = ["python", "-m", "poeem_tf.train", f"--dataset={dataset}",
          f"--data_dir={os.path.join(FLAGS.data_root, dataset)}",
          f"--output_dir={out}", "--overwrite", "--verbose=2",
          "--save_embeddings"] + FLAGS.train_flags + list(extra)
   print("$", shlex.join(cmd), flush=True)
-  env = dict(os.environ, TF_NUM_INTRAOP_THREADS="1",
-             TF_NUM_INTEROP_THREADS="1")
+  env = dict(os.environ, TF_NUM_INTRAOP_THREADS=str(threads),
+             TF_NUM_INTEROP_THREADS=str(threads))
   subprocess.run([sys.executable] + cmd[1:], check=True, env=env)
   with open(os.path.join(out, "metrics.json")) as f:
     return cmd, json.load(f)
 
 
+def _faiss_recall(out: str, config) -> float:
+  """r@100 of Faiss IVFPQ with the run's J, K, D on its own x."""
+  saved = np.load(os.path.join(out, "embeddings.npz"))
+  name, (_, top) = next(iter(offline_indexes(
+      saved["items"], saved["queries"], saved["exclude"], config,
+      only_faiss=True).items()))
+  return metrics_lib.ranking_report(topk=top, truth=saved["truth"],
+                                    ks=(K,))[f"recall@{K}"]
+
+
+def figures(dataset: str) -> None:
+  """Figures 2 and 3 of the paper on `dataset` (two threads per run: these
+  are quality figures, not timings)."""
+  import matplotlib  # pylint: disable=g-import-not-at-top
+  matplotlib.use("Agg")
+  import matplotlib.pyplot as plt  # pylint: disable=g-import-not-at-top
+  base = {"num_centroids": 64, "num_codewords": 16, "num_subspaces": 16}
+  root = os.path.join(FLAGS.output_root, "figures", dataset)
+  points, commands, done = {}, [], {}
+  for param, values in SWEEP.items():
+    for value in values:
+      config = dict(base, **{param: value})
+      for rotation in (True, False):
+        flags_ = [f"--{k}={v}" for k, v in config.items()] + (
+            [] if rotation else ["--norotation"])
+        out = os.path.join(root, "-".join(f[2:] for f in flags_))
+        if out not in done:   # the base point is shared by the sweeps
+          cmd, found = _train(dataset, out, flags_, threads=2)
+          commands.append(shlex.join(cmd))
+          done[out] = (found[f"recall@{K}"],
+                       _faiss_recall(out, dict(config, nprobe=0)))
+        points[(param, value, rotation)] = done[out]
+  warm = {}
+  for steps in WARM_STEPS:
+    out = os.path.join(root, f"warm-{steps}")
+    cmd, found = _train(dataset, out, [f"--warm_start_steps={steps}"],
+                        threads=2)
+    commands.append(shlex.join(cmd))
+    saved = np.load(os.path.join(out, "embeddings.npz"))
+    warm[steps] = (found[f"recall@{K}"], found["coarse_used"],
+                   saved["list_sizes"])
+  fig, axes = plt.subplots(1, 3, figsize=(15, 4))
+  for ax, (param, values) in zip(axes, SWEEP.items()):
+    ax.plot(values, [points[(param, v, True)][0] for v in values], "o-",
+            label="Poeem")
+    ax.plot(values, [points[(param, v, False)][0] for v in values], "s--",
+            label="Poeem-nr")
+    ax.plot(values, [points[(param, v, True)][1] for v in values], "^:",
+            label="Faiss IVFPQ (x of the Poeem run)")
+    ax.set_xscale("log", base=2)
+    ax.set_xlabel(param.replace("num_", "").replace("centroids", "J")
+                  .replace("codewords", "K").replace("subspaces", "D"))
+    ax.set_ylabel(f"r@{K}")
+    ax.legend(fontsize=7)
+  fig.suptitle(f"Figure 2 on {dataset}")
+  fig.tight_layout()
+  fig.savefig(os.path.join(report.RESULTS_DIR, "poeem_figure2.png"), dpi=110)
+  fig, axes = plt.subplots(1, 2, figsize=(11, 4))
+  axes[0].plot(WARM_STEPS, [warm[s][0] for s in WARM_STEPS], "o-")
+  axes[0].set_xlabel("warm-start steps (0 = cold start)")
+  axes[0].set_ylabel(f"r@{K}")
+  for steps in (0, max(WARM_STEPS)):
+    axes[1].bar(np.arange(len(warm[steps][2])), np.sort(warm[steps][2])[::-1],
+                alpha=0.6, label=f"{steps} warm-start steps")
+  axes[1].set_xlabel("coarse centroid (sorted by size)")
+  axes[1].set_ylabel("items")
+  axes[1].legend()
+  fig.suptitle(f"Figure 3 on {dataset}")
+  fig.tight_layout()
+  fig.savefig(os.path.join(report.RESULTS_DIR, "poeem_figure3.png"), dpi=110)
+  rows2 = [[param, value, f"{points[(param, value, True)][0]:.4f}",
+            f"{points[(param, value, False)][0]:.4f}",
+            f"{points[(param, value, True)][1]:.4f}"]
+           for param, values in SWEEP.items() for value in values]
+  rows3 = [[steps, f"{warm[steps][0]:.4f}", f"{warm[steps][1]:.2f}"]
+           for steps in WARM_STEPS]
+  listed = "\n".join(f"    {c}" for c in commands)
+  report.write_section("poeem_figures", f"""
+## Poeem, Figures 2 and 3 on {dataset}
+
+Measured by `python -m benchmarks.poeem --figures
+{' '.join(a for a in sys.argv[1:] if a != '--figures')}` (two threads per
+training run; served index, nprobe = J/4); plots in
+`results/poeem_figure2.png` and `results/poeem_figure3.png`. Faiss IVFPQ is
+built on the unquantized embeddings of the Poeem run with the same J, K, D.
+
+{report.markdown_table(["varied", "value", f"Poeem r@{K}",
+                        f"Poeem-nr r@{K}", f"Faiss IVFPQ r@{K}"], rows2)}
+
+{report.markdown_table(["warm-start steps", f"r@{K}",
+                        "coarse centroids used"], rows3)}
+
+<details><summary>commands</summary>
+
+{listed}
+
+</details>
+""", {"figure2": {f"{p}={v} rotation={r}": list(x)
+                  for (p, v, r), x in points.items()},
+      "figure3": {str(s): [w[0], w[1], w[2].tolist()]
+                  for s, w in warm.items()},
+      "commands": commands})
+
+
 def main(unused_argv):
   os.chdir(REPO_ROOT)
   _pin_threads()
+  if FLAGS.figures:
+    figures(FLAGS.datasets[0])
+    return
   rows, ablation_rows, raw = [], [], {}
   for dataset in FLAGS.datasets:
     out = os.path.join(FLAGS.output_root, dataset)

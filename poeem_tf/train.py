@@ -84,7 +84,7 @@ flags.DEFINE_integer("rerank", 0, "Candidates the servable re-scores "
 flags.DEFINE_bool("save_embeddings", False, "Write embeddings.npz: raw item "
                   "embeddings x, the test users' query vectors, their truth "
                   "and excluded items (padded with -1), for offline "
-                  "indexes.")
+                  "indexes, and the items per coarse list.")
 flags.DEFINE_string("export_dir", None, "Export the servable (raw history "
                     "-> item ids) as the next version of this folder.")
 
@@ -175,7 +175,8 @@ def run_experiment(ctx: runner.RunContext) -> Dict[str, Any]:
   metrics.update(callbacks_lib.utilisation(model.index_layer, vectors))
   if f["save_embeddings"] and ctx.chief:
     np.savez(os.path.join(ctx.output_dir, "embeddings.npz"), items=vectors,
-             queries=queries, truth=truth, exclude=ban)
+             queries=queries, truth=truth, exclude=ban,
+             list_sizes=np.diff(index.list_offsets.numpy()))
   if f["export_dir"] and ctx.chief:
     exported = servable.export_poeem(
         model, dataset, f["export_dir"], f["history_length"], nprobe,
