@@ -20,6 +20,7 @@ from typing import Dict
 import numpy as np
 
 from retrieval_tf.compat import keras, tf
+from retrieval_tf.quantization import nearest_centroids
 
 _PACKAGE = "poeem_tf"
 CENTROID_UPDATES = ("ema", "gradient")
@@ -108,14 +109,6 @@ def _disjoint_planes(skew, count: int):
   return rows.stack(), cols.stack()
 
 
-def _nearest(points, centroids):
-  """Index of the L2-nearest centroid: argmin ||x - v||^2 =
-  argmax 2<x, v> - ||v||^2 (one matmul)."""
-  scores = 2.0 * tf.matmul(points, centroids, transpose_b=True) - \
-      tf.reduce_sum(tf.square(centroids), axis=-1)
-  return tf.argmax(scores, axis=-1, output_type=tf.int32)
-
-
 @keras.utils.register_keras_serializable(package=_PACKAGE)
 class CoarseQuantizer(keras.layers.Layer):
   """psi(x) = argmin_k dist(x, v_k) over J centroids (Eq. 2).
@@ -138,7 +131,7 @@ class CoarseQuantizer(keras.layers.Layer):
         aggregation=tf.VariableAggregation.ONLY_FIRST_REPLICA)
 
   def call(self, inputs):
-    codes = _nearest(tf.stop_gradient(inputs), self.centroids)
+    codes, _ = nearest_centroids(tf.stop_gradient(inputs), self.centroids)
     return codes, tf.gather(self.centroids, codes)
 
   def get_config(self):
@@ -178,10 +171,8 @@ class ProductQuantizer(keras.layers.Layer):
     parts = tf.transpose(tf.reshape(
         inputs, [-1, self.num_subspaces, self.dim // self.num_subspaces]),
                          [1, 0, 2])                      # [D, B, d/D]
-    scores = 2.0 * tf.matmul(tf.stop_gradient(parts), self.codebooks,
-                             transpose_b=True) - tf.reduce_sum(
-                                 tf.square(self.codebooks), -1)[:, None, :]
-    codes = tf.argmax(scores, axis=-1, output_type=tf.int32)   # [D, B]
+    codes, _ = nearest_centroids(tf.stop_gradient(parts),
+                                 self.codebooks)               # [D, B]
     chosen = tf.gather(self.codebooks, codes, batch_dims=1)    # [D, B, d/D]
     quantized = tf.reshape(tf.transpose(chosen, [1, 0, 2]), [-1, self.dim])
     return tf.transpose(codes), quantized

@@ -9,6 +9,7 @@ from typing import Optional
 
 import numpy as np
 
+from retrieval_tf import quantization
 from retrieval_tf.compat import keras, tf
 
 
@@ -217,7 +218,6 @@ class IVFPQIndex(keras.layers.Layer):
                       seed: int = 0, **kwargs) -> "IVFPQIndex":
     """Trains the quantizers on `embeddings` with the TF k-means / PQ
     trainer and returns the filled index (kwargs go to the constructor)."""
-    from retrieval_tf import quantization  # pylint: disable=g-import-not-at-top
     embeddings = np.asarray(embeddings, np.float32)
     index = cls(len(embeddings), embeddings.shape[1], num_lists,
                 num_subspaces, num_codewords, **kwargs)

@@ -8,13 +8,13 @@ product quantizer), so there is no Python loop over sub-spaces or points,
 only over chunks of a large point set.
 
 Assignments minimise the squared L2 distance, written as
-`argmax_c (2 <x, c> - |c|^2)` so that the work is one batched matmul.
+`argmax_c (<x, c> - |c|^2 / 2)` so that the work is one batched matmul
+(`nearest_centroids`, also used in the graph by learned quantizers).
 """
 
 from __future__ import annotations
 
 import dataclasses
-from typing import Optional
 
 import numpy as np
 
@@ -24,14 +24,24 @@ from retrieval_tf.compat import tf
 _CHUNK = 32768
 
 
+def nearest_centroids(points, centroids):
+  """The L2-nearest centroid of every point, in TF ops (usable in a graph).
+
+  `points [..., n, d]` and `centroids [..., k, d]` share their leading
+  (group) axes. Returns `(nearest [..., n] int32, best [..., n])` where
+  `best = <x, c> - |c|^2 / 2` of the nearest centroid c, so that
+  `|x - c|^2 = |x|^2 - 2 best`.
+  """
+  scores = tf.matmul(points, centroids, transpose_b=True) - 0.5 * \
+      tf.reduce_sum(tf.square(centroids), axis=-1)[..., tf.newaxis, :]
+  return (tf.argmax(scores, axis=-1, output_type=tf.int32),
+          tf.reduce_max(scores, axis=-1))
+
+
 @tf.function(reduce_retracing=True)
 def _assign_chunk(points, centroids):
   """points [G, n, d], centroids [G, k, d] -> (nearest [G, n], sq. dist)."""
-  dots = tf.matmul(points, centroids, transpose_b=True)
-  half_norms = 0.5 * tf.reduce_sum(tf.square(centroids), axis=-1)
-  scores = dots - half_norms[:, tf.newaxis, :]
-  nearest = tf.argmax(scores, axis=-1, output_type=tf.int32)
-  best = tf.reduce_max(scores, axis=-1)
+  nearest, best = nearest_centroids(points, centroids)
   distances = tf.reduce_sum(tf.square(points), axis=-1) - 2.0 * best
   return nearest, tf.maximum(distances, 0.0)
 
@@ -72,9 +82,10 @@ def kmeans(points: np.ndarray, num_centroids: int, iterations: int = 20,
            seed: int = 0) -> np.ndarray:
   """Lloyd's k-means on G groups at once.
 
-  Seeded by k-means++ (on at most 16 k points per group); an emptied cluster is re-seeded
-  with a random point of the largest cluster of its group, nudged so the two
-  split it (as Faiss does), so every centroid stays in use.
+  Seeded by k-means++ (on at most 16 k points per group); an emptied
+  cluster is re-seeded with a random point of the largest cluster of its
+  group, nudged so the two split it (as Faiss does), so every centroid stays
+  in use.
 
   Args:
     points: `[G, n, d]` or `[n, d]`, with `n >= num_centroids`.
@@ -237,13 +248,9 @@ def train_ivfpq(embeddings: np.ndarray, num_lists: int, num_subspaces: int,
                        distortion=float(errors.mean()))
 
 
-def reconstruct(codebook: IVFPQCodebook,
-                items: Optional[np.ndarray] = None) -> np.ndarray:
-  """T(x) = c_j(x) + concat_m b_m[code_m(x)] for the given items (all when
-  None)."""
+def reconstruct(codebook: IVFPQCodebook) -> np.ndarray:
+  """T(x) = c_j(x) + concat_m b_m[code_m(x)] of every encoded item."""
   assignments, codes = codebook.assignments, codebook.codes
-  if items is not None:
-    assignments, codes = assignments[items], codes[items]
   parts = [codebook.codebooks[m][codes[:, m]]
            for m in range(codebook.codebooks.shape[0])]
   return codebook.centroids[assignments] + np.concatenate(parts, axis=1)

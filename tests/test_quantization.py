@@ -68,3 +68,14 @@ def test_trainer_errors():
     quantization.kmeans(np.full((10, 2), np.nan), 2)
   with pytest.raises(ValueError, match="num_centroids"):
     quantization.kmeans(np.zeros((3, 2)), 4)
+
+
+def test_nearest_centroids_in_the_graph_equals_assign():
+  rng = np.random.default_rng(4)
+  points = rng.normal(size=(2, 40, 3)).astype(np.float32)
+  centroids = rng.normal(size=(2, 5, 3)).astype(np.float32)
+  nearest, _ = quantization.nearest_centroids(points, centroids)
+  np.testing.assert_array_equal(nearest.numpy(),
+                                quantization.assign(points, centroids)[0])
+  single, _ = quantization.nearest_centroids(points[0], centroids[0])
+  np.testing.assert_array_equal(single.numpy(), nearest.numpy()[0])
