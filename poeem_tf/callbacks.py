@@ -12,7 +12,7 @@ import numpy as np
 from retrieval_tf import quantization
 from retrieval_tf.compat import keras, tf
 
-from poeem_tf.layers import EmbeddingIndexLayer
+from poeem_tf.layers import EmbeddingIndexLayer, encode_catalogue
 
 # k-means of the warm start runs on at most this many item embeddings per
 # centroid (Faiss' default), sampled from the catalogue.
@@ -69,26 +69,29 @@ class WarmStart(keras.callbacks.Callback):
     initialise_from_embeddings(layer, self.item_embeddings(), self.seed)
 
 
-def utilisation(layer: EmbeddingIndexLayer,
-                embeddings: np.ndarray) -> Dict[str, float]:
-  """How the catalogue uses the quantizers: share of coarse centroids and
-  of codewords (mean over sub-spaces) with at least one item, and the
+def code_usage(coarse_codes: np.ndarray, pq_codes: np.ndarray,
+               num_centroids: int, num_codewords: int) -> Dict[str, float]:
+  """How a catalogue's codes use the quantizers: share of coarse centroids
+  and of codewords (mean over sub-spaces) with at least one item, and the
   entropy of the coarse assignment normalised by log J (1 = uniform)."""
-  codes = layer.encode(tf.constant(embeddings, tf.float32))
-  coarse = codes["coarse_codes"].numpy()
-  pq = codes["pq_codes"].numpy()
-  num_centroids = layer.coarse.num_centroids
-  counts = np.bincount(coarse, minlength=num_centroids)
-  share = counts[counts > 0] / len(coarse)
+  counts = np.bincount(coarse_codes, minlength=num_centroids)
+  share = counts[counts > 0] / len(coarse_codes)
   entropy = float(-(share * np.log(share)).sum())
   return {
       "coarse_used": float((counts > 0).mean()),
       "codewords_used": float(np.mean(
-          [len(np.unique(pq[:, m])) / layer.product.num_codewords
-           for m in range(pq.shape[1])])),
+          [len(np.unique(pq_codes[:, m])) / num_codewords
+           for m in range(pq_codes.shape[1])])),
       "coarse_entropy": entropy / math.log(num_centroids)
       if num_centroids > 1 else 1.0,
   }
+
+
+def utilisation(layer: EmbeddingIndexLayer,
+                embeddings: np.ndarray) -> Dict[str, float]:
+  """`code_usage` of `embeddings` encoded by the layer's quantizers."""
+  return code_usage(*encode_catalogue(layer, embeddings),
+                    layer.coarse.num_centroids, layer.product.num_codewords)
 
 
 class UtilisationLogger(keras.callbacks.Callback):

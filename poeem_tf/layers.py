@@ -15,7 +15,7 @@ Vectors are rows here, so x' = R x is written `x @ R^T`.
 
 from __future__ import annotations
 
-from typing import Dict
+from typing import Dict, Tuple
 
 import numpy as np
 
@@ -334,3 +334,17 @@ class EmbeddingIndexLayer(keras.layers.Layer):
                 enabled=bool(self.enabled.numpy()),
                 centroid_update=self.centroid_update,
                 ema_decay=self.ema_decay)
+
+
+def encode_catalogue(layer: EmbeddingIndexLayer, vectors: np.ndarray,
+                     batch_size: int = 65536) -> Tuple[np.ndarray, np.ndarray]:
+  """The coarse codes `[N]` and PQ codes `[N, D]` of many vectors, encoded in
+  batches of `batch_size` so memory stays bounded."""
+  encode = tf.function(layer.encode)
+  coarse, pq = [], []
+  for begin in range(0, len(vectors), batch_size):
+    codes = encode(tf.constant(vectors[begin:begin + batch_size],
+                               tf.float32))
+    coarse.append(codes["coarse_codes"].numpy())
+    pq.append(codes["pq_codes"].numpy())
+  return np.concatenate(coarse), np.concatenate(pq)

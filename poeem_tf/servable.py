@@ -2,8 +2,8 @@
 the model learned.
 
 "The index is just the codes" (Sec. 3.4): building it means running the
-item tower once, reading each item's coarse and PQ codes off the trained
-`EmbeddingIndexLayer`, and copying the centroids, codebooks and rotation into
+item tower once, encoding each item with the trained `EmbeddingIndexLayer`
+(`index_from_codes`), and copying the centroids, codebooks and rotation into
 `retrieval_tf.index.IVFPQIndex` (whose query rotation is R^T in row-vector
 form, so that <R q, rho> = <q, T(x)>, the training score). The servable is
 the shared two-tower one: raw history in, original item ids out.
@@ -23,7 +23,8 @@ from retrieval_tf.datasets.types import RecDataset
 from retrieval_tf.index import IVFPQIndex
 from retrieval_tf.models.two_tower_servable import export_two_tower
 
-from poeem_tf.callbacks import utilisation
+from poeem_tf.callbacks import code_usage
+from poeem_tf.layers import encode_catalogue
 from poeem_tf.model import PoeemModel
 
 # One traced item tower per model (the catalogue is embedded every epoch).
@@ -48,8 +49,8 @@ def raw_item_embeddings(model: PoeemModel, num_items: int,
 
 
 def index_from_codes(model: PoeemModel, item_vectors: np.ndarray,
-                nprobe: int, rerank: int = 0, max_k: int = 1000,
-                batch_size: int = 65536) -> Tuple[IVFPQIndex, float]:
+                     nprobe: int, rerank: int = 0, max_k: int = 1000,
+                     batch_size: int = 65536) -> Tuple[IVFPQIndex, float]:
   """The `IVFPQIndex` of the learned codes; returns it and the seconds it
   took (encoding every item + filling the index)."""
   layer = model.index_layer
@@ -57,12 +58,7 @@ def index_from_codes(model: PoeemModel, item_vectors: np.ndarray,
     raise ValueError(f"the servable stores one byte per code: K must be <= "
                      f"256, got {layer.product.num_codewords}")
   start = time.perf_counter()
-  encode = tf.function(layer.encode)
-  coarse, pq = [], []
-  for begin in range(0, len(item_vectors), batch_size):
-    codes = encode(tf.constant(item_vectors[begin:begin + batch_size]))
-    coarse.append(codes["coarse_codes"].numpy())
-    pq.append(codes["pq_codes"].numpy())
+  coarse, pq = encode_catalogue(layer, item_vectors, batch_size)
   index = IVFPQIndex(
       len(item_vectors), item_vectors.shape[1], layer.coarse.num_centroids,
       layer.product.num_subspaces, layer.product.num_codewords,
@@ -70,7 +66,7 @@ def index_from_codes(model: PoeemModel, item_vectors: np.ndarray,
       store_vectors=rerank > 0, rotation=layer.use_rotation)
   index.set_index(
       layer.coarse.centroids.numpy(), layer.product.codebooks.numpy(),
-      np.concatenate(coarse), np.concatenate(pq),
+      coarse, pq,
       vectors=item_vectors if rerank > 0 else None,
       rotation=(layer.rotation.rotation.numpy().T if layer.use_rotation
                 else None))
@@ -91,27 +87,26 @@ def index_warnings(model: PoeemModel,
   return warnings
 
 
+def index_utilisation(index: IVFPQIndex) -> Dict[str, float]:
+  """`code_usage` of the codes an index holds (no re-encoding)."""
+  sizes = np.diff(index.list_offsets.numpy())
+  return code_usage(np.repeat(np.arange(index.num_lists), sizes),
+                    index.codes.numpy(), index.num_lists, index.num_codewords)
+
+
 def export_poeem(model: PoeemModel, dataset: RecDataset, export_dir: str,
-                 history_length: int, nprobe: int, rerank: int = 0,
-                 max_k: int = 1000, item_features=None,
-                 model_card: Optional[Mapping[str, Any]] = None
-                 ) -> Dict[str, Any]:
-  """Encodes the catalogue, exports the servable as the next version of
-  `export_dir` and returns `{path, index_build_seconds, export_seconds,
-  utilisation}`."""
-  vectors = raw_item_embeddings(model, dataset.num_items, item_features)
-  index, build_seconds = index_from_codes(model, vectors, nprobe, rerank,
-                                         max_k)
-  usage = utilisation(model.index_layer, vectors)
+                 history_length: int, index: IVFPQIndex,
+                 item_vectors: np.ndarray, index_build_seconds: float,
+                 model_card: Optional[Mapping[str, Any]] = None) -> str:
+  """Exports the servable over `index` (from `index_from_codes` on
+  `item_vectors`) as the next version of `export_dir`; returns its path.
+  The model card records the build time, the utilisation and warnings."""
+  usage = index_utilisation(index)
   card = {"model": "poeem", "paper": PAPER,
-          "index_build_seconds": round(build_seconds, 3),
+          "index_build_seconds": round(index_build_seconds, 3),
           "utilisation": usage,
           "warnings": index_warnings(model, usage)}
   card.update(model_card or {})
-  start = time.perf_counter()
-  path = export_two_tower(model, dataset, vectors, export_dir,
-                          history_length, max_k=max_k, model_card=card,
-                          index=index)
-  return {"path": path, "index_build_seconds": build_seconds,
-          "export_seconds": time.perf_counter() - start,
-          "utilisation": usage}
+  return export_two_tower(model, dataset, item_vectors, export_dir,
+                          history_length, max_k=index.max_k,
+                          model_card=card, index=index)

@@ -126,7 +126,8 @@ def run_experiment(ctx: runner.RunContext) -> Dict[str, Any]:
     return model
 
   usage_logger = callbacks_lib.UtilisationLogger(
-      item_vectors, ctx.output_dir + "/logs" if ctx.chief else None)
+      item_vectors, os.path.join(ctx.output_dir, "logs") if ctx.chief
+      else None)
   extra = [usage_logger]
   if f["warm_start_steps"]:
     extra.insert(0, callbacks_lib.WarmStart(f["warm_start_steps"],
@@ -143,14 +144,17 @@ def run_experiment(ctx: runner.RunContext) -> Dict[str, Any]:
       f["history_length"], batch_size=4096)
   embed = tf.function(lambda b: model.user_embedding(b, training=False))
   queries = np.concatenate([embed(b).numpy() for b in users])
-  truth = _padded_truth(test)
+  # Truth and exclusions padded with -1, one row per test user (sorted).
+  truth = metrics_lib.pad_truth(np.split(
+      test.truth.item, np.searchsorted(test.truth.user, test.users[1:])))
   exclude = exclusion_from_interactions(test.inputs, test.users,
                                         dataset.num_items)
+  ban = metrics_lib.pad_truth(np.split(exclude.indices, exclude.indptr[1:-1]))
   vectors = item_vectors()
   nprobe = f["nprobe"] or max(1, f["num_centroids"] // 4)
+  # One index for the evaluation and the export (whose k may reach 1,000).
   index, build_seconds = servable.index_from_codes(
-      model, vectors, nprobe, f["rerank"], max_k=max(KS))
-  ban = _exclusion_rows(exclude)
+      model, vectors, nprobe, f["rerank"], max_k=1000)
   metrics: Dict[str, Any] = {
       "num_items": dataset.num_items, "num_train_users": int(
           len(np.unique(split.train.user))),
@@ -172,44 +176,21 @@ def run_experiment(ctx: runner.RunContext) -> Dict[str, Any]:
     report = metrics_lib.ranking_report(topk=top, truth=truth, ks=KS)
     metrics.update({f"{prefix}{k}": v for k, v in report.items()
                     if k.startswith(("recall", "precision"))})
-  metrics.update(callbacks_lib.utilisation(model.index_layer, vectors))
+  metrics.update(servable.index_utilisation(index))
   if f["save_embeddings"] and ctx.chief:
     np.savez(os.path.join(ctx.output_dir, "embeddings.npz"), items=vectors,
              queries=queries, truth=truth, exclude=ban,
              list_sizes=np.diff(index.list_offsets.numpy()))
   if f["export_dir"] and ctx.chief:
-    exported = servable.export_poeem(
-        model, dataset, f["export_dir"], f["history_length"], nprobe,
-        f["rerank"],
+    path = servable.export_poeem(
+        model, dataset, f["export_dir"], f["history_length"], index,
+        vectors, build_seconds,
         model_card={"config": f, "dataset": f["dataset"],
                     "metrics": dict(metrics)})
-    metrics["export_path"] = exported["path"]
-    print(f"index built in {exported['index_build_seconds']:.2f} s; "
-          f"exported the servable to {exported['path']}")
+    metrics["export_path"] = path
+    print(f"index built in {build_seconds:.2f} s; exported the servable to "
+          f"{path}")
   return metrics
-
-
-def _padded_truth(held_out: splits.HeldOutUsers) -> np.ndarray:
-  """Second-half items per test user, `[U, T]` padded with -1."""
-  rows = np.searchsorted(held_out.users, held_out.truth.user)
-  counts = np.bincount(rows, minlength=len(held_out.users))
-  truth = np.full((len(held_out.users), max(1, counts.max())), -1, np.int64)
-  order = np.argsort(rows, kind="stable")
-  starts = np.concatenate([[0], np.cumsum(counts)[:-1]])
-  columns = np.arange(len(rows)) - np.repeat(starts, counts)
-  truth[rows[order], columns] = held_out.truth.item[order]
-  return truth
-
-
-def _exclusion_rows(exclude) -> np.ndarray:
-  """A CSR of seen items -> `[U, E]` item ids padded with -1."""
-  counts = np.diff(exclude.indptr)
-  rows = np.full((exclude.shape[0], max(1, counts.max())), -1, np.int32)
-  columns = np.arange(len(exclude.indices)) - np.repeat(exclude.indptr[:-1],
-                                                         counts)
-  rows[np.repeat(np.arange(exclude.shape[0]), counts), columns] = \
-      exclude.indices
-  return rows
 
 
 def validate_flags(values: Dict[str, Any]) -> None:

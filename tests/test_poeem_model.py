@@ -82,9 +82,12 @@ def test_nan_embeddings_stop_the_warm_start(world):
 def test_export_passes_the_checker_and_equals_the_in_memory_index(
     world, tmp_path):
   model, _ = _train(world, warm_start_steps=20, epochs=2)
-  out = servable.export_poeem(model, world, str(tmp_path / "export"), L,
-                              nprobe=4, max_k=50)
-  check.check(out["path"])
+  vectors = servable.raw_item_embeddings(model, world.num_items)
+  index, seconds = servable.index_from_codes(model, vectors, nprobe=4,
+                                             max_k=50)
+  path = servable.export_poeem(model, world, str(tmp_path / "export"), L,
+                               index, vectors, seconds)
+  check.check(path)
   card = json.loads((tmp_path / "export" / "1" / "assets.extra" /
                      "model_card.json").read_text())
   assert card["model"] == "poeem" and card["index"]["rotation"]
@@ -92,13 +95,11 @@ def test_export_passes_the_checker_and_equals_the_in_memory_index(
   users = [0, 3, 9]
   request = raw_requests(world, users, L, with_user_id=False,
                          with_profile=False)
-  fn = tf.saved_model.load(out["path"]).signatures["serving_default"]
+  fn = tf.saved_model.load(path).signatures["serving_default"]
   served = fn(**{n: tf.constant(v) for n, v in request.items()},
               k=tf.constant([20] * 3))
   # In memory: the same users' vectors against the codes, and against
   # T(x) by brute force when every list is probed.
-  vectors = servable.raw_item_embeddings(model, world.num_items)
-  index, _ = servable.index_from_codes(model, vectors, nprobe=4, max_k=50)
   history = np.array([[world.items.index(i) if i else -1 for i in row]
                       for row in request["history"]])
   queries = model.user_embedding({"history": history,
@@ -109,6 +110,9 @@ def test_export_passes_the_checker_and_equals_the_in_memory_index(
   got = np.array([[x.decode() for x in row] for row in
                   served["item_ids"].numpy()])
   np.testing.assert_array_equal(got, world.items.decode(ids.numpy()))
+  # The index's utilisation is read off its codes, without re-encoding.
+  assert servable.index_utilisation(index) == callbacks.utilisation(
+      model.index_layer, vectors)
   quantized = model.index_layer.encode(vectors)["quantized"].numpy()
   exhaustive, _ = index(queries, 20, nprobe=index.num_lists)
   want = np.sort(queries.numpy() @ quantized.T, axis=1)[:, ::-1][:, :20]
@@ -121,9 +125,12 @@ def test_an_untrained_index_is_flagged_in_the_model_card(world, tmp_path):
                      quantize_from_start=False)
   model.user_embedding({"history": np.zeros((1, L), np.int32),
                         "history_mask": np.ones((1, L), bool)})
-  out = servable.export_poeem(model, world, str(tmp_path / "export"), L,
-                              nprobe=4, max_k=50)
+  vectors = servable.raw_item_embeddings(model, world.num_items)
+  index, seconds = servable.index_from_codes(model, vectors, nprobe=4,
+                                             max_k=50)
+  path = servable.export_poeem(model, world, str(tmp_path / "export"), L,
+                               index, vectors, seconds)
   card = json.loads((tmp_path / "export" / "1" / "assets.extra" /
                      "model_card.json").read_text())
   assert any("never enabled" in w for w in card["warnings"])
-  assert out["path"].endswith("1")
+  assert path.endswith("1")
