@@ -39,6 +39,7 @@ from absl import app
 from absl import flags
 import numpy as np
 
+from benchmarks import harness
 from benchmarks import report
 from benchmarks.vectors import clustered_vectors
 
@@ -56,20 +57,7 @@ flags.DEFINE_bool("servables", True, "Also time exported servables.")
 FLAGS = flags.FLAGS
 
 K = 100
-REPO_ROOT = os.path.dirname(report.HERE)
-
-
-def _pin_threads() -> None:
-  from retrieval_tf.compat import tf  # pylint: disable=g-import-not-at-top
-  tf.config.threading.set_intra_op_parallelism_threads(1)
-  tf.config.threading.set_inter_op_parallelism_threads(1)
-  import faiss  # pylint: disable=g-import-not-at-top
-  faiss.omp_set_num_threads(1)
-
-
-def _run(cmd: List[str]) -> None:
-  print("$", shlex.join(cmd), flush=True)
-  subprocess.run([sys.executable] + cmd[1:], check=True, cwd=REPO_ROOT)
+REPO_ROOT = harness.REPO_ROOT
 
 
 def _train_command(dataset: str, output_dir: str, export_dir: str,
@@ -86,7 +74,7 @@ def ml1m_embeddings():
   out = os.path.join(FLAGS.output_root, "ml-1m")
   cmd = _train_command("ncf-ml-1m", out, os.path.join(out, "export"),
                        ["--epochs=5", "--save_embeddings"])
-  _run(cmd)
+  harness.run_command(cmd)
   items = np.load(os.path.join(REPO_ROOT, out, "item_embeddings.npy"))
   users = np.load(os.path.join(REPO_ROOT, out, "user_embeddings.npy"))
   return items, users, cmd, os.path.join(out, "export")
@@ -293,8 +281,7 @@ def servable_timings(ml1m_export: str):
       [f"--synthetic_items={FLAGS.num_items}", "--epochs=1",
        "--batch_size=1024", "--learning_rate=0.3", "--index=ivfpq",
        "--num_lists=2048", "--nprobe=16", "--rerank=300"])
-  _run(cmd)
-  commands.append(shlex.join(cmd))
+  commands.append(harness.run_command(cmd))
   exports.append((f"synthetic world, {FLAGS.num_items:,} items, two-tower + "
                   "IVFPQIndex (J=2048, nprobe=16, rerank=300)", export, out))
   for label, export, run_dir in exports:
@@ -363,7 +350,7 @@ def plot(rows, path):
 
 def main(unused_argv):
   os.chdir(REPO_ROOT)
-  _pin_threads()
+  harness.pin_threads()
   rows, commands, ml1m_export = [], [], None
   if "ml-1m" in FLAGS.datasets:
     items, users, cmd, ml1m_export = ml1m_embeddings()

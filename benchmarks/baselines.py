@@ -10,15 +10,12 @@ negatives, recall@10/@50 over the full corpus, and training examples/s.
 
 from __future__ import annotations
 
-import json
 import os
-import shlex
-import subprocess
-import sys
 
 from absl import app
 from absl import flags
 
+from benchmarks import harness
 from benchmarks import report
 
 flags.DEFINE_string("data_root", os.path.join("..", "shared", "data"),
@@ -29,7 +26,7 @@ flags.DEFINE_string("output_root", os.path.join("runs", "benchmarks"),
 flags.DEFINE_integer("epochs", 5, "Two-tower training epochs.")
 FLAGS = flags.FLAGS
 
-REPO_ROOT = os.path.dirname(report.HERE)
+REPO_ROOT = harness.REPO_ROOT
 DATASETS = ("ncf-ml-1m", "amazon-beauty")
 MODELS = ("most_popular", "item_cf", "two_tower")
 # The PDN paper's Table 2 (NCF ML-1M, target + 99 negatives).
@@ -55,11 +52,9 @@ def main(unused_argv):
     for model in MODELS:
       out = os.path.join(root, dataset, model)
       cmd = _command(model, dataset, out)
-      print("$", shlex.join(cmd), flush=True)
-      subprocess.run([sys.executable] + cmd[1:], check=True)
-      with open(os.path.join(out, "metrics.json")) as f:
-        metrics = json.load(f)
-      raw[f"{dataset}/{model}"] = dict(metrics, command=shlex.join(cmd))
+      line = harness.run_command(cmd)
+      metrics = harness.read_metrics(out)
+      raw[f"{dataset}/{model}"] = dict(metrics, command=line)
       rows.append([dataset, model, metrics["hr@10"], metrics["ndcg@10"],
                    metrics["recall@10"], metrics["recall@50"],
                    metrics.get("train_examples_per_second", "-"),

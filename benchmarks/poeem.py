@@ -25,7 +25,6 @@ import json
 import math
 import os
 import shlex
-import subprocess
 import sys
 import time
 
@@ -33,6 +32,7 @@ from absl import app
 from absl import flags
 import numpy as np
 
+from benchmarks import harness
 from benchmarks import report
 from retrieval_tf import metrics as metrics_lib
 
@@ -57,12 +57,7 @@ SWEEP = {"num_centroids": (16, 64, 256), "num_codewords": (4, 16, 64),
 WARM_STEPS = (0, 100, 300, 900)
 
 K = 100
-REPO_ROOT = os.path.dirname(report.HERE)
-
-
-def _pin_threads() -> None:
-  import faiss  # pylint: disable=g-import-not-at-top
-  faiss.omp_set_num_threads(1)
+REPO_ROOT = harness.REPO_ROOT
 
 
 def _filtered(ids: np.ndarray, exclude: np.ndarray) -> np.ndarray:
@@ -163,12 +158,8 @@ def _train(dataset: str, out: str, extra, threads: int = 1):
          f"--data_dir={os.path.join(FLAGS.data_root, dataset)}",
          f"--output_dir={out}", "--overwrite", "--verbose=2",
          "--save_embeddings"] + FLAGS.train_flags + list(extra)
-  print("$", shlex.join(cmd), flush=True)
-  env = dict(os.environ, TF_NUM_INTRAOP_THREADS=str(threads),
-             TF_NUM_INTEROP_THREADS=str(threads))
-  subprocess.run([sys.executable] + cmd[1:], check=True, env=env)
-  with open(os.path.join(out, "metrics.json")) as f:
-    return cmd, json.load(f)
+  harness.run_command(cmd, threads)
+  return cmd, harness.read_metrics(out)
 
 
 def _faiss_recall(out: str, config) -> float:
@@ -277,7 +268,7 @@ built on the unquantized embeddings of the Poeem run with the same J, K, D.
 
 def main(unused_argv):
   os.chdir(REPO_ROOT)
-  _pin_threads()
+  harness.pin_threads()
   if FLAGS.figures:
     figures(FLAGS.datasets[0])
     return

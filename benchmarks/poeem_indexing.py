@@ -20,11 +20,8 @@ compared by training examples/s.
 
 from __future__ import annotations
 
-import json
 import math
 import os
-import shlex
-import subprocess
 import sys
 import time
 import types
@@ -33,6 +30,7 @@ from absl import app
 from absl import flags
 import numpy as np
 
+from benchmarks import harness
 from benchmarks import report
 from benchmarks.vectors import clustered_vectors
 
@@ -46,7 +44,7 @@ flags.DEFINE_string("data_root", os.path.join("..", "shared", "data"),
 flags.DEFINE_integer("overhead_steps", 400, "Steps of each overhead run.")
 FLAGS = flags.FLAGS
 
-REPO_ROOT = os.path.dirname(report.HERE)
+REPO_ROOT = harness.REPO_ROOT
 
 
 def indexing_times(items: np.ndarray):
@@ -115,8 +113,6 @@ def indexing_times(items: np.ndarray):
 def training_overhead():
   """Examples/s of Poeem on ML-1M with the layer on from step 0 vs off."""
   results, commands = {}, []
-  env = dict(os.environ, TF_NUM_INTRAOP_THREADS="1",
-             TF_NUM_INTEROP_THREADS="1")
   for name, warm in (("index layer on", 0), ("index layer off", 10**9)):
     out = os.path.join("runs", "benchmarks", "poeem_overhead",
                        name.replace(" ", "_"))
@@ -125,21 +121,14 @@ def training_overhead():
            f"--output_dir={out}", "--overwrite", "--verbose=2",
            "--epochs=1", f"--steps_per_epoch={FLAGS.overhead_steps}",
            f"--warm_start_steps={warm}", "--loss=softmax"]
-    print("$", shlex.join(cmd), flush=True)
-    subprocess.run([sys.executable] + cmd[1:], check=True, env=env)
-    commands.append(shlex.join(cmd))
-    with open(os.path.join(out, "metrics.json")) as f:
-      results[name] = json.load(f)["train_examples_per_second"]
+    commands.append(harness.run_command(cmd, threads=1))
+    results[name] = harness.read_metrics(out)["train_examples_per_second"]
   return results, commands
 
 
 def main(unused_argv):
   os.chdir(REPO_ROOT)
-  from retrieval_tf.compat import tf  # pylint: disable=g-import-not-at-top
-  tf.config.threading.set_intra_op_parallelism_threads(1)
-  tf.config.threading.set_inter_op_parallelism_threads(1)
-  import faiss  # pylint: disable=g-import-not-at-top
-  faiss.omp_set_num_threads(1)
+  harness.pin_threads()
   items, _ = clustered_vectors(FLAGS.num_items, 1, dim=FLAGS.dim)
   times = indexing_times(items)
   overhead, commands = training_overhead()
