@@ -60,13 +60,22 @@ class WarmStart(keras.callbacks.Callback):
       raise ValueError(f"WarmStart needs steps >= 1, got {steps}")
     self.steps, self.item_embeddings, self.seed = int(steps), \
         item_embeddings, int(seed)
+    self.done = None
+
+  def on_train_begin(self, logs=None):
+    self.done = None
 
   def on_train_batch_end(self, batch, logs=None):
-    layer = self.model.index_layer
-    if float(layer.enabled.numpy()) or \
+    if self.done is None:
+      # Read once, after the first step: by then BackupAndRestore has
+      # restored a resumed run, whose layer may already be enabled.
+      self.done = bool(float(self.model.index_layer.enabled.numpy()))
+    if self.done or \
         int(self.model.optimizer.iterations.numpy()) < self.steps:
       return
-    initialise_from_embeddings(layer, self.item_embeddings(), self.seed)
+    initialise_from_embeddings(self.model.index_layer, self.item_embeddings(),
+                               self.seed)
+    self.done = True
 
 
 def code_usage(coarse_codes: np.ndarray, pq_codes: np.ndarray,

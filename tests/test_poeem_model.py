@@ -134,3 +134,15 @@ def test_an_untrained_index_is_flagged_in_the_model_card(world, tmp_path):
                      "model_card.json").read_text())
   assert any("never enabled" in w for w in card["warnings"])
   assert path.endswith("1")
+
+
+def test_warm_start_leaves_an_enabled_layer_alone(world):
+  model, _ = _train(world, warm_start_steps=20, epochs=1)
+
+  def must_not_run():
+    raise AssertionError("the warm start ran again on an enabled layer")
+
+  train = pipeline.training_dataset(world.interactions, batch_size=64,
+                                    history_length=L, drop_remainder=True)
+  model.fit(train, epochs=1, verbose=0,
+            callbacks=[callbacks.WarmStart(1, must_not_run)])
