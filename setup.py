@@ -26,7 +26,9 @@ setuptools.setup(
     description=("TF2/Keras reference implementations of industrial retrieval "
                  "systems (Poeem, Deep Retrieval, PDN, DPSR, MGDSPR)"),
     packages=setuptools.find_packages(
-        include=["retrieval_tf", "retrieval_tf.*", "poeem_tf", "poeem_tf.*"]),
+        include=["retrieval_tf", "retrieval_tf.*", "poeem_tf", "poeem_tf.*",
+                 "dr_tf", "dr_tf.*", "pdn_tf", "pdn_tf.*", "dpsr_tf",
+                 "dpsr_tf.*", "mgdspr_tf", "mgdspr_tf.*"]),
     python_requires=">=3.10,<3.12",
     install_requires=INSTALL_REQUIRES,
     extras_require=EXTRAS,

@@ -15,7 +15,7 @@ Vectors are rows here, so x' = R x is written `x @ R^T`.
 
 from __future__ import annotations
 
-from typing import Dict, Tuple
+from typing import Dict, Optional, Tuple
 
 import numpy as np
 
@@ -213,13 +213,18 @@ class EmbeddingIndexLayer(keras.layers.Layer):
     enabled: quantize from the start (cold start).
     centroid_update: "ema" or "gradient" (see above).
     ema_decay: decay of the moving averages.
+    num_items: when set, the layer remembers the codes of the items it
+      quantizes in training (`call(..., item_ids=...)`), so that the index
+      of a trained model is the codes it already holds (Sec. 3.4):
+      `item_codes()` returns them, -1 for items not quantized since the
+      layer was last enabled.
   """
 
   def __init__(self, dim: int, num_centroids: int, num_subspaces: int,
                num_codewords: int, rotation: bool = True,
                distortion_weight: float = 1.0, enabled: bool = True,
                centroid_update: str = "ema", ema_decay: float = 0.99,
-               **kwargs):
+               num_items: Optional[int] = None, **kwargs):
     super().__init__(**kwargs)
     if centroid_update not in CENTROID_UPDATES:
       raise ValueError(f"centroid_update must be one of {CENTROID_UPDATES}, "
@@ -244,6 +249,16 @@ class EmbeddingIndexLayer(keras.layers.Layer):
           aggregation=tf.VariableAggregation.ONLY_FIRST_REPLICA)
 
     self.enabled = state("enabled", (), float(enabled))
+    if num_items is not None and num_items < 1:
+      raise ValueError(f"num_items must be >= 1, got {num_items}")
+    self.num_items = None if num_items is None else int(num_items)
+    if self.num_items:
+      # Codes as one int32 row per item: [coarse, pq_1 .. pq_D].
+      self.stored_codes = self.add_weight(
+          name="stored_codes", shape=(self.num_items, 1 + num_subspaces),
+          dtype=tf.int32, trainable=False,
+          initializer=keras.initializers.Constant(-1),
+          aggregation=tf.VariableAggregation.ONLY_FIRST_REPLICA)
     if not by_gradient:
       sub_dim = dim // num_subspaces
       self.coarse_counts = state("coarse_counts", (num_centroids,), 1.0)
@@ -295,7 +310,35 @@ class EmbeddingIndexLayer(keras.layers.Layer):
         self.codeword_sums / self.codeword_counts[..., tf.newaxis])
 
   def enable(self) -> None:
+    """Quantize from now on; remembered codes (of other centroids) are
+    forgotten."""
     self.enabled.assign(1.0)
+    if self.num_items:
+      self.stored_codes.assign(tf.fill(tf.shape(self.stored_codes), -1))
+
+  def _remember_codes(self, item_ids, codes: Dict[str, tf.Tensor]) -> None:
+    """Writes the batch's codes into `stored_codes` (rows of all replicas:
+    the first replica's update is applied everywhere)."""
+    ids = tf.reshape(tf.cast(item_ids, tf.int32), [-1])
+    rows = tf.concat([codes["coarse_codes"][:, tf.newaxis],
+                      codes["pq_codes"]], axis=1)
+    context = tf.distribute.get_replica_context()
+    if context is not None and context.num_replicas_in_sync > 1:
+      ids, rows = context.all_gather([ids, rows], axis=0)
+    in_range = tf.debugging.assert_less(
+        ids, self.num_items, message="Poeem: an item id exceeds the "
+        "layer's num_items")
+    with tf.control_dependencies([in_range]):
+      self.stored_codes.scatter_update(tf.IndexedSlices(rows, ids))
+
+  def item_codes(self) -> Tuple[np.ndarray, np.ndarray]:
+    """The remembered `(coarse [V], pq [V, D])` codes; -1 marks items not
+    quantized in training since the layer was enabled."""
+    if not self.num_items:
+      raise ValueError("this EmbeddingIndexLayer keeps no codes: build it "
+                       "with num_items")
+    stored = self.stored_codes.numpy()
+    return stored[:, 0], stored[:, 1:]
 
   def encode(self, inputs) -> Dict[str, tf.Tensor]:
     """Everything the quantization computes: `rotated` x', `coarse_codes`
@@ -309,10 +352,14 @@ class EmbeddingIndexLayer(keras.layers.Layer):
     return {"rotated": rotated, "coarse_codes": coarse_codes,
             "pq_codes": pq_codes, "quantized": quantized}
 
-  def call(self, inputs, training=None):
+  def call(self, inputs, training=None, item_ids=None):
+    """H(x) of `inputs [B, d]`; in training, `item_ids [B]` (optional) are
+    the items whose codes the layer remembers (see `num_items`)."""
     inputs = tf.convert_to_tensor(inputs)
     codes = self.encode(inputs)
     quantized = codes["quantized"]
+    if training and item_ids is not None and self.num_items:
+      self._remember_codes(item_ids, codes)
     if training and self.centroid_update == "ema":
       self._update_averages(codes)
     distortion = tf.reduce_mean(tf.reduce_sum(
@@ -333,18 +380,22 @@ class EmbeddingIndexLayer(keras.layers.Layer):
                 distortion_weight=self.distortion_weight,
                 enabled=bool(self.enabled.numpy()),
                 centroid_update=self.centroid_update,
-                ema_decay=self.ema_decay)
+                ema_decay=self.ema_decay, num_items=self.num_items)
 
 
 def encode_catalogue(layer: EmbeddingIndexLayer, vectors: np.ndarray,
                      batch_size: int = 65536) -> Tuple[np.ndarray, np.ndarray]:
   """The coarse codes `[N]` and PQ codes `[N, D]` of many vectors, encoded in
   batches of `batch_size` so memory stays bounded."""
-  encode = tf.function(layer.encode)
+  @tf.function(reduce_retracing=True)
+  def encode(batch):   # only the codes: T(x) is pruned from the graph
+    codes = layer.encode(batch)
+    return codes["coarse_codes"], codes["pq_codes"]
+
   coarse, pq = [], []
   for begin in range(0, len(vectors), batch_size):
-    codes = encode(tf.constant(vectors[begin:begin + batch_size],
-                               tf.float32))
-    coarse.append(codes["coarse_codes"].numpy())
-    pq.append(codes["pq_codes"].numpy())
+    coarse_codes, pq_codes = encode(
+        tf.constant(vectors[begin:begin + batch_size], tf.float32))
+    coarse.append(coarse_codes.numpy())
+    pq.append(pq_codes.numpy())
   return np.concatenate(coarse), np.concatenate(pq)

@@ -50,6 +50,8 @@ class PoeemModel(TwoTowerModel):
     distortion_weight: weight of the distortion loss.
     quantize_from_start: cold start (True) or wait for `WarmStart` (False).
     centroid_update: "ema" or "gradient" (see `EmbeddingIndexLayer`).
+    remember_codes: the index layer keeps the codes of the items it
+      quantizes in training, so the index is built from them (Sec. 3.4).
   """
 
   def __init__(self, num_items: int,
@@ -62,7 +64,8 @@ class PoeemModel(TwoTowerModel):
                rotation_learning_rate: float = 0.01,
                distortion_weight: float = 1.0,
                quantize_from_start: bool = True,
-               centroid_update: str = "ema", **kwargs):
+               centroid_update: str = "ema", remember_codes: bool = True,
+               **kwargs):
     if loss not in LOSSES:
       raise ValueError(f"loss must be one of {LOSSES}, got {loss!r}")
     if num_codewords > num_items or num_centroids > num_items:
@@ -80,6 +83,7 @@ class PoeemModel(TwoTowerModel):
         output_dim, num_centroids, num_subspaces, num_codewords,
         rotation=rotation, distortion_weight=distortion_weight,
         enabled=quantize_from_start, centroid_update=centroid_update,
+        num_items=num_items if remember_codes else None,
         name="index_layer")
 
   def raw_item_embedding(self, features: Dict[str, tf.Tensor],
@@ -89,9 +93,12 @@ class PoeemModel(TwoTowerModel):
 
   def item_embedding(self, features: Dict[str, tf.Tensor],
                      training: bool = False) -> tf.Tensor:
-    """H(x): T(x) forward, identity backward (Eq. 7)."""
+    """H(x): T(x) forward, identity backward (Eq. 7); in training the
+    layer remembers the items' codes."""
     return self.index_layer(self.raw_item_embedding(features, training),
-                            training=training)
+                            training=training,
+                            item_ids=features["item_id"] if training
+                            else None)
 
   def compute_loss(self, features, training=False) -> tf.Tensor:
     if self.loss_name == "softmax":
@@ -151,5 +158,6 @@ class PoeemModel(TwoTowerModel):
         "rotation_learning_rate": self.rotation_learning_rate,
         "distortion_weight": layer.distortion_weight,
         "centroid_update": layer.centroid_update,
+        "remember_codes": layer.num_items is not None,
         "quantize_from_start": bool(layer.enabled.numpy())})
     return config

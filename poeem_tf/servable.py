@@ -1,12 +1,16 @@
 """Poeem's one servable: the user tower + an `IVFPQIndex` made of the codes
 the model learned.
 
-"The index is just the codes" (Sec. 3.4): building it means running the
-item tower once, encoding each item with the trained `EmbeddingIndexLayer`
-(`index_from_codes`), and copying the centroids, codebooks and rotation into
-`retrieval_tf.index.IVFPQIndex` (whose query rotation is R^T in row-vector
-form, so that <R q, rho> = <q, T(x)>, the training score). The servable is
-the shared two-tower one: raw history in, original item ids out.
+"The index is just the codes" (Sec. 3.4): the trained `EmbeddingIndexLayer`
+remembers the code of every item it quantized in training, so building the
+index (`index_from_codes`, `codes="stored"`) is copying those codes, the
+centroids, codebooks and rotation into `retrieval_tf.index.IVFPQIndex`
+(whose query rotation is R^T in row-vector form, so that
+<R q, rho> = <q, T(x)>, the training score); only items the layer never
+quantized are encoded. `codes="fresh"` re-encodes the whole catalogue with
+the final quantizers instead; `code_staleness` measures how far the two
+differ. The servable is the shared two-tower one: raw history in, original
+item ids out.
 """
 
 from __future__ import annotations
@@ -24,7 +28,7 @@ from retrieval_tf.index import IVFPQIndex
 from retrieval_tf.models.two_tower_servable import export_two_tower
 
 from poeem_tf.callbacks import code_usage
-from poeem_tf.layers import encode_catalogue
+from poeem_tf.layers import EmbeddingIndexLayer, encode_catalogue
 from poeem_tf.model import PoeemModel
 
 # One traced item tower per model (the catalogue is embedded every epoch).
@@ -48,17 +52,62 @@ def raw_item_embeddings(model: PoeemModel, num_items: int,
   return np.concatenate([call(b).numpy() for b in batches], axis=0)
 
 
+CODE_SOURCES = ("stored", "fresh")
+
+
+def catalogue_codes(layer: EmbeddingIndexLayer, item_vectors: np.ndarray,
+                    codes: str = "stored", batch_size: int = 65536
+                    ) -> Tuple[np.ndarray, np.ndarray]:
+  """`(coarse [V], pq [V, D])` codes of the catalogue: the ones the layer
+  remembered from training, the items it never quantized encoded now
+  (`"stored"`, needs a layer with `num_items`), or all encoded now
+  (`"fresh"`)."""
+  if codes not in CODE_SOURCES:
+    raise ValueError(f"codes must be one of {CODE_SOURCES}, got {codes!r}")
+  if codes == "fresh":
+    return encode_catalogue(layer, item_vectors, batch_size)
+  coarse, pq = layer.item_codes()
+  if len(coarse) != len(item_vectors):
+    raise ValueError(f"the layer remembers codes of {len(coarse)} items, "
+                     f"the catalogue has {len(item_vectors)}")
+  missing = np.flatnonzero(coarse < 0)
+  if len(missing):
+    coarse, pq = coarse.copy(), pq.copy()
+    coarse[missing], pq[missing] = encode_catalogue(
+        layer, item_vectors[missing], batch_size)
+  return coarse, pq
+
+
+def code_staleness(layer: EmbeddingIndexLayer,
+                   item_vectors: np.ndarray) -> Dict[str, float]:
+  """How the remembered codes differ from the final quantizers' codes:
+  share of items never quantized in training, share whose coarse code
+  changed, and share of PQ codes (item x sub-space) that changed, among the
+  items with a remembered code."""
+  stored_coarse, stored_pq = layer.item_codes()
+  fresh_coarse, fresh_pq = encode_catalogue(layer, item_vectors)
+  seen = stored_coarse >= 0
+  return {
+      "codes_never_stored": float(1.0 - seen.mean()),
+      "coarse_codes_changed": float(
+          (stored_coarse[seen] != fresh_coarse[seen]).mean())
+      if seen.any() else 0.0,
+      "pq_codes_changed": float((stored_pq[seen] != fresh_pq[seen]).mean())
+      if seen.any() else 0.0}
+
+
 def index_from_codes(model: PoeemModel, item_vectors: np.ndarray,
                      nprobe: int, rerank: int = 0, max_k: int = 1000,
-                     batch_size: int = 65536) -> Tuple[IVFPQIndex, float]:
-  """The `IVFPQIndex` of the learned codes; returns it and the seconds it
-  took (encoding every item + filling the index)."""
+                     codes: str = "stored", batch_size: int = 65536
+                     ) -> Tuple[IVFPQIndex, float]:
+  """The `IVFPQIndex` of the learned codes (`catalogue_codes`); returns it
+  and the seconds it took, from the trained model to the filled index."""
   layer = model.index_layer
   if layer.product.num_codewords > 256:
     raise ValueError(f"the servable stores one byte per code: K must be <= "
                      f"256, got {layer.product.num_codewords}")
   start = time.perf_counter()
-  coarse, pq = encode_catalogue(layer, item_vectors, batch_size)
+  coarse, pq = catalogue_codes(layer, item_vectors, codes, batch_size)
   index = IVFPQIndex(
       len(item_vectors), item_vectors.shape[1], layer.coarse.num_centroids,
       layer.product.num_subspaces, layer.product.num_codewords,

@@ -15,8 +15,18 @@ every other user trains. Reported (flat keys in `metrics.json`):
   item embeddings x (what an offline index of these embeddings approaches);
 * `popular_recall@k`, `popular_precision@k`: the most popular training
   items (the floor);
+* `scanned`: mean items scored per query by the served index (the sizes of
+  its probed lists: the search cost, uneven when lists are);
+  `--nprobe_sweep` adds `nprobe{n}_recall@100` and `nprobe{n}_scanned` for
+  n = 1, 2, 4, ..., J (recall against search cost);
 * `coarse_used`, `codewords_used`, `coarse_entropy`: centroid utilisation;
-* `index_build_seconds`: from the trained model to the filled index.
+* `index_build_seconds`: from the trained model to the filled index;
+  with `--index_codes=stored` (default) the index is the codes the layer
+  remembered in training (Sec. 3.4), with `fresh` every item is encoded
+  again by the final quantizers;
+* `fresh_recall@k`, `fresh_precision@k` (stored codes only): the index of
+  fresh codes, and the staleness of the stored ones (`codes_never_stored`,
+  `coarse_codes_changed`, `pq_codes_changed`).
 
 Items of the user's input half are excluded from the results. The item
 tower reads the item id only, so that sampled negatives (ids) go through the
@@ -81,6 +91,12 @@ flags.DEFINE_integer("nprobe", 0, "Lists the served index probes "
                      "(0: J / 4).")
 flags.DEFINE_integer("rerank", 0, "Candidates the servable re-scores "
                      "exactly (0: the codes alone, as in the paper).")
+flags.DEFINE_enum("index_codes", "stored", servable.CODE_SOURCES,
+                  "The served index holds the codes remembered in "
+                  "training (items never quantized are encoded at build "
+                  "time) or codes of the final quantizers.")
+flags.DEFINE_bool("nprobe_sweep", False, "Also report recall@100 and the "
+                  "items scanned for nprobe = 1, 2, 4, ..., J.")
 flags.DEFINE_bool("save_embeddings", False, "Write embeddings.npz: raw item "
                   "embeddings x, the test users' query vectors, their truth "
                   "and excluded items (padded with -1), for offline "
@@ -120,6 +136,7 @@ def run_experiment(ctx: runner.RunContext) -> Dict[str, Any]:
         rotation_learning_rate=f["rotation_learning_rate"],
         distortion_weight=f["distortion_weight"],
         centroid_update=f["centroid_update"],
+        remember_codes=f["index_codes"] == "stored",
         quantize_from_start=f["warm_start_steps"] == 0)
     model.compile(optimizer=keras.optimizers.Adagrad(f["learning_rate"]))
     holder["model"] = model
@@ -154,7 +171,8 @@ def run_experiment(ctx: runner.RunContext) -> Dict[str, Any]:
   nprobe = f["nprobe"] or max(1, f["num_centroids"] // 4)
   # One index for the evaluation and the export (whose k may reach 1,000).
   index, build_seconds = servable.index_from_codes(
-      model, vectors, nprobe, f["rerank"], max_k=1000)
+      model, vectors, nprobe, f["rerank"], max_k=1000,
+      codes=f["index_codes"])
   metrics: Dict[str, Any] = {
       "num_items": dataset.num_items, "num_train_users": int(
           len(np.unique(split.train.user))),
@@ -172,6 +190,24 @@ def run_experiment(ctx: runner.RunContext) -> Dict[str, Any]:
       "exact_": top_k_items(queries, vectors, max(KS), exclude),
       "popular_": MostPopular().fit(split.train, dataset.num_items).top_k(
           exclude, max(KS), exclude_history=True)}
+  metrics["scanned"] = float(np.mean(
+      index.candidates_scanned(queries, nprobe).numpy()))
+  if f["nprobe_sweep"]:
+    probes = sorted({min(2 ** i, index.num_lists) for i in range(
+        int(math.log2(index.num_lists)) + 2)})
+    for n in probes:
+      report = metrics_lib.ranking_report(
+          topk=index(queries, max(KS), nprobe=n, exclude=ban)[1].numpy(),
+          truth=truth, ks=(max(KS),))
+      metrics[f"nprobe{n}_recall@{max(KS)}"] = report[f"recall@{max(KS)}"]
+      metrics[f"nprobe{n}_scanned"] = float(np.mean(
+          index.candidates_scanned(queries, n).numpy()))
+  if f["index_codes"] == "stored":
+    fresh, _ = servable.index_from_codes(model, vectors, nprobe, f["rerank"],
+                                         max_k=max(KS), codes="fresh")
+    rankings["fresh_"] = fresh(queries, max(KS), nprobe=nprobe,
+                               exclude=ban)[1].numpy()
+    metrics.update(servable.code_staleness(model.index_layer, vectors))
   for prefix, top in rankings.items():
     report = metrics_lib.ranking_report(topk=top, truth=truth, ks=KS)
     metrics.update({f"{prefix}{k}": v for k, v in report.items()

@@ -296,12 +296,7 @@ class IVFPQIndex(keras.layers.Layer):
                       self.num_lists, "nprobe")
     rerank = _checked(self.rerank if rerank is None else rerank, 0,
                       self.num_items if self.store_vectors else 0, "rerank")
-    rotated = queries if self.rotation is None else tf.matmul(
-        queries, self.rotation)
-
-    # Coarse step: the nprobe best lists of every query.
-    coarse, probes = tf.math.top_k(
-        tf.matmul(rotated, self.centroids, transpose_b=True), k=nprobe)
+    rotated, coarse, probes = self._probe(queries, nprobe)
     if exclude is not None:
       exclude = tf.cast(exclude, tf.int32)
     # The best `width` candidates by ADC (k, or rerank when re-ranking);
@@ -321,6 +316,28 @@ class IVFPQIndex(keras.layers.Layer):
     indices = tf.where(valid, tf.gather(self.list_items,
                                         tf.maximum(top_positions, 0)), -1)
     return top_scores, indices
+
+  def _probe(self, queries, nprobe):
+    """Coarse step: the rotated queries, and the scores and ids of the
+    `nprobe` best lists of every query."""
+    rotated = queries if self.rotation is None else tf.matmul(
+        queries, self.rotation)
+    coarse, probes = tf.math.top_k(
+        tf.matmul(rotated, self.centroids, transpose_b=True), k=nprobe)
+    return rotated, coarse, probes
+
+  def candidates_scanned(self, queries, nprobe=None) -> tf.Tensor:
+    """`[B]` int32: how many items a search with `nprobe` lists scores for
+    each query (the sizes of its probed lists), the cost that makes indexes
+    with uneven lists comparable."""
+    queries = tf.convert_to_tensor(queries, tf.float32)
+    if self.metric == "cosine":
+      queries = tf.math.l2_normalize(queries, axis=-1)
+    nprobe = _checked(self.nprobe if nprobe is None else nprobe, 1,
+                      self.num_lists, "nprobe")
+    sizes = self.list_offsets[1:] - self.list_offsets[:-1]
+    return tf.reduce_sum(tf.gather(sizes, self._probe(queries, nprobe)[2]),
+                         axis=1)
 
   def _scan_by_query(self, rotated, coarse, probes, width, exclude):
     """ADC with a look-up table per query: every candidate of the batch,

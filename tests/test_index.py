@@ -173,6 +173,22 @@ def test_ivfpq_equals_numpy_adc(rotation, metric, list_scan_from):
     np.testing.assert_array_equal(ids.numpy(), want_ids)
 
 
+@pytest.mark.parametrize("rotation", [False, True])
+def test_ivfpq_counts_the_candidates_it_scans(rotation):
+  index, parts = _random_ivfpq(rotation=rotation)
+  queries = np.random.default_rng(7).normal(size=(5, 8)).astype(np.float32)
+  rotated = queries if parts["rotation"] is None else \
+      queries @ parts["rotation"]
+  sizes = np.bincount(parts["assignments"], minlength=6)
+  for nprobe in (1, 3, 6):
+    probed = np.argsort(-rotated @ parts["centroids"].T, axis=1,
+                        kind="stable")[:, :nprobe]
+    np.testing.assert_array_equal(
+        index.candidates_scanned(queries, nprobe).numpy(),
+        sizes[probed].sum(axis=1))
+  assert (index.candidates_scanned(queries, 6).numpy() == 300).all()
+
+
 @pytest.mark.parametrize("list_scan_from", [0, 10_000])
 def test_ivfpq_pads_rows_with_too_few_candidates(list_scan_from):
   index, parts = _random_ivfpq(num_items=30, lists=6,

@@ -42,8 +42,10 @@ def test_synthetic_run_exports_a_checked_servable(tmp_path):
   metrics = json.loads((out / "metrics.json").read_text())
   for key in ("recall@100", "precision@100", "adc_recall@100",
               "exact_recall@100", "popular_recall@100", "coarse_used",
-              "index_build_seconds"):
+              "index_build_seconds", "fresh_recall@100",
+              "coarse_codes_changed"):
     assert key in metrics
+  assert 0.0 <= metrics["codes_never_stored"] < 0.5
   assert metrics["coarse_used"] > 0.5
   saved = np.load(out / "embeddings.npz")
   assert saved["items"].shape == (metrics["num_items"], 64)

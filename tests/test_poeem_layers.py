@@ -144,3 +144,26 @@ def test_gradient_update_keeps_centroids_trainable():
   assert by_gradient.coarse.trainable_weights
   with pytest.raises(ValueError, match="centroid_update"):
     EmbeddingIndexLayer(4, 2, 2, 2, centroid_update="kmeans")
+
+
+def test_the_layer_remembers_the_codes_of_the_items_it_quantizes():
+  layer = EmbeddingIndexLayer(4, 3, 2, 2, num_items=6,
+                              centroid_update="gradient")
+  x = tf.constant(np.random.default_rng(0).normal(size=(3, 4)), tf.float32)
+  layer(x, training=True, item_ids=tf.constant([4, 1, 2]))
+  coarse, pq = layer.item_codes()
+  codes = layer.encode(x)
+  np.testing.assert_array_equal(coarse[[4, 1, 2]],
+                                codes["coarse_codes"].numpy())
+  np.testing.assert_array_equal(pq[[4, 1, 2]], codes["pq_codes"].numpy())
+  assert (coarse[[0, 3, 5]] == -1).all()
+  layer(x, training=False, item_ids=tf.constant([0, 3, 5]))  # inference
+  assert (layer.item_codes()[0][[0, 3, 5]] == -1).all()
+  clone = EmbeddingIndexLayer.from_config(layer.get_config())
+  assert clone.num_items == 6
+  with pytest.raises(tf.errors.InvalidArgumentError, match="num_items"):
+    layer(x, training=True, item_ids=tf.constant([0, 6, 1]))
+  layer.enable()                      # new centroids: the codes are stale
+  assert (layer.item_codes()[0] == -1).all()
+  with pytest.raises(ValueError, match="keeps no codes"):
+    EmbeddingIndexLayer(4, 3, 2, 2).item_codes()

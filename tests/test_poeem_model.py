@@ -84,7 +84,7 @@ def test_export_passes_the_checker_and_equals_the_in_memory_index(
   model, _ = _train(world, warm_start_steps=20, epochs=2)
   vectors = servable.raw_item_embeddings(model, world.num_items)
   index, seconds = servable.index_from_codes(model, vectors, nprobe=4,
-                                             max_k=50)
+                                             max_k=50, codes="fresh")
   path = servable.export_poeem(model, world, str(tmp_path / "export"), L,
                                index, vectors, seconds)
   check.check(path)
@@ -146,3 +146,34 @@ def test_warm_start_leaves_an_enabled_layer_alone(world):
                                     history_length=L, drop_remainder=True)
   model.fit(train, epochs=1, verbose=0,
             callbacks=[callbacks.WarmStart(1, must_not_run)])
+
+
+def test_the_index_is_the_codes_remembered_in_training(world):
+  model, _ = _train(world, warm_start_steps=20, epochs=2)
+  layer = model.index_layer
+  stored_coarse, stored_pq = layer.item_codes()
+  vectors = servable.raw_item_embeddings(model, world.num_items)
+  seen = stored_coarse >= 0
+  trained = np.zeros(world.num_items, bool)
+  trained[world.interactions.item] = True
+  # Every item the training batches quantized after the warm start has a
+  # code; items that never appear in training have none.
+  assert seen.mean() > 0.5 and not (seen & ~trained).any()
+  coarse, pq = servable.catalogue_codes(layer, vectors, "stored")
+  fresh_coarse, fresh_pq = servable.catalogue_codes(layer, vectors, "fresh")
+  np.testing.assert_array_equal(coarse[seen], stored_coarse[seen])
+  np.testing.assert_array_equal(pq[seen], stored_pq[seen])
+  np.testing.assert_array_equal(coarse[~seen], fresh_coarse[~seen])
+  staleness = servable.code_staleness(layer, vectors)
+  assert staleness["codes_never_stored"] == pytest.approx(1 - seen.mean())
+  assert staleness["coarse_codes_changed"] == pytest.approx(
+      (coarse[seen] != fresh_coarse[seen]).mean())
+  # The stored index holds exactly those codes, list by list.
+  index, _ = servable.index_from_codes(model, vectors, nprobe=4, max_k=50)
+  order = index.list_items.numpy()
+  lists = np.repeat(np.arange(index.num_lists),
+                    np.diff(index.list_offsets.numpy()))
+  np.testing.assert_array_equal(coarse[order], lists)
+  np.testing.assert_array_equal(pq[order], index.codes.numpy())
+  with pytest.raises(ValueError, match="codes must be one of"):
+    servable.catalogue_codes(layer, vectors, "cached")
