@@ -31,6 +31,12 @@ bench: $(STAMP)
 	$(PY) -m benchmarks.poeem
 	$(PY) -m benchmarks.poeem --figures
 	$(PY) -m benchmarks.poeem_indexing
+	$(PY) -m benchmarks.dr --part=table
+	$(PY) -m benchmarks.dr --part=sensitivity
+	$(PY) -m benchmarks.dr --part=timing
+	$(PY) -m benchmarks.pdn
+	$(PY) -m benchmarks.dpsr
+	$(PY) -m benchmarks.mgdspr
 
 clean:
 	rm -rf $(VENV) runs .pytest_cache

@@ -14,10 +14,11 @@ INSTALL_REQUIRES = [
 EXTRAS = {
     # ANN peers for the benchmarks (ScaNN's TF ops break on TF 2.21).
     "bench": ["scann[tf]==1.4.2", "faiss-cpu", "hnswlib", "annoy",
-              "matplotlib"],
+              "matplotlib", "rank-bm25==0.2.2"],
     # tensorflow-serving-api: the REST -> PredictRequest check of servables.
+    # rank-bm25: DPSR's BM25 baseline.
     "dev": ["pytest", "scikit-learn", "scann[tf]==1.4.2", "faiss-cpu",
-            "tensorflow-serving-api==2.20.*"],
+            "tensorflow-serving-api==2.20.*", "rank-bm25==0.2.2"],
 }
 
 setuptools.setup(
@@ -37,6 +38,10 @@ setuptools.setup(
             "retrieval-tf-train=retrieval_tf.train:run_main",
             "retrieval-tf-check=retrieval_tf.serving.check:run_main",
             "poeem-train=poeem_tf.train:run_main",
+            "dr-train=dr_tf.train:run_main",
+            "pdn-train=pdn_tf.train:run_main",
+            "dpsr-train=dpsr_tf.train:run_main",
+            "mgdspr-train=mgdspr_tf.train:run_main",
         ],
     },
 )

@@ -241,23 +241,25 @@ class IVFPQIndex(keras.layers.Layer):
       vectors: `[N, d]` original vectors, needed when `store_vectors`.
       rotation: `[d, d]`, needed when the index was built with `rotation`.
     """
-    def array(value, name, shape, dtype):
+    def array(value, name, shape, dtype=None):
+      """`value` checked for shape and finiteness, cast to `dtype`; integer
+      arrays keep their dtype when `dtype` is None (no wide copy)."""
       value = np.asarray(value)
       if value.shape != shape:
         raise ValueError(f"{name} has shape {value.shape}, the index expects "
                          f"{shape}")
       if value.dtype.kind == "f" and not np.isfinite(value).all():
         raise ValueError(f"{name} contains NaN or infinite values")
+      if dtype is None:
+        return value if value.dtype.kind in "iu" else value.astype(np.int64)
       return value.astype(dtype)
 
     centroids = array(centroids, "centroids", (self.num_lists, self.dim),
                       np.float32)
     codebooks = array(codebooks, "codebooks", tuple(self.codebooks.shape),
                       np.float32)
-    assignments = array(assignments, "assignments", (self.num_items,),
-                        np.int64)
-    codes = array(codes, "codes", (self.num_items, self.num_subspaces),
-                  np.int64)
+    assignments = array(assignments, "assignments", (self.num_items,))
+    codes = array(codes, "codes", (self.num_items, self.num_subspaces))
     if assignments.min() < 0 or assignments.max() >= self.num_lists:
       raise ValueError(f"assignments must be in 0..{self.num_lists - 1}")
     if codes.min() < 0 or codes.max() >= self.num_codewords:
@@ -275,7 +277,7 @@ class IVFPQIndex(keras.layers.Layer):
     self.codebooks.assign(codebooks)
     self.list_offsets.assign(offsets.astype(np.int32))
     self.list_items.assign(order.astype(np.int32))
-    self.codes.assign(codes[order].astype(np.uint8))
+    self.codes.assign(codes.astype(np.uint8)[order])
     if vectors is not None:
       vectors = array(vectors, "vectors", (self.num_items, self.dim),
                       np.float32)

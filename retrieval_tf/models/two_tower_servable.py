@@ -34,24 +34,8 @@ from retrieval_tf.data.history import HistoryIndex
 from retrieval_tf.datasets.types import RecDataset, Vocabulary
 from retrieval_tf.index import build_index, index_parameters
 from retrieval_tf.models.two_tower import TwoTowerModel
-
-
-def _write_vocabulary(folder: str, name: str, values: Sequence[str]) -> str:
-  path = os.path.join(folder, f"{name}.txt")
-  for value in values:
-    if "\n" in value or "\r" in value:
-      raise ValueError(f"{name} vocabulary entry {value!r} has a line break")
-  with open(path, "w", encoding="utf-8") as f:
-    f.write("".join(f"{v}\n" for v in values))
-  return path
-
-
-def _to_index_table(asset: tf.saved_model.Asset) -> tf.lookup.StaticHashTable:
-  """string (line content) -> int64 line number; unknown -> -1."""
-  return tf.lookup.StaticHashTable(
-      tf.lookup.TextFileInitializer(
-          asset, tf.string, tf.lookup.TextFileIndex.WHOLE_LINE, tf.int64,
-          tf.lookup.TextFileIndex.LINE_NUMBER), default_value=-1)
+from retrieval_tf.serving.assets import (id_table, index_table, non_empty,
+                                         write_vocabulary)
 
 
 class TwoTowerServable(tf.Module):
@@ -68,16 +52,12 @@ class TwoTowerServable(tf.Module):
     self.fields = sorted(model.user_features)
     self.assets = {name: tf.saved_model.Asset(path)
                    for name, path in vocabularies.items()}
-    self.to_index = {name: _to_index_table(asset)
+    self.to_index = {name: index_table(asset)
                      for name, asset in self.assets.items()}
     # Files shipped with the export for tools (e.g. titles for the query
     # CLI), not read by the graph.
     self.extra_assets = [tf.saved_model.Asset(p) for p in extra_assets]
-    self.item_ids = tf.lookup.StaticHashTable(
-        tf.lookup.TextFileInitializer(
-            self.assets["items"], tf.int64,
-            tf.lookup.TextFileIndex.LINE_NUMBER, tf.string,
-            tf.lookup.TextFileIndex.WHOLE_LINE), default_value="")
+    self.item_ids = id_table(self.assets["items"])
     self.with_user_id = bool(model.use_user_id)
     spec = {"history": tf.TensorSpec([None, None], tf.string, "history")}
     if self.with_user_id:
@@ -107,11 +87,11 @@ class TwoTowerServable(tf.Module):
     return self.model.user_embedding(features, training=False)
 
   def _embed(self, request):
-    request = _non_empty(request)
+    request = non_empty(request)
     return {"query_embedding": self._user_vector(request)}
 
   def _serve(self, request, k):
-    request = _non_empty(dict(request, k=k))
+    request = non_empty(dict(request, k=k))
     k = request.pop("k")
     vectors = self._user_vector(request)
     tf.debugging.assert_equal(
@@ -128,14 +108,6 @@ class TwoTowerServable(tf.Module):
     return {"item_ids": self.item_ids.lookup(tf.cast(indices, tf.int64)),
             "scores": scores}
 
-
-def _non_empty(request: Dict[str, tf.Tensor]) -> Dict[str, tf.Tensor]:
-  """The request's tensors, usable only after the check that it has rows
-  (so an empty batch fails with this message, not inside a later op)."""
-  batch = tf.shape(request["history"])[0]
-  with tf.control_dependencies([tf.debugging.assert_positive(
-      batch, message="empty batch: the request has no rows")]):
-    return {name: tf.identity(value) for name, value in request.items()}
 
 
 def raw_requests(dataset: RecDataset, users: Sequence[int],
@@ -176,14 +148,14 @@ def export_two_tower(model: TwoTowerModel, dataset: RecDataset,
   """
   vocab_dir = tempfile.mkdtemp(prefix="two_tower_vocab_")
   vocabularies = {
-      "users": _write_vocabulary(vocab_dir, "users", dataset.users.ids),
-      "items": _write_vocabulary(vocab_dir, "items", dataset.items.ids)}
+      "users": write_vocabulary(vocab_dir, "users", dataset.users.ids),
+      "items": write_vocabulary(vocab_dir, "items", dataset.items.ids)}
   for field in model.user_features:
     vocab: Vocabulary = dataset.feature_vocabularies[field]
-    vocabularies[field] = _write_vocabulary(vocab_dir, field, vocab.ids)
+    vocabularies[field] = write_vocabulary(vocab_dir, field, vocab.ids)
   extra = []
   if dataset.item_titles is not None:
-    extra.append(_write_vocabulary(
+    extra.append(write_vocabulary(
         vocab_dir, "item_titles",
         [" ".join(str(t).split()) for t in dataset.item_titles]))
   if index is None:

@@ -1,0 +1,404 @@
+"""DPSR benchmarks (Zhang et al., SIGIR'20): Table 2, Figures 6 and 7,
+Tables 5/6 (latency, sharding) and Sec. 5.1.2 (compressed input).
+
+    python -m benchmarks.dpsr                 # everything
+    python -m benchmarks.dpsr --only=table2   # one part: table2, figure7,
+                                              # latency, compressed
+
+* table2: on the synthetic world and CrowdFlower, DPSR (2 heads), DPSR
+  1-head, DSSM (unclicked negatives), BM25 (unigrams; unigrams + bigrams),
+  and on the synthetic world DPSR-p and DPSR-h, every one trained and
+  evaluated by `python -m dpsr_tf.train` (the command is recorded); Top-1,
+  Top-10, MRR among 1,024 random items, AUC on the test queries' labelled
+  pairs, P_good@100 / recall@100 / popularity@100 (synthetic); time = p50
+  of query text -> top-1,000 over the dataset's corpus, one thread (DPSR:
+  the loaded servable via `benchmarks.servable_latency`; BM25: rank_bm25
+  scores + top-1,000). Figure 6 (polysemous queries, 1 vs 2 heads) is read
+  from the synthetic DPSR runs' polysemy metrics.
+* figure7: alpha in {0, 0.25, 0.5, 0.75, 1} on the synthetic world:
+  popularity@100 and relevance of what is retrieved (`results/dpsr_figure7
+  .png`).
+* latency: one trained query tower over 1M x 64 item vectors (random unit
+  vectors stand in for the catalogue; brute force costs the same for any
+  values): item-tower + index build time for 1M items, then query text ->
+  top-1,000 p50/p99 on one thread through the loaded servable, unsharded and
+  per shard for N = 2, 4, and the in-process fan-out client.
+* compressed: the 3 files vs the joined table (bytes) and the examples/s of
+  both `tf.data` readers vs DPSR training examples/s.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import shutil
+import subprocess
+import sys
+import time
+from typing import Any, Dict, List
+
+import numpy as np
+
+from benchmarks import harness, report
+
+RUNS = "runs/dpsr_bench"
+DATA = os.path.join(os.path.dirname(harness.REPO_ROOT), "shared", "data")
+EPOCHS = {"synthetic": 15, "crowdflower": 10}
+KEYS = ("top1", "top10", "mrr", "auc", "p_good@100", "recall@100",
+        "popularity@100")
+
+
+def _variants(dataset: str) -> Dict[str, List[str]]:
+  out = {"DPSR (2 heads)": ["--model=dpsr", "--num_heads=2"],
+         "DPSR 1 head": ["--model=dpsr", "--num_heads=1"]}
+  if dataset == "synthetic":
+    out["DPSR-p"] = ["--model=dpsr", "--personalization=profile"]
+    out["DPSR-h"] = ["--model=dpsr", "--personalization=history"]
+  out["DSSM"] = ["--model=dssm"]
+  out["BM25"] = ["--model=bm25"]
+  out["BM25-u&b"] = ["--model=bm25_bigram"]
+  return out
+
+
+def _data_flags(dataset: str) -> List[str]:
+  if dataset == "crowdflower":
+    return [f"--data_dir={os.path.join(DATA, 'crowdflower-search')}"]
+  return []
+
+
+def _train(name: str, dataset: str, flags: List[str], export: bool
+           ) -> Dict[str, Any]:
+  out = f"{RUNS}/{name}"
+  cmd = ["python", "-m", "dpsr_tf.train", f"--dataset={dataset}",
+         f"--output_dir={out}", "--overwrite", "--verbose=0",
+         f"--epochs={EPOCHS.get(dataset, 10)}"] + _data_flags(dataset) + flags
+  if export:
+    shutil.rmtree(f"{RUNS}/{name}_export", ignore_errors=True)
+    cmd.append(f"--export_dir={RUNS}/{name}_export")
+  line = harness.run_command(cmd)
+  metrics = harness.read_metrics(out)
+  metrics["command"] = line
+  return metrics
+
+
+def _servable_latency(export_dir: str, requests: Dict[str, list], k: int,
+                      calls: int = 200) -> Dict[str, Any]:
+  path = os.path.join(harness.REPO_ROOT, export_dir, "requests.json")
+  with open(path, "w") as f:
+    json.dump(requests, f)
+  proc = subprocess.run(
+      [sys.executable, "-m", "benchmarks.servable_latency", export_dir,
+       f"--k={k}", f"--calls={calls}", f"--requests={path}"],
+      cwd=harness.REPO_ROOT, check=True, capture_output=True, text=True)
+  return json.loads(proc.stdout.strip().splitlines()[-1])
+
+
+def _test_requests(dataset: str, flags: List[str], n: int = 200
+                   ) -> Dict[str, list]:
+  """The first n test rows as the servable of `flags` takes them."""
+  from dpsr_tf import data as data_lib  # pylint: disable=g-import-not-at-top
+  task = data_lib.load_task(dataset, _data_dir(dataset))
+  test = {k: v[:n] for k, v in task.test.items()}
+  request = {"query": [str(q) for q in test["query"]]}
+  if any(f.startswith("--personalization=") for f in flags):
+    for name, vocab in task.user_vocabularies.items():
+      request[f"user_{name}"] = [vocab[v] for v in test[f"user_{name}"]]
+  if "--personalization=history" in flags:
+    request["history"] = [[str(task.item_ids[i]) if i >= 0 else ""
+                           for i in row] for row in test["history"]]
+  return request
+
+
+def _data_dir(dataset: str):
+  return (os.path.join(DATA, "crowdflower-search")
+          if dataset == "crowdflower" else None)
+
+
+def _bm25_latency(dataset: str, bigrams: bool, k: int = 1000,
+                  calls: int = 100) -> float:
+  from dpsr_tf import data as data_lib  # pylint: disable=g-import-not-at-top
+  from dpsr_tf.bm25 import BM25Scorer, terms  # pylint: disable=g-import-not-at-top
+  task = data_lib.load_task(dataset, _data_dir(dataset))
+  scorer = BM25Scorer(task.item_text, bigrams)
+  queries = terms(task.test["query"][:calls], bigrams)
+  k = min(k, task.num_items)
+  times = []
+  for q in queries:
+    start = time.perf_counter()
+    scores = scorer.index.get_scores(q)
+    top = np.argpartition(-scores, k - 1)[:k]
+    top[np.argsort(-scores[top])]
+    times.append(time.perf_counter() - start)
+  return 1000 * float(np.percentile(times, 50))
+
+
+def table2() -> None:
+  raw: Dict[str, Any] = {}
+  sections = []
+  for dataset in ("synthetic", "crowdflower"):
+    rows = []
+    for label, flags in _variants(dataset).items():
+      slug = f"{dataset}_{label.split()[0].lower()}_{len(flags)}_" + \
+          "_".join(f.split("=")[-1] for f in flags)
+      bm25 = "bm25" in flags[0]
+      metrics = _train(slug, dataset, flags, export=not bm25)
+      if bm25:
+        harness.pin_threads()
+        metrics["time_p50_ms"] = _bm25_latency(dataset, "bigram" in flags[0])
+      else:
+        k = min(1000, metrics["num_items"])
+        latency = _servable_latency(f"{RUNS}/{slug}_export",
+                                    _test_requests(dataset, flags), k)
+        metrics["time_p50_ms"] = latency["p50_ms"]
+      raw[f"{dataset}/{label}"] = metrics
+      rows.append([label] + [metrics.get(key, "") for key in KEYS] +
+                  [metrics["time_p50_ms"]])
+    sections.append(f"**{dataset}** ({raw[f'{dataset}/BM25']['num_items']:,}"
+                    " items)\n\n" + report.markdown_table(
+                        ["model"] + list(KEYS) + ["time p50 ms"], rows))
+  poly = []
+  for label in ("DPSR 1 head", "DPSR (2 heads)"):
+    m = raw[f"synthetic/{label}"]
+    poly.append([label] + [m.get(k, "") for k in sorted(m) if
+                           k.startswith("polysemy_")])
+  poly_keys = sorted(k for k in raw["synthetic/DPSR (2 heads)"]
+                     if k.startswith("polysemy_"))
+  commands = "\n".join(f"    {m['command']}" for m in raw.values())
+  text = (
+      "## DPSR: Table 2 and Figure 6 analogues\n\n"
+      "`python -m benchmarks.dpsr --only=table2` on " + report.machine() +
+      ". Top-k: the held-out positive among 1,024 random items; AUC: "
+      "labelled pairs of the test queries (query-disjoint split); "
+      "time: query text -> top-1,000 (CrowdFlower: of 9,913 items; "
+      "synthetic: all 2,000), p50, one thread.\n\n" +
+      "\n\n".join(sections) +
+      "\n\n**Figure 6 analogue** (synthetic polysemous queries; share of "
+      "the top 100 in each meaning's root category; head purity = share of "
+      "a head's own top 100 in its dominant meaning)\n\n" +
+      report.markdown_table(["model"] + [k.replace("polysemy_", "")
+                                         for k in poly_keys], poly) +
+      "\n\nCommands:\n\n" + commands)
+  report.write_section("dpsr_table2", text, raw)
+
+
+def figure7() -> None:
+  raw, rows = {}, []
+  for alpha in (0.0, 0.25, 0.5, 0.75, 1.0):
+    metrics = _train(f"alpha_{alpha}", "synthetic", [f"--alpha={alpha}"],
+                     export=False)
+    raw[str(alpha)] = metrics
+    rows.append([alpha, metrics["popularity@100"], metrics["p_good@100"],
+                 metrics["recall@100"], metrics["top10"], metrics["auc"]])
+  import matplotlib  # pylint: disable=g-import-not-at-top
+  matplotlib.use("Agg")
+  import matplotlib.pyplot as plt  # pylint: disable=g-import-not-at-top
+  fig, ax = plt.subplots(figsize=(5, 3.5))
+  alphas = [r[0] for r in rows]
+  ax.plot(alphas, [r[1] for r in rows], "o-", label="popularity@100")
+  ax.plot(alphas, [r[2] for r in rows], "s-", label="P_good@100")
+  ax.plot(alphas, [r[4] for r in rows], "^-", label="Top-10")
+  ax.set_xlabel("alpha (share of random negatives)")
+  ax.legend()
+  fig.tight_layout()
+  os.makedirs(report.RESULTS_DIR, exist_ok=True)
+  fig.savefig(os.path.join(report.RESULTS_DIR, "dpsr_figure7.png"), dpi=120)
+  text = ("## DPSR: Figure 7 analogue (mixing ratio alpha)\n\n"
+          "`python -m benchmarks.dpsr --only=figure7` on " + report.machine()
+          + ", synthetic world. popularity@100: mean popularity percentile "
+          "of the top 100 (1 = most popular item). Plot: "
+          "`results/dpsr_figure7.png`.\n\n" + report.markdown_table(
+              ["alpha", "popularity@100", "P_good@100", "recall@100",
+               "Top-10", "AUC"], rows) + "\n\nCommands:\n\n" +
+          "\n".join(f"    {m['command']}" for m in raw.values()))
+  report.write_section("dpsr_figure7", text, raw)
+
+
+def latency(num_items: int = 1_000_000, calls: int = 200) -> None:
+  """See the module docstring."""
+  harness.pin_threads()
+  from retrieval_tf import export as export_lib  # pylint: disable=g-import-not-at-top
+  from retrieval_tf.compat import keras, tf  # pylint: disable=g-import-not-at-top
+  from retrieval_tf.serving.assets import write_vocabulary  # pylint: disable=g-import-not-at-top
+  from retrieval_tf.text import Tokenizer, padded_ids  # pylint: disable=g-import-not-at-top
+  from dpsr_tf import data as data_lib  # pylint: disable=g-import-not-at-top
+  from dpsr_tf.model import DPSRModel  # pylint: disable=g-import-not-at-top
+  from dpsr_tf.servable import DPSRServable, model_fingerprint  # pylint: disable=g-import-not-at-top
+
+  task = data_lib.load_task("synthetic")
+  tok = Tokenizer()
+  titles = padded_ids(tok, task.item_text)
+  model = DPSRModel(task.num_items, titles.shape[1], task.item_feature_sizes,
+                    tokenizer=tok.get_config())
+  model.set_item_tables(titles, task.item_columns)
+  model.compile(optimizer=keras.optimizers.Adagrad(0.05))
+  ds = tf.data.Dataset.from_tensor_slices(
+      {"query": task.train["query"].astype(str),
+       "item": task.train["item"]}).repeat().batch(64, drop_remainder=True)
+  model.fit(ds, steps_per_epoch=50, epochs=1, verbose=0)
+  # Index build: the item tower over 1M items (the world's rows tiled) and
+  # filling the index.
+  embed = tf.function(lambda f: model.item_tower(f, training=False))
+  start = time.perf_counter()
+  vectors = np.empty((num_items, model.output_dim), np.float32)
+  for s in range(0, num_items, 16384):
+    rows = np.arange(s, min(s + 16384, num_items)) % task.num_items
+    features = {"tokens": tf.constant(titles[rows])}
+    features.update({k: tf.constant(v[rows])
+                     for k, v in task.item_columns.items()})
+    vectors[s:s + len(rows)] = embed(features).numpy()
+  tower_seconds = time.perf_counter() - start
+  # The catalogue stand-in: random unit vectors (see the module docstring).
+  rng = np.random.default_rng(0)
+  vectors = rng.normal(size=vectors.shape).astype(np.float32)
+  vectors /= np.linalg.norm(vectors, axis=1, keepdims=True)
+  folder = os.path.join(harness.REPO_ROOT, RUNS, "latency")
+  shutil.rmtree(folder, ignore_errors=True)
+  os.makedirs(folder)
+  items_asset = write_vocabulary(folder, "items",
+                                  [f"item{i}" for i in range(num_items)])
+  fingerprint = model_fingerprint(model)
+  requests = {"query": [str(q) for q in task.test["query"][:calls]]}
+  raw: Dict[str, Any] = {"num_items": num_items,
+                         "item_tower_seconds": round(tower_seconds, 2)}
+  rows = []
+  for shards in (1, 2, 4):
+    per_shard = []
+    for shard, indices in enumerate(np.array_split(np.arange(num_items),
+                                                   shards)):
+      start = time.perf_counter()
+      servable = DPSRServable(model, vectors[indices], indices, items_asset,
+                              {}, 1000, fingerprint, shard, shards)
+      build = time.perf_counter() - start
+      target = os.path.join(folder, f"n{shards}", f"shard{shard}")
+      export_lib.export_servable(
+          target, servable,
+          {"serving_default": servable.serve.get_concrete_function()},
+          {"model": "dpsr", "example_requests": {
+              "serving_default": dict(requests, k=[1000] * calls)}})
+      measured = _servable_latency(os.path.relpath(target, harness.REPO_ROOT),
+                                   requests, 1000, calls)
+      measured["index_fill_seconds"] = round(build, 2)
+      per_shard.append(measured)
+      del servable
+    raw[f"shards_{shards}"] = per_shard
+    rows.append([shards, num_items // shards,
+                 max(m["p50_ms"] for m in per_shard),
+                 max(m["p99_ms"] for m in per_shard),
+                 round(1000 / max(m["p50_ms"] for m in per_shard), 1),
+                 per_shard[0]["index_fill_seconds"],
+                 per_shard[0]["load_seconds"]])
+  raw["fanout"] = _fanout_latency(folder, requests, calls)
+  raw["load_average_1min_after"] = os.getloadavg()[0]
+  text = (
+      "## DPSR: Tables 5/6 analogue (1M items, one servable, sharding)\n\n"
+      "`python -m benchmarks.dpsr --only=latency` on " + report.machine() +
+      f". Item tower over {num_items:,} items: "
+      f"{tower_seconds:.1f} s (one thread). Query text -> tokenizer -> "
+      "2-head query tower -> each head's top-1,000 by brute force -> union "
+      "cut to 1,000, one request at a time, one intra-op and one inter-op "
+      "thread (`benchmarks.servable_latency`). Sharded rows: the slowest "
+      "shard (each shard would run on its own machine; QPS per shard "
+      "replica = 1000 / p50).\n\n" + report.markdown_table(
+          ["shards", "items per shard", "p50 ms", "p99 ms",
+           "QPS per replica", "index fill s", "load s"], rows) +
+      "\n\nIn-process fan-out client over the shards on this 2-core box "
+      "(all shards share the 2 cores; merge included): " +
+      ", ".join(f"N={n}: p50 {v['p50_ms']:.1f} ms"
+                for n, v in raw["fanout"].items()) + ". Load average of the "
+      f"box after the runs: {raw['load_average_1min_after']:.1f} (on 2 "
+      "cores; above 1 the latencies include waiting for a core).")
+  report.write_section("dpsr_latency", text, raw)
+
+
+def _fanout_latency(folder: str, requests, calls: int) -> Dict[str, Any]:
+  from retrieval_tf.serving.fanout import FanoutClient, InProcessShard  # pylint: disable=g-import-not-at-top
+  out = {}
+  for shards in (2, 4):
+    client = FanoutClient([InProcessShard(os.path.join(
+        folder, f"n{shards}", f"shard{i}")) for i in range(shards)])
+    client({"query": requests["query"][:1], "k": [1000]})
+    times = []
+    for q in requests["query"][:min(calls, 100)]:
+      start = time.perf_counter()
+      client({"query": [q], "k": [1000]})
+      times.append(time.perf_counter() - start)
+    client.close()
+    out[str(shards)] = {"p50_ms": 1000 * float(np.percentile(times, 50)),
+                        "p99_ms": 1000 * float(np.percentile(times, 99))}
+  return out
+
+
+def compressed() -> None:
+  harness.pin_threads()
+  from retrieval_tf.compat import tf  # pylint: disable=g-import-not-at-top
+  from retrieval_tf.datasets import synthetic  # pylint: disable=g-import-not-at-top
+  from dpsr_tf import compressed as comp  # pylint: disable=g-import-not-at-top
+  from dpsr_tf import data as data_lib  # pylint: disable=g-import-not-at-top
+  task = data_lib.load_task(
+      "synthetic", synthetic_config=synthetic.SyntheticConfig.scaled(
+          20000, mean_searches_per_user=20.0))
+  users, items, interactions = comp.synthetic_tables(task)
+  folder = os.path.join(harness.REPO_ROOT, RUNS, "compressed")
+  shutil.rmtree(folder, ignore_errors=True)
+  comp.write_compressed(folder, users, items, interactions)
+  joined = os.path.join(folder, comp.JOINED)
+  comp.write_joined(joined, users, items, interactions)
+  three = sum(os.path.getsize(os.path.join(folder, n))
+              for n in (comp.USERS, comp.ITEMS, comp.INTERACTIONS))
+  full = os.path.getsize(joined)
+
+  def rate(ds):
+    count, start = 0, time.perf_counter()
+    for batch in ds:
+      count += int(tf.shape(batch["query"])[0])
+    return count / (time.perf_counter() - start)
+
+  rate(comp.compressed_dataset(folder, 1024))  # warm the file cache
+  three_rate = rate(comp.compressed_dataset(folder, 1024))
+  joined_rate = rate(comp.joined_dataset(joined, 1024))
+  train = harness.read_metrics(f"{RUNS}/synthetic_dpsr_2_dpsr_2") if \
+      os.path.exists(os.path.join(harness.REPO_ROOT, RUNS,
+                                  "synthetic_dpsr_2_dpsr_2",
+                                  "metrics.json")) else {}
+  raw = {"interactions": len(interactions["query"]),
+         "users": len(users["user_id"]), "items": len(items["item_id"]),
+         "three_file_bytes": three, "joined_bytes": full,
+         "size_ratio": three / full,
+         "three_file_examples_per_second": three_rate,
+         "joined_examples_per_second": joined_rate,
+         "dpsr_train_examples_per_second": train.get(
+             "train_examples_per_second")}
+  text = (
+      "## DPSR: compressed input (Sec. 5.1.2)\n\n"
+      "`python -m benchmarks.dpsr --only=compressed` on " + report.machine() +
+      f". Synthetic world, {raw['interactions']:,} search clicks of "
+      f"{raw['users']:,} users on {raw['items']:,} items; text TSV files; "
+      "one thread.\n\n" + report.markdown_table(
+          ["input", "bytes", "examples/s"],
+          [["3 files (users, items, interactions)", three, three_rate],
+           ["joined table", full, joined_rate]]) +
+      f"\n\nThe 3 files take {100 * three / full:.0f}% of the joined "
+      "table's bytes. DPSR training on the default synthetic world runs at "
+      f"{raw['dpsr_train_examples_per_second']} examples/s (Table 2 run), "
+      "so the 3-file reader is not the bottleneck when it is faster than "
+      "that.")
+  report.write_section("dpsr_compressed", text, raw)
+
+
+def main():
+  parser = argparse.ArgumentParser()
+  parser.add_argument("--only", choices=("table2", "figure7", "latency",
+                                         "compressed"))
+  parser.add_argument("--latency_items", type=int, default=1_000_000)
+  args = parser.parse_args()
+  parts = {"table2": table2, "figure7": figure7,
+           "compressed": compressed,
+           "latency": lambda: latency(args.latency_items)}
+  for name, fn in parts.items():
+    if args.only in (None, name):
+      fn()
+
+
+if __name__ == "__main__":
+  main()

@@ -1,0 +1,248 @@
+"""MGDSPR's ablation (the paper's Table 3 analogue), the tau and (a, b)
+sweeps, and the servable's latency, on the synthetic world (ground-truth
+relevance, clicks biased by position and popularity).
+
+    python -m benchmarks.mgdspr [--seeds=3] [--synthetic_items=1000]
+
+Every configuration is one recorded `python -m mgdspr_tf.train` command
+(`--dataset=synthetic`, a temporal split; the flags in `--train_flags` plus
+the configuration's own); metrics are averaged over `--seeds` seeds (world,
+initialisation and data order all change with the seed):
+
+* ablation: base two-tower (mean word embedding, no behaviour, tau = 1, no
+  hard negatives) -> + MGS -> + behaviour attention without / with the
+  zero vector -> + temperature (tau = 2) -> + mixed hard negatives (the
+  full model) -> + relevance control (the full model's top-K filtered);
+  hinge instead of softmax on the full model;
+* sweeps: tau in `--taus` and (a, b) in `--mixes` on the full model;
+* latency: the full model of the first seed is exported and timed by
+  `benchmarks.servable_latency` (one thread, p50 / p99 of one-row calls,
+  top-`--latency_k`), once with relevance control on for every row and once
+  off, on the test requests of that world.
+
+Writes the `mgdspr` section of `RESULTS.md` and `results/mgdspr.json`.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+from typing import Dict, List
+
+from absl import app
+from absl import flags
+import numpy as np
+
+from benchmarks import harness
+from benchmarks import report
+
+flags.DEFINE_integer("seeds", 3, "Seeds per configuration.")
+flags.DEFINE_integer("sweep_seeds", 0, "Seeds of the tau and (a, b) sweeps "
+                     "(0: --seeds).")
+flags.DEFINE_integer("synthetic_items", 1000, "Items of the world.")
+flags.DEFINE_string("output_root", os.path.join("runs", "benchmarks",
+                                                "mgdspr"), "Where runs go.")
+flags.DEFINE_list("train_flags", [
+    "--epochs=3", "--batch_size=128", "--embedding_dim=32", "--num_heads=2",
+    "--num_buckets=8192", "--max_real=10", "--max_short=20",
+    "--max_long=20", "--max_test=1000", "--ks=10,50", "--rc_k=50",
+    "--verbose=0"], "Flags of every training run.")
+flags.DEFINE_list("taus", ["0.5", "1", "4"], "Temperatures of the sweep "
+                  "(2 is the full model).")
+flags.DEFINE_list("mixes", ["0.0:0.2", "0.2:0.4", "0.7:0.9"], "(a, b) of "
+                  "the sweep as a:b (0.4:0.6 is the full model).")
+flags.DEFINE_integer("latency_k", 1000, "k of the latency runs.")
+flags.DEFINE_bool("latency", True, "Export and time the servable.")
+flags.DEFINE_bool("reuse", False, "Read the metrics of runs that already "
+                  "finished in --output_root instead of training again.")
+FLAGS = flags.FLAGS
+
+BASE = ["--temperature=1", "--num_hard=0"]
+ABLATION = [
+    ("base two-tower", ["--mgs=false", "--behaviour=false"] + BASE),
+    ("+ MGS", ["--behaviour=false"] + BASE),
+    ("+ behaviour attention, no zero vector", ["--zero_vector=false"] + BASE),
+    ("+ behaviour attention, zero vector", BASE),
+    ("+ temperature (tau = 2)", ["--num_hard=0"]),
+    ("+ hard negatives (full MGDSPR)", []),
+    ("full MGDSPR, hinge loss", ["--loss=hinge"]),
+]
+FULL = "+ hard negatives (full MGDSPR)"
+COLUMNS = ["recall@10", "recall@50", "p_good@10", "p_good@50",
+           "unrelated_recall@50", "unrelated_p_good@50"]
+
+
+def _slug(name: str) -> str:
+  return "".join(c if c.isalnum() else "_" for c in name).strip("_")[:60]
+
+
+def train(name: str, extra: List[str], seed: int, export: bool = False
+          ) -> Dict:
+  out = os.path.join(FLAGS.output_root, f"{_slug(name)}_seed{seed}")
+  cmd = (["python", "-m", "mgdspr_tf.train", "--dataset=synthetic",
+          f"--synthetic_items={FLAGS.synthetic_items}", f"--seed={seed}",
+          f"--output_dir={out}", "--overwrite"] + list(FLAGS.train_flags) +
+         list(extra))
+  if export:
+    cmd.append(f"--export_dir={out}_export")
+  done = os.path.join(harness.REPO_ROOT, out, "metrics.json")
+  if FLAGS.reuse and os.path.exists(done) and (
+      not export or "export_path" in harness.read_metrics(out)):
+    metrics = harness.read_metrics(out)
+    metrics["command"] = " ".join(cmd)
+    return metrics
+  line = harness.run_command(cmd)
+  metrics = harness.read_metrics(out)
+  metrics["command"] = line
+  return metrics
+
+
+def _mean_std(runs: List[Dict], key: str) -> str:
+  values = [r[key] for r in runs if key in r]
+  if not values:
+    return "-"
+  if len(values) == 1:
+    return f"{values[0]:.4f}"
+  return f"{np.mean(values):.4f} ± {np.std(values):.4f}"
+
+
+def latency_requests(seed: int, path: str, control: int) -> None:
+  """The world's test requests (raw strings) as a request body file."""
+  from mgdspr_tf import data as data_lib  # pylint: disable=g-import-not-at-top
+  from retrieval_tf.datasets import synthetic  # pylint: disable=g-import-not-at-top
+  config = synthetic.SyntheticConfig.scaled(FLAGS.synthetic_items, seed=seed)
+  flags_map = dict(f[2:].split("=", 1) for f in FLAGS.train_flags)
+  lengths = tuple(int(flags_map.get(n, d)) for n, d in
+                  (("max_real", 50), ("max_short", 100), ("max_long", 100)))
+  test = data_lib.from_synthetic(synthetic.generate(config), lengths,
+                                 max_test=200).test
+
+  def ids(matrix):
+    return [[str(i) if i >= 0 else "" for i in row] for row in matrix]
+
+  body = {"query": test.query.astype(str).tolist(),
+          "history_query": test.history_query.astype(str).tolist(),
+          "real_time": ids(test.real_time), "short_term": ids(test.short_term),
+          "long_term": ids(test.long_term),
+          "relevance_control": [control] * len(test)}
+  with open(path, "w") as f:
+    json.dump(body, f)
+
+
+def measure_latency(export_dir: str, seed: int) -> Dict[str, Dict]:
+  out = {}
+  for control in (1, 0):
+    requests = os.path.join(FLAGS.output_root, f"requests_rc{control}.json")
+    latency_requests(seed, os.path.join(harness.REPO_ROOT, requests), control)
+    cmd = ["python", "-m", "benchmarks.servable_latency", export_dir,
+           f"--k={FLAGS.latency_k}", "--calls=200",
+           f"--requests={requests}"]
+    print("$", " ".join(cmd), flush=True)
+    proc = subprocess.run([sys.executable] + cmd[1:], cwd=harness.REPO_ROOT,
+                          capture_output=True, text=True, check=True)
+    result = json.loads(proc.stdout.strip().splitlines()[-1])
+    result["command"] = " ".join(cmd)
+    out["on" if control else "off"] = result
+  return out
+
+
+def main(argv):
+  del argv
+  os.makedirs(os.path.join(harness.REPO_ROOT, FLAGS.output_root),
+              exist_ok=True)
+  seeds = list(range(FLAGS.seeds))
+  sweep_seeds = seeds[:FLAGS.sweep_seeds or len(seeds)]
+  raw: Dict = {"ablation": {}, "tau": {}, "mix": {}, "seeds": seeds,
+               "sweep_seeds": sweep_seeds,
+               "train_flags": list(FLAGS.train_flags),
+               "synthetic_items": FLAGS.synthetic_items,
+               "machine": report.machine()}
+  for name, extra in ABLATION:
+    raw["ablation"][name] = [
+        train(name, extra, s, export=(FLAGS.latency and name == FULL and
+                                      s == 0)) for s in seeds]
+  for tau in FLAGS.taus:
+    raw["tau"][tau] = [train(f"tau{tau}", [f"--temperature={tau}"], s)
+                       for s in sweep_seeds]
+  full_sweep = raw["ablation"][FULL][:len(sweep_seeds)]
+  raw["tau"]["2"] = full_sweep
+  for mix in FLAGS.mixes:
+    a, b = mix.split(":")
+    raw["mix"][mix] = [train(f"mix{a}_{b}", [f"--mix_low={a}",
+                                             f"--mix_high={b}"], s)
+                       for s in sweep_seeds]
+  raw["mix"]["0.4:0.6"] = full_sweep
+  if FLAGS.latency:
+    export_dir = raw["ablation"][FULL][0]["export_path"]
+    raw["latency"] = measure_latency(os.path.dirname(export_dir), 0)
+
+  rows = [[name] + [_mean_std(runs, c) for c in COLUMNS]
+          for name, runs in raw["ablation"].items()]
+  full = raw["ablation"][FULL]
+  rows.insert(len(ABLATION) - 1, [
+      "+ relevance control (top-50 filtered)", "-",
+      _mean_std(full, "rc_recall"), "-", _mean_std(full, "rc_p_good"), "-",
+      "-"])
+  control = report.markdown_table(
+      ["removal rate", "removal rate (queries with an intent)",
+       "queries with an intent", "fallback rate", "relevant@50 before",
+       "relevant@50 after"],
+      [[_mean_std(full, k) for k in
+        ("rc_removal_rate", "rc_removal_rate_with_intent", "rc_intent_rate",
+         "rc_fallback_rate", "relevant@50", "rc_relevant@50")]])
+  taus = report.markdown_table(
+      ["tau", "recall@50", "p_good@10", "p_good@50"],
+      [[t] + [_mean_std(raw["tau"][t], c) for c in
+              ("recall@50", "p_good@10", "p_good@50")]
+       for t in sorted(raw["tau"], key=float)])
+  mixes = report.markdown_table(
+      ["(a, b)", "recall@50", "p_good@10", "p_good@50"],
+      [[m] + [_mean_std(raw["mix"][m], c) for c in
+              ("recall@50", "p_good@10", "p_good@50")]
+       for m in sorted(raw["mix"])])
+  text = [
+      "## MGDSPR (KDD'21): ablation, tau and (a, b), latency",
+      "",
+      f"Synthetic world of {FLAGS.synthetic_items} items (temporal split, "
+      f"ground-truth relevance: good = grade >= 2), {len(seeds)} seed(s), "
+      f"mean ± std; {report.machine()}. Every run: `python -m "
+      f"mgdspr_tf.train --dataset=synthetic "
+      f"--synthetic_items={FLAGS.synthetic_items} --seed=S "
+      f"{' '.join(FLAGS.train_flags)}` + the row's flags (recorded in "
+      "`results/mgdspr.json`). `unrelated_*`: test searches whose "
+      "real-time and short-term behaviour share no mid category with the "
+      "query.",
+      "",
+      report.markdown_table(["configuration"] + COLUMNS, rows),
+      "",
+      "Relevance control on the full model's top-50:",
+      "",
+      control,
+      "",
+      f"Temperature (full model, {len(sweep_seeds)} seed(s)):",
+      "",
+      taus,
+      "",
+      f"Mixing range alpha ~ U(a, b) (full model, {len(sweep_seeds)} "
+      "seed(s)):",
+      "",
+      mixes,
+  ]
+  if "latency" in raw:
+    lat = raw["latency"]
+    text += ["", f"Servable latency (one thread, top-{FLAGS.latency_k}, "
+             "one-row calls, `benchmarks.servable_latency`):", "",
+             report.markdown_table(
+                 ["relevance control", "p50 ms", "p99 ms",
+                  "rows/s (1,000-row batch)"],
+                 [[mode, lat[mode]["p50_ms"], lat[mode]["p99_ms"],
+                   lat[mode]["batch_1000_rows_per_second"]]
+                  for mode in ("off", "on")])]
+  report.write_section("mgdspr", "\n".join(text), raw)
+  print("\n".join(text))
+
+
+if __name__ == "__main__":
+  app.run(main)

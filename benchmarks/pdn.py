@@ -1,0 +1,361 @@
+"""PDN benchmarks: Table 2 and Table 4 analogues, and servable latency.
+
+    python -m benchmarks.pdn [--seeds=0,1,2,3,4] [--epochs=1]
+        [--steps_per_epoch=500] [--parallel] [--reuse]
+        [--sections=table2,table4,latency] [--latency_items=1000000]
+
+* Table 2 (NCF ML-1M, target + 99 negatives): PDN, PDN w/o Bias Net, PDN
+  w/o Direct Net (`python -m pdn_tf.train`), the shared two-tower baseline,
+  item-based CF and most popular (`python -m retrieval_tf.train`), mean and
+  std over `--seeds`; "Personalise" and "Item to Item" columns (PDN: SimNet
+  alone, Σ_j softplus(s_ji); two-tower: Σ_j <q_j, q_i> over the training
+  history; item CF: Σ_j cosine(j, i)), plus the servable's full-corpus
+  recall@50/@300 (two-tower: exact top-k of its embeddings).
+* Table 4: PDN (first seed) against the two-tower by the user's number of
+  training interactions n: HR@10 (1 + 99) and full-corpus recall@300, with
+  the relative gain.
+* Latency: `benchmarks.servable_latency` (a TensorFlow-only process, one
+  thread) on the ML-1M PDN export and on a PDN servable over a
+  `--latency_items` synthetic world, raw request -> top-500. The large world
+  is NOT trained (random weights) and its I2I index holds random neighbours
+  of the same shape (k per item): only its latency is meaningful.
+
+Every training run is its own process (`benchmarks.harness.run_command`),
+with the command recorded in the section.
+"""
+
+from __future__ import annotations
+
+import concurrent.futures
+import json
+import os
+import subprocess
+import sys
+from typing import Dict, List
+
+from absl import app
+from absl import flags
+import numpy as np
+
+from benchmarks import harness, report
+
+FLAGS = flags.FLAGS
+flags.DEFINE_list("seeds", ["0"], "Seeds of the trained rows.")
+flags.DEFINE_integer("epochs", 1, "PDN training epochs.")
+flags.DEFINE_integer("steps_per_epoch", 0, "PDN steps per epoch (0: one "
+                     "pass over the training log).")
+flags.DEFINE_bool("parallel", False, "Run a seed's training commands at the "
+                  "same time (one process each), to use the cores of a "
+                  "shared machine; timings then are not comparable.")
+flags.DEFINE_integer("two_tower_epochs", 5, "Two-tower training epochs.")
+flags.DEFINE_list("sections", ["table2", "table4", "latency"],
+                  "What to run.")
+flags.DEFINE_integer("latency_items", 1000000, "Items of the synthetic "
+                     "latency world (0: skip it).")
+flags.DEFINE_integer("threads", 2, "TF threads of the training runs.")
+flags.DEFINE_bool("reuse", False, "Keep a training run whose output folder "
+                  "already holds metrics.json from the same command instead "
+                  "of rerunning it (to resume an interrupted benchmark).")
+
+DATA = "../shared/data/ncf-ml-1m"
+OUT = "runs/benchmarks/pdn"
+VARIANTS = {"PDN": [], "PDN w/o Bias Net": ["--nobias_net"],
+            "PDN w/o Direct Net": ["--nodirect_net"]}
+PAPER = {  # Table 2, MovieLens: personalise HR, NDCG; item-to-item HR, NDCG
+    "PDN": (0.6770, 0.4071, 0.5152, 0.2859),
+    "PDN w/o Bias Net": (0.6323, 0.3401, 0.5080, 0.2795),
+    "PDN w/o Direct Net": (0.6642, 0.3930, 0.5124, 0.2813),
+    "two-tower": (0.6187, 0.3579, 0.4362, 0.2324),  # YouTube DNN
+    "item CF": (None, None, 0.4033, 0.2132),  # PCF
+}
+
+
+def _slug(name: str) -> str:
+  return name.lower().replace(" ", "_").replace("/", "")
+
+
+def pdn_command(variant: str, seed: int, export: bool) -> List[str]:
+  cmd = ["python", "-m", "pdn_tf.train", "--dataset=ncf-ml-1m",
+         f"--data_dir={DATA}", f"--output_dir={OUT}/{_slug(variant)}-s{seed}",
+         "--overwrite", "--verbose=2", f"--seed={seed}",
+         f"--epochs={FLAGS.epochs}", "--save_scores"] + VARIANTS[variant]
+  if FLAGS.steps_per_epoch:
+    cmd.append(f"--steps_per_epoch={FLAGS.steps_per_epoch}")
+  if export:
+    cmd.append(f"--export_dir={OUT}/export-ml1m")
+  return cmd
+
+
+def baseline_command(model: str, seed: int) -> List[str]:
+  cmd = ["python", "-m", "retrieval_tf.train", f"--model={model}",
+         "--dataset=ncf-ml-1m", f"--data_dir={DATA}",
+         f"--output_dir={OUT}/{model}-s{seed}", "--overwrite", "--verbose=2",
+         f"--seed={seed}"]
+  if model == "two_tower":
+    cmd += [f"--epochs={FLAGS.two_tower_epochs}", "--save_embeddings"]
+  return cmd
+
+
+def _run(cmd: List[str]) -> str:
+  """Runs a recorded command (or, with --reuse, keeps its finished run)."""
+  out = next(a.split("=", 1)[1] for a in cmd if a.startswith("--output_dir"))
+  config = os.path.join(harness.REPO_ROOT, out, "config.json")
+  if FLAGS.reuse and os.path.exists(os.path.join(harness.REPO_ROOT, out,
+                                                 "metrics.json")):
+    with open(config) as f:
+      old = json.load(f)
+    wanted = {a[2:].split("=", 1)[0]: a.split("=", 1)[1] for a in cmd
+              if a.startswith("--") and "=" in a}
+    if all(str(old.get(k)) == v for k, v in wanted.items()
+           if k not in ("data_dir", "output_dir", "export_dir")):
+      print("$ (reused)", " ".join(cmd), flush=True)
+      return " ".join(cmd)
+  return harness.run_command(cmd, threads=FLAGS.threads)
+
+
+def _run_all(cmds: List[List[str]]) -> List[str]:
+  """`_run` each command, one after the other or (--parallel) at once."""
+  if not FLAGS.parallel:
+    return [_run(cmd) for cmd in cmds]
+  with concurrent.futures.ThreadPoolExecutor(len(cmds)) as pool:
+    return list(pool.map(_run, cmds))
+
+
+def _ncf_split():
+  from retrieval_tf.datasets import registry  # pylint: disable=g-import-not-at-top
+  return registry.leave_one_out(registry.load_rec_dataset("ncf-ml-1m", DATA))
+
+
+def _two_tower_scores(run_dir: str, data):
+  """Personalised and item-to-item scores `[U, 100]` and the exact
+  full-corpus top-300 of a two-tower run's saved embeddings."""
+  from retrieval_tf import evaluation  # pylint: disable=g-import-not-at-top
+  users = np.load(os.path.join(harness.REPO_ROOT, run_dir,
+                               "user_embeddings.npy"))
+  items = np.load(os.path.join(harness.REPO_ROOT, run_dir,
+                               "item_embeddings.npy"))
+  train = data.dataset.interactions
+  candidates = np.concatenate([data.test.item[:, None], data.negatives], 1)
+  histories = evaluation.exclusion_from_interactions(
+      train, data.test.user, data.dataset.num_items)
+  personal = np.einsum("ud,ucd->uc", users, items[candidates])
+  i2i = np.einsum("ud,ucd->uc", np.asarray(histories @ items),
+                  items[candidates])
+  top = evaluation.top_k_items(users, items, 300, histories)
+  return personal, i2i, top
+
+
+def _sampled(scores, data, rows=None) -> Dict[str, float]:
+  from retrieval_tf import evaluation  # pylint: disable=g-import-not-at-top
+  rows = np.arange(len(data.test)) if rows is None else rows
+  return evaluation.evaluate_sampled(lambda r, c: scores[r], rows,
+                                     data.test.item[rows],
+                                     data.negatives[rows])
+
+
+def _recall(top, targets, k) -> float:
+  return float(np.mean((top[:, :k] == targets[:, None]).any(axis=1)))
+
+
+def _mean_std(values) -> str:
+  values = [v for v in values if v is not None]
+  if not values:
+    return "-"
+  if len(values) == 1:
+    return f"{values[0]:.4f}"
+  return f"{np.mean(values):.4f} ± {np.std(values):.4f}"
+
+
+def table2(seeds, commands, raw) -> str:
+  data = _ncf_split()
+  rows: Dict[str, Dict[str, list]] = {}
+
+  def add(name, key, value):
+    rows.setdefault(name, {}).setdefault(key, []).append(value)
+
+  for seed in seeds:
+    cmds = [pdn_command(variant, seed, export=(variant == "PDN" and
+                                               seed == seeds[0]))
+            for variant in VARIANTS] + [baseline_command("two_tower", seed)]
+    if seed == seeds[0]:
+      cmds += [baseline_command(m, seed) for m in ("item_cf",
+                                                   "most_popular")]
+    commands.extend(_run_all(cmds))
+    for variant in VARIANTS:
+      m = harness.read_metrics(f"{OUT}/{_slug(variant)}-s{seed}")
+      for key in ("hr@10", "ndcg@10", "i2i_hr@10", "i2i_ndcg@10",
+                  "recall@50", "recall@300", "train_seconds"):
+        add(variant, key, m[key])
+    run_dir = f"{OUT}/two_tower-s{seed}"
+    personal, i2i, top = _two_tower_scores(run_dir, data)
+    p, s = _sampled(personal, data), _sampled(i2i, data)
+    add("two-tower", "hr@10", p["hr@10"])
+    add("two-tower", "ndcg@10", p["ndcg@10"])
+    add("two-tower", "i2i_hr@10", s["hr@10"])
+    add("two-tower", "i2i_ndcg@10", s["ndcg@10"])
+    add("two-tower", "recall@50", _recall(top, data.test.item, 50))
+    add("two-tower", "recall@300", _recall(top, data.test.item, 300))
+  for model, name in (("item_cf", "item CF"), ("most_popular",
+                                               "most popular")):
+    m = harness.read_metrics(f"{OUT}/{model}-s{seeds[0]}")
+    column = "i2i_" if model == "item_cf" else ""
+    add(name, f"{column}hr@10", m["hr@10"])
+    add(name, f"{column}ndcg@10", m["ndcg@10"])
+    add(name, "recall@50", m["recall@50"])
+  raw["table2"] = rows
+  header = ["method", "HR@10", "NDCG@10", "I2I HR@10", "I2I NDCG@10",
+            "recall@50", "recall@300", "paper (HR, NDCG, I2I HR, I2I NDCG)"]
+  table = []
+  for name, values in rows.items():
+    paper = PAPER.get(name)
+    table.append([name] + [_mean_std(values.get(k, [])) for k in (
+        "hr@10", "ndcg@10", "i2i_hr@10", "i2i_ndcg@10", "recall@50",
+        "recall@300")] + [", ".join("-" if v is None else f"{v:.4f}"
+                                   for v in paper) if paper else "-"])
+  return report.markdown_table(header, table)
+
+
+def table4(seeds, raw) -> str:
+  data = _ncf_split()
+  seed = seeds[0]
+  saved = np.load(os.path.join(harness.REPO_ROOT, OUT,
+                               f"pdn-s{seed}", "scores.npz"))
+  personal, i2i, top = _two_tower_scores(f"{OUT}/two_tower-s{seed}", data)
+  lengths = np.bincount(data.dataset.interactions.user,
+                        minlength=data.dataset.num_users)[data.test.user]
+  edges = [0, 50, 100, 200, 400, np.inf]
+  table, out = [], []
+  for lo, hi in zip(edges[:-1], edges[1:]):
+    rows = np.flatnonzero((lengths > lo) & (lengths <= hi))
+    pdn = _sampled(saved["personal"], data, rows)["hr@10"]
+    tt = _sampled(personal, data, rows)["hr@10"]
+    pdn_r = _recall(saved["top"][rows], data.test.item[rows], 300)
+    tt_r = _recall(top[rows], data.test.item[rows], 300)
+    label = f"{lo} < n <= {hi}" if np.isfinite(hi) else f"n > {lo}"
+    gain = lambda a, b: f"{100 * (a - b) / b:+.1f}%" if b else "-"
+    table.append([label, len(rows), tt, pdn, gain(pdn, tt), tt_r, pdn_r,
+                  gain(pdn_r, tt_r)])
+    out.append({"bucket": label, "users": int(len(rows)),
+                "two_tower_hr@10": tt, "pdn_hr@10": pdn,
+                "two_tower_recall@300": tt_r, "pdn_recall@300": pdn_r})
+  raw["table4"] = out
+  return report.markdown_table(
+      ["training interactions n", "users", "two-tower HR@10", "PDN HR@10",
+       "gain", "two-tower recall@300", "PDN recall@300", "gain"], table)
+
+
+def _latency(export_dir: str, requests: dict, k: int = 500) -> dict:
+  path = os.path.join(harness.REPO_ROOT, OUT, "requests.json")
+  with open(path, "w") as f:
+    json.dump(requests, f)
+  env = {k_: v for k_, v in os.environ.items()
+         if k_ not in ("PYTHONPATH", "TF_USE_LEGACY_KERAS")}
+  proc = subprocess.run(
+      [sys.executable, "-m", "benchmarks.servable_latency", export_dir,
+       f"--k={k}", "--calls=200", f"--requests={path}"],
+      capture_output=True, text=True, check=True, cwd=harness.REPO_ROOT,
+      env=env)
+  return json.loads(proc.stdout.strip().splitlines()[-1])
+
+
+def synthetic_servable(num_items: int, export_dir: str, index_k: int = 100,
+                       history: int = 50):
+  """An untrained PDN servable over a synthetic world of `num_items` items
+  with a random I2I index of shape [N, index_k] (latency only)."""
+  # pylint: disable=g-import-not-at-top
+  from retrieval_tf.compat import tf
+  from retrieval_tf.datasets import synthetic
+  from pdn_tf.i2i_index import I2IIndex
+  from pdn_tf.model import PDNModel
+  from pdn_tf.retrieval import PDNRetriever
+  from pdn_tf import servable
+  dataset = synthetic.generate(synthetic.SyntheticConfig.scaled(
+      num_items, seed=0)).to_rec_dataset()
+  item_features = {k: (len(dataset.feature_vocabularies[k]),
+                       v.shape[1] if v.ndim > 1 else 0)
+                   for k, v in dataset.item_features.items()}
+  user_features = {k: len(dataset.feature_vocabularies[k])
+                   for k in dataset.user_features}
+  model = PDNModel(dataset.num_users, dataset.num_items, user_features,
+                   item_features, num_pairs=1, num_events=1,
+                   use_rating=False, bias_time=False)
+  model.item_table.set_tables(dataset.item_features)
+  model.pairs.item_counts.assign(dataset.item_popularity().astype(np.int32))
+  rng = np.random.default_rng(0)
+  items = rng.integers(0, num_items, (num_items, index_k)).astype(np.int32)
+  scores = -np.sort(rng.exponential(size=(num_items, index_k)),
+                    axis=1).astype(np.float32)
+  retriever = PDNRetriever(model, I2IIndex(items, scores), history,
+                           num_triggers=20, pool_size=1000)
+  # build the layers once
+  retriever.retrieve({"user_id": tf.zeros([1], tf.int32),
+                      "history": tf.zeros([1, 2], tf.int32),
+                      **{f"user_{f}": tf.zeros([1], tf.int32)
+                         for f in user_features}}, 10)
+  path = servable.export_pdn(retriever, dataset, export_dir,
+                             {"warning": "untrained, random I2I index: "
+                              "latency benchmark only"})
+  users = rng.choice(dataset.num_users, 200, replace=False)
+  return path, servable.raw_requests(dataset, users, history,
+                                     with_rating=False)
+
+
+def latency(seeds, raw) -> str:
+  from pdn_tf import servable  # pylint: disable=g-import-not-at-top
+  data = _ncf_split()
+  rows, out = [], {}
+  export = os.path.join(harness.REPO_ROOT, OUT, "export-ml1m")
+  users = np.arange(0, data.dataset.num_users, 30)[:200]
+  requests = servable.raw_requests(data.dataset, users, 50)
+  result = _latency(export, requests)
+  out["ml-1m"] = result
+  rows.append(["NCF ML-1M (trained)", data.dataset.num_items,
+               result["p50_ms"], result["p99_ms"], result["load_seconds"],
+               result["batch_1000_rows_per_second"]])
+  if FLAGS.latency_items:
+    folder = os.path.join(harness.REPO_ROOT, OUT,
+                          f"export-synthetic-{FLAGS.latency_items}")
+    _, requests = synthetic_servable(FLAGS.latency_items, folder)
+    result = _latency(folder, requests)
+    out["synthetic"] = result
+    rows.append(["synthetic (untrained, random index)",
+                 FLAGS.latency_items, result["p50_ms"], result["p99_ms"],
+                 result["load_seconds"],
+                 result["batch_1000_rows_per_second"]])
+  raw["latency"] = out
+  return report.markdown_table(
+      ["servable", "items", "p50 ms", "p99 ms", "load s", "rows/s (1000-row "
+       "batch)"], rows)
+
+
+def main(unused_argv):
+  seeds = [int(s) for s in FLAGS.seeds]
+  os.makedirs(os.path.join(harness.REPO_ROOT, OUT), exist_ok=True)
+  commands: List[str] = []
+  raw: Dict[str, object] = {"machine": report.machine(), "seeds": seeds}
+  parts = []
+  if "table2" in FLAGS.sections:
+    parts.append("### Table 2 analogue: NCF ML-1M leave-one-out (1 + 99)\n\n"
+                 + table2(seeds, commands, raw))
+  if "table4" in FLAGS.sections:
+    parts.append("### Table 4 analogue: by training history length "
+                 "(first seed)\n\n" + table4(seeds, raw))
+  if "latency" in FLAGS.sections:
+    parts.append("### Servable latency: raw request -> top-500, one thread"
+                 "\n\n" + latency(seeds, raw))
+  raw["commands"] = commands
+  text = (f"## PDN (SIGIR'21): Tables 2 and 4, servable latency\n\n"
+          f"Measured on {report.machine()} by `python -m benchmarks.pdn "
+          f"--seeds={','.join(map(str, seeds))} --epochs={FLAGS.epochs} "
+          f"--steps_per_epoch={FLAGS.steps_per_epoch} "
+          f"--sections={','.join(FLAGS.sections)}"
+          f"{' --parallel' if FLAGS.parallel else ''}`, "
+          f"{len(seeds)} seed(s); training runs:\n\n" +
+          "\n".join(f"    {c}" for c in commands) + "\n\n" +
+          "\n\n".join(parts))
+  report.write_section("pdn", text, raw)
+  print(text)
+
+
+if __name__ == "__main__":
+  app.run(main)

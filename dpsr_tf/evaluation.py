@@ -1,0 +1,187 @@
+"""Table 2's offline metrics (Sec. 6.2.1) for any scorer: the DPSR model,
+DSSM or BM25.
+
+A *scorer* is `score(rows, items) -> float [n, C]`: `rows` a dict of
+per-row arrays (`query` strings, and user features when the model reads
+them), `items` int `[n, C]` the candidates of each row. A *retriever* is
+`retrieve(rows, k) -> int [n, k]` over the whole catalogue.
+
+* `top1`, `top10`, `mrr`: the held-out positive ranked among
+  `num_random` (1,024) uniform random items (ties count against it);
+* `auc`: ROC AUC of the scores of the test queries' labelled pairs;
+* synthetic world: `p_good@100` (share of the top 100 with ground-truth
+  grade >= 2) and `recall@100` (share of the query's grade >= 2 items in
+  the top 100), computed with `SyntheticWorld.relevance`.
+"""
+
+from __future__ import annotations
+
+from typing import Callable, Dict, Mapping
+
+import numpy as np
+
+from retrieval_tf import metrics as metrics_lib
+from retrieval_tf.compat import tf
+
+Scorer = Callable[[Mapping[str, np.ndarray], np.ndarray], np.ndarray]
+Retriever = Callable[[Mapping[str, np.ndarray], int], np.ndarray]
+
+
+def _rows(rows: Mapping[str, np.ndarray], take) -> Dict[str, np.ndarray]:
+  return {k: v[take] for k, v in rows.items()}
+
+
+def top_k_metrics(score: Scorer, test: Mapping[str, np.ndarray],
+                  num_items: int, num_random: int = 1024, seed: int = 0,
+                  max_rows: int = 20000, batch_size: int = 256
+                  ) -> Dict[str, float]:
+  """Top-1, Top-10 and MRR of the positives among random items."""
+  rng = np.random.default_rng(seed)
+  n = len(test["item"])
+  take = np.sort(rng.choice(n, min(n, max_rows), replace=False))
+  rows = _rows(test, take)
+  random_items = rng.integers(0, num_items, (len(take), num_random))
+  positive, random_scores = [], []
+  for s in range(0, len(take), batch_size):
+    part = _rows(rows, slice(s, s + batch_size))
+    items = np.concatenate([part["item"][:, None],
+                            random_items[s:s + batch_size]], axis=1)
+    scores = score(part, items)
+    positive.append(scores[:, 0])
+    random_scores.append(scores[:, 1:])
+  positive = np.concatenate(positive)
+  random_scores = np.concatenate(random_scores)
+  ranks = (random_scores >= positive[:, None]).sum(axis=1)
+  return {"top1": metrics_lib.top_k_among_random(positive, random_scores, 1),
+          "top10": metrics_lib.top_k_among_random(positive, random_scores,
+                                                  10),
+          "mrr": float(np.mean(1.0 / (ranks + 1))),
+          "num_top_k_rows": int(len(take))}
+
+
+def auc_metric(score: Scorer, judged: Mapping[str, np.ndarray],
+               batch_size: int = 1024) -> Dict[str, float]:
+  """AUC of the labelled pairs (`query`, `item`, `label`)."""
+  scores = np.concatenate([
+      score(_rows(judged, slice(s, s + batch_size)),
+            judged["item"][s:s + batch_size, None])[:, 0]
+      for s in range(0, len(judged["item"]), batch_size)])
+  return {"auc": metrics_lib.auc(judged["label"], scores),
+          "num_auc_pairs": int(len(scores))}
+
+
+def relevance_metrics(retrieve: Retriever, test: Mapping[str, np.ndarray],
+                      world, k: int = 100, max_rows: int = 2000,
+                      seed: int = 0, batch_size: int = 256
+                      ) -> Dict[str, float]:
+  """P_good@k and recall@k against the synthetic world's relevance (grade
+  >= 2), over test rows (one per distinct (query, user) at most
+  `max_rows`)."""
+  rng = np.random.default_rng(seed)
+  n = len(test["item"])
+  take = np.sort(rng.choice(n, min(n, max_rows), replace=False))
+  rows = _rows(test, take)
+  good_share, recall = [], []
+  items = np.arange(world.num_items)
+  for s in range(0, len(take), batch_size):
+    part = _rows(rows, slice(s, s + batch_size))
+    top = retrieve(part, k)
+    queries = part["query_id"][:, None]
+    grades = world.relevance(queries, items[None, :])  # [b, N]
+    relevant = grades >= 2
+    hit = np.take_along_axis(relevant, top, axis=1)
+    good_share.append(hit.mean(axis=1))
+    count = relevant.sum(axis=1)
+    recall.append(np.where(count > 0, hit.sum(axis=1) / np.maximum(count, 1),
+                           np.nan))
+  recall = np.concatenate(recall)
+  return {f"p_good@{k}": float(np.mean(np.concatenate(good_share))),
+          f"recall@{k}": float(np.nanmean(recall))}
+
+
+class ModelScorer:
+  """Scorer and retriever of a trained `DPSRModel`: G (Eq. 1) for the
+  Top-k and AUC, max over heads (the servable's score) for retrieval."""
+
+  def __init__(self, model, item_vectors: np.ndarray):
+    self.model = model
+    self.vectors = tf.constant(item_vectors)
+    self._heads = tf.function(
+        lambda f: model.query_heads(f, training=False),
+        reduce_retracing=True)
+
+  def heads(self, rows: Mapping[str, np.ndarray]) -> tf.Tensor:
+    n = len(rows["query"])
+    features = {"query": tf.constant(np.asarray(rows["query"]).astype(str))}
+    for name in self.model.user_feature_sizes:
+      key = f"user_{name}"
+      features[key] = tf.constant(rows[key] if key in rows else
+                                  np.full(n, -1, np.int32))
+    if self.model.personalization == "history":
+      features["history"] = tf.constant(
+          rows["history"] if "history" in rows else
+          np.full((n, 1), -1, np.int32))
+    return self._heads(features)
+
+  def __call__(self, rows, items) -> np.ndarray:
+    heads = self.heads(rows)
+    vectors = tf.gather(self.vectors, tf.constant(items, tf.int32))
+    return self.model.similarity(heads, vectors).numpy()
+
+  def retrieve(self, rows, k: int) -> np.ndarray:
+    heads = self.heads(rows)
+    scores = tf.reduce_max(tf.einsum("bmd,nd->bnm", heads, self.vectors), -1)
+    return tf.math.top_k(scores, k).indices.numpy()
+
+  def head_retrieve(self, rows, k: int) -> np.ndarray:
+    """Each head's own top-k `[n, m, k]` (Figure 6)."""
+    heads = self.heads(rows)
+    scores = tf.einsum("bmd,nd->bmn", heads, self.vectors)
+    return tf.math.top_k(scores, k).indices.numpy()
+
+
+def popularity_metric(retrieve: Retriever, test: Mapping[str, np.ndarray],
+                      popularity: np.ndarray, k: int = 100,
+                      max_rows: int = 2000, seed: int = 0
+                      ) -> Dict[str, float]:
+  """Figure 7: the mean popularity percentile (0 = least, 1 = most popular
+  item) of the top-k retrieved for test rows."""
+  rng = np.random.default_rng(seed)
+  n = len(test["item"])
+  take = np.sort(rng.choice(n, min(n, max_rows), replace=False))
+  percentile = np.argsort(np.argsort(popularity, kind="stable"),
+                          kind="stable") / max(1, len(popularity) - 1)
+  top = np.concatenate([retrieve(_rows(test, take[s:s + 256]), k)
+                        for s in range(0, len(take), 256)])
+  return {f"popularity@{k}": float(percentile[top].mean())}
+
+
+def polysemy_metrics(scorer: "ModelScorer", world, k: int = 100
+                     ) -> Dict[str, float]:
+  """Figure 6: for each polysemous word of the synthetic world (a query
+  that names products of several root categories), the share of the top-k
+  in each meaning, and per head the share of its own top-k in the head's
+  dominant meaning (head purity). Flat keys `polysemy_<word>_<root>@k`,
+  `polysemy_min_share@k` (mean over words of the least-served meaning) and
+  `polysemy_head_purity@k`."""
+  words = world.polysemous_words()
+  queries = {q: i for i, q in enumerate(world.query_strings)}
+  item_root = world.item_root
+  out, least, purity = {}, [], []
+  for word, roots in sorted(words.items()):
+    if word not in queries:
+      continue
+    rows = {"query": np.asarray([word], object)}
+    top = scorer.retrieve(rows, k)[0]
+    root_ids = [int(np.flatnonzero(world.root_names == r)[0]) for r in roots]
+    shares = [float(np.mean(item_root[top] == r)) for r in root_ids]
+    for root, share in zip(roots, shares):
+      out[f"polysemy_{word}_{root}@{k}"] = share
+    least.append(min(shares))
+    for head_top in scorer.head_retrieve(rows, k)[0]:
+      purity.append(max(float(np.mean(item_root[head_top] == r))
+                        for r in root_ids))
+  if least:
+    out[f"polysemy_min_share@{k}"] = float(np.mean(least))
+    out[f"polysemy_head_purity@{k}"] = float(np.mean(purity))
+  return out

@@ -1,0 +1,246 @@
+"""DPSR's one servable (Sec. 5.2.1) and its sharded export (Sec. 5.2.2).
+
+One SavedModel holds the tokenizer, the query tower and an item embedding
+index, so raw query text goes in and item ids come out in one call:
+
+* `serving_default(query [B] string, k [B] int32, user_<f> [B] string
+  (DPSR-p/-h), history [B, L] string item ids, "" = padding (DPSR-h))
+  -> {item_ids [B, k'] string, scores [B, k'] float32, model_fingerprint
+  [B] string, shard [B] int32, num_shards [B] int32}` with
+  k' = min(k, items in this servable);
+* `tokenize(query [B]) -> {token_ids [B, T] int64 (-1 padded), num_tokens
+  [B] int32}`: the tokenizer's ids, for consistency checks;
+* `query_embedding(... no k) -> {query_heads [B, m, d]}`.
+
+Retrieval as the paper describes it (Sec. 4.3): each of the m heads
+retrieves k items from the index (`BruteForceIndex`, exact inner product);
+the union is scored by each candidate's largest inner product with a head,
+de-duplicated and cut to k. The result is exactly the top-k of all items by
+max_i e_i^T g (an item in that top-k is in the top-k of its best head), so
+top-k lists of disjoint item shards merge into the unsharded answer; this
+is what `retrieval_tf.serving.fanout` relies on.
+
+`export_dpsr(..., num_shards=N)` splits the items into N contiguous ranges
+and writes N servables that share the query tower (`export_dir/
+shard-i-of-N/<version>`); every one outputs the same `model_fingerprint` (a
+hash of all model weights), which the fan-out client checks.
+
+Unknown user profile values and history ids map to -1 (a zero vector); an
+empty, whitespace-only or punctuation-only query has no tokens and is served
+from the towers' biases; an empty batch fails inside the graph with a
+message.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import os
+import tempfile
+from typing import Dict, List, Mapping, Optional, Sequence
+
+import numpy as np
+
+from retrieval_tf import export as export_lib
+from retrieval_tf.compat import tf
+from retrieval_tf.index import BruteForceIndex, index_parameters
+from retrieval_tf.serving.assets import index_table, write_vocabulary
+
+from dpsr_tf.model import DPSRModel
+
+PAPER = ("Zhang et al., Towards Personalized and Semantic Retrieval: An "
+         "End-to-End Solution for E-commerce Search via Embedding Learning "
+         "(DPSR), SIGIR'20")
+
+
+def model_fingerprint(model: DPSRModel) -> str:
+  """sha256 of the model's configuration and weights (16 hex digits)."""
+  digest = hashlib.sha256(repr(sorted(model.get_config().items())).encode())
+  for weight in model.weights:
+    digest.update(weight.name.encode())
+    digest.update(np.ascontiguousarray(weight.numpy()).tobytes())
+  return digest.hexdigest()[:16]
+
+
+class DPSRServable(tf.Module):
+  """The query side of `model` + a `BruteForceIndex` over `item_vectors`
+  (the items `item_indices` of the catalogue, one shard or all)."""
+
+  def __init__(self, model: DPSRModel, item_vectors: np.ndarray,
+               item_indices: np.ndarray, items_asset: str,
+               user_vocabularies: Mapping[str, str], max_k: int,
+               fingerprint: str, shard: int = 0, num_shards: int = 1,
+               chunk_size: Optional[int] = None):
+    super().__init__()
+    self.model = model
+    count = len(item_indices)
+    self.max_k = int(max_k)
+    self.index = BruteForceIndex(
+        count, item_vectors.shape[1], max_k=min(self.max_k, count),
+        chunk_size=chunk_size or (262_144 if count > 262_144 else None))
+    self.index.set_embeddings(item_vectors)
+    self.global_index = tf.Variable(np.asarray(item_indices, np.int64),
+                                    trainable=False, name="global_index")
+    self.items_asset = tf.saved_model.Asset(items_asset)
+    self.item_ids = tf.lookup.StaticHashTable(
+        tf.lookup.TextFileInitializer(
+            self.items_asset, tf.int64, tf.lookup.TextFileIndex.LINE_NUMBER,
+            tf.string, tf.lookup.TextFileIndex.WHOLE_LINE), default_value="")
+    self.personalization = model.personalization
+    self.fields = sorted(model.user_feature_sizes)
+    self.user_assets = {f: tf.saved_model.Asset(p)
+                        for f, p in user_vocabularies.items()}
+    self.to_index = {f: index_table(a)
+                     for f, a in self.user_assets.items()}
+    if self.personalization == "history":
+      self.item_index = index_table(self.items_asset)
+    self.fingerprint = str(fingerprint)
+    self.shard, self.num_shards = int(shard), int(num_shards)
+    spec = {"query": tf.TensorSpec([None], tf.string, "query")}
+    spec.update({f"user_{f}": tf.TensorSpec([None], tf.string, f"user_{f}")
+                 for f in self.fields})
+    if self.personalization == "history":
+      spec["history"] = tf.TensorSpec([None, None], tf.string, "history")
+    self.input_spec = spec
+    self.serve = tf.function(self._serve, input_signature=[
+        spec, tf.TensorSpec([None], tf.int32, "k")])
+    self.embed = tf.function(self._embed, input_signature=[spec])
+    self.tokenize = tf.function(self._tokenize, input_signature=[
+        tf.TensorSpec([None], tf.string, "query")])
+
+  def _features(self, request):
+    batch = tf.shape(request["query"])[0]
+    with tf.control_dependencies([tf.debugging.assert_positive(
+        batch, message="empty batch: the request has no rows")]):
+      features = {"query": tf.identity(request["query"])}
+    for f in self.fields:
+      values = request[f"user_{f}"]
+      tf.debugging.assert_equal(tf.shape(values)[0], batch,
+                                message=f"user_{f} needs one value per query")
+      features[f"user_{f}"] = tf.cast(self.to_index[f].lookup(values),
+                                      tf.int32)
+    if self.personalization == "history":
+      history = request["history"]
+      tf.debugging.assert_equal(tf.shape(history)[0], batch,
+                                message="history needs one row per query")
+      features["history"] = tf.cast(self.item_index.lookup(history),
+                                    tf.int32)
+    return features
+
+  def _embed(self, request):
+    return {"query_heads": self.model.query_heads(self._features(request))}
+
+  def _tokenize(self, query):
+    tokens = self.model.tokenizer(query)
+    return {"token_ids": tokens.to_tensor(default_value=-1),
+            "num_tokens": tf.cast(tokens.row_lengths(), tf.int32)}
+
+  def _serve(self, request, k):
+    heads = self.model.query_heads(self._features(request))  # [B, m, d]
+    batch, m = tf.shape(heads)[0], self.model.num_heads
+    tf.debugging.assert_equal(tf.size(k), batch,
+                              message="k must have one value per row")
+    k0 = k[0]
+    tf.debugging.assert_equal(k, tf.fill(tf.shape(k), k0),
+                              message="k must be equal for every row")
+    tf.debugging.assert_greater_equal(k0, 1, message="k must be >= 1")
+    tf.debugging.assert_less_equal(k0, self.max_k,
+                                   message=f"k must be <= {self.max_k}")
+    k_here = tf.minimum(k0, self.index.num_items)
+    # Each head retrieves k; the union is scored by the best head.
+    _, found = self.index(tf.reshape(heads, [-1, self.model.output_dim]),
+                          k_here)
+    found = tf.reshape(found, [batch, m * k_here])
+    vectors = tf.gather(self.index.embeddings, found)  # [B, m k, d]
+    scores = tf.reduce_max(tf.einsum("bmd,bcd->bcm", heads, vectors), -1)
+    # De-duplicate: sort by item, drop repeats of the previous entry.
+    order = tf.argsort(found, axis=1, stable=True)
+    found = tf.gather(found, order, batch_dims=1)
+    scores = tf.gather(scores, order, batch_dims=1)
+    repeat = tf.concat([tf.zeros([batch, 1], tf.bool),
+                        found[:, 1:] == found[:, :-1]], axis=1)
+    scores = tf.where(repeat, tf.constant(-np.inf, scores.dtype), scores)
+    top_scores, top = tf.math.top_k(scores, k=k_here)
+    local = tf.gather(found, top, batch_dims=1)
+    item_ids = self.item_ids.lookup(tf.gather(self.global_index, local))
+    ones = tf.ones([batch], tf.int32)
+    return {"item_ids": item_ids, "scores": top_scores,
+            "model_fingerprint": tf.fill([batch], self.fingerprint),
+            "shard": self.shard * ones, "num_shards": self.num_shards * ones}
+
+
+def example_request(fields: Sequence[str], personalization: str,
+                    user_values: Mapping[str, Sequence[str]],
+                    item_ids: Sequence[str]) -> Dict[str, list]:
+  """A two-row `serving_default` request (without k) for the model card."""
+  request = {"query": ["red wireless mouse", ""]}
+  for f in fields:
+    request[f"user_{f}"] = [str(user_values[f][0])] * 2
+  if personalization == "history":
+    request["history"] = [[str(item_ids[0]), ""], ["", ""]]
+  return request
+
+
+def export_dpsr(model: DPSRModel, item_vectors: np.ndarray,
+                item_ids: Sequence[str], export_dir: str,
+                user_vocabularies: Optional[Mapping[str, Sequence[str]]] = None,
+                num_shards: int = 1, max_k: int = 1000,
+                model_card: Optional[Mapping] = None,
+                only_shards: Optional[Sequence[int]] = None) -> List[str]:
+  """Exports the servable (`num_shards` = 1: `export_dir/<version>`) or N
+  shards (`export_dir/shard-i-of-N/<version>`); returns the version paths.
+
+  Args:
+    item_vectors: S(s) of every item `[N, d]` (`all_item_embeddings`).
+    item_ids: the N original item ids (strings without line breaks).
+    user_vocabularies: profile field -> its values (index order), for
+      DPSR-p/-h.
+    only_shards: write only these shard numbers (e.g. the one a machine
+      serves); all by default.
+  """
+  item_vectors = np.asarray(item_vectors, np.float32)
+  if len(item_ids) != len(item_vectors) or len(item_ids) != model.num_items:
+    raise ValueError(f"{len(item_ids)} item ids, {len(item_vectors)} "
+                     f"vectors and a model of {model.num_items} items differ")
+  if not 1 <= num_shards <= len(item_ids):
+    raise ValueError(f"num_shards must be in 1..{len(item_ids)}, got "
+                     f"{num_shards}")
+  user_vocabularies = dict(user_vocabularies or {})
+  missing = set(model.user_feature_sizes) - set(user_vocabularies)
+  if missing:
+    raise ValueError(f"user vocabularies missing for {sorted(missing)}")
+  folder = tempfile.mkdtemp(prefix="dpsr_vocab_")
+  items_asset = write_vocabulary(folder, "items", [str(i) for i in item_ids])
+  user_assets = {f: write_vocabulary(folder, f"user_{f}",
+                                      [str(v) for v in user_vocabularies[f]])
+                 for f in model.user_feature_sizes}
+  fingerprint = model_fingerprint(model)
+  example = example_request(sorted(model.user_feature_sizes),
+                            model.personalization, user_vocabularies,
+                            item_ids)
+  paths = []
+  for shard, indices in enumerate(np.array_split(np.arange(len(item_ids)),
+                                                 num_shards)):
+    if only_shards is not None and shard not in only_shards:
+      continue
+    servable = DPSRServable(model, item_vectors[indices], indices,
+                            items_asset, user_assets, max_k, fingerprint,
+                            shard, num_shards)
+    card = {"model": "dpsr", "paper": PAPER,
+            "config": model.get_config(),
+            "model_fingerprint": fingerprint,
+            "shard": shard, "num_shards": num_shards,
+            "shard_items": [int(indices[0]), int(indices[-1]) + 1],
+            "index": index_parameters(servable.index),
+            "example_requests": {
+                "serving_default": dict(example, k=[10, 10]),
+                "query_embedding": example,
+                "tokenize": {"query": example["query"]}}}
+    card.update(model_card or {})
+    target = (export_dir if num_shards == 1 else
+              os.path.join(export_dir, f"shard-{shard}-of-{num_shards}"))
+    paths.append(export_lib.export_servable(
+        target, servable,
+        {"serving_default": servable.serve.get_concrete_function(),
+         "query_embedding": servable.embed.get_concrete_function(),
+         "tokenize": servable.tokenize.get_concrete_function()}, card))
+  return paths

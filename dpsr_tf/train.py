@@ -1,0 +1,240 @@
+"""Training CLI of DPSR on the shared runner.
+
+    python -m dpsr_tf.train --dataset=crowdflower \\
+        --data_dir=../shared/data/crowdflower-search \\
+        --output_dir=runs/dpsr_cf --export_dir=exports/dpsr_cf
+
+`--model=dpsr` (the default) trains `DPSRModel` with `--num_heads`, `--beta`,
+`--delta`, `--alpha`, `--num_negatives` and `--personalization`
+(none = DPSR, profile = DPSR-p, history = DPSR-h; synthetic world only, the
+real datasets have no users). `--model=dssm` trains the same towers as DSSM
+(one head, softmax over the clicked and unclicked items); `--model=bm25` and
+`--model=bm25_bigram` score with Okapi BM25 (no training). Every model is
+evaluated the same way (`dpsr_tf.evaluation`): `top1`, `top10`, `mrr` among
+`--num_random_items` random items, `auc` on the test queries' labelled pairs,
+and on the synthetic world `p_good@100` and `recall@100`.
+
+`--supervision_file` adds human supervision pairs (Sec. 4.5). `--export_dir`
+writes the one servable (or `--num_shards` item shards sharing the query
+tower), checked with `retrieval_tf.serving.check`.
+"""
+
+from __future__ import annotations
+
+import math
+import time
+from typing import Any, Dict
+
+from absl import flags
+import numpy as np
+
+from retrieval_tf import runner
+from retrieval_tf.compat import keras, tf
+from retrieval_tf.datasets.types import Vocabulary
+from retrieval_tf.text import Tokenizer, padded_ids
+
+from dpsr_tf import data as data_lib
+from dpsr_tf import evaluation
+from dpsr_tf.model import PERSONALIZATION, DPSRModel, all_item_embeddings
+from dpsr_tf import servable
+
+MODELS = ("dpsr", "dssm", "bm25", "bm25_bigram")
+ITEM_TOKENS = 128
+
+runner.define_common_flags(data_lib.DATASETS, default_epochs=5,
+                           default_batch_size=64, default_learning_rate=0.05)
+flags.DEFINE_enum("model", "dpsr", MODELS, "What to train and evaluate.")
+flags.DEFINE_integer("num_heads", 2, "m: query heads (Sec. 4.2).")
+flags.DEFINE_float("beta", 0.1, "Soft dot product temperature (Eq. 1).")
+flags.DEFINE_float("delta", 0.1, "Hinge loss margin (Eq. 2).")
+flags.DEFINE_float("alpha", 0.5, "Share of random negatives (Sec. 4.4.3).")
+flags.DEFINE_integer("num_negatives", 0, "Negatives per example "
+                     "(0: batch_size - 1).")
+flags.DEFINE_enum("personalization", "none", PERSONALIZATION,
+                  "none: DPSR, profile: DPSR-p, history: DPSR-h.")
+flags.DEFINE_integer("embedding_dim", 64, "d: output embedding size.")
+flags.DEFINE_integer("token_dim", 64, "n-gram embedding size.")
+flags.DEFINE_list("hidden_units", ["128"], "ReLU layers of both towers.")
+flags.DEFINE_integer("num_buckets", 1 << 17, "Hashed token ids.")
+flags.DEFINE_integer("history_length", 20, "DPSR-h: browsing events.")
+flags.DEFINE_float("test_fraction", 0.2, "Share of queries held out.")
+flags.DEFINE_float("gamma", 10.0, "DSSM softmax smoothing factor.")
+flags.DEFINE_string("supervision_file", None, "Human supervision pairs: "
+                    "query<TAB>item_id<TAB>label (1 positive, 0 negative).")
+flags.DEFINE_integer("num_random_items", 1024, "Top-k: random items per "
+                     "positive.")
+flags.DEFINE_string("export_dir", None, "Export the servable here.")
+flags.DEFINE_integer("num_shards", 1, "Item shards of the export.")
+flags.DEFINE_integer("max_k", 1000, "Largest k the servable answers.")
+
+
+def build_model(task: data_lib.SearchTask, f: Dict[str, Any],
+                title_width: int) -> DPSRModel:
+  dssm = f["model"] == "dssm"
+  return DPSRModel(
+      task.num_items, title_width, task.item_feature_sizes,
+      tokenizer=Tokenizer(num_buckets=f["num_buckets"]).get_config(),
+      num_heads=1 if dssm else f["num_heads"], token_dim=f["token_dim"],
+      output_dim=f["embedding_dim"],
+      hidden_units=[int(u) for u in f["hidden_units"]], beta=f["beta"],
+      delta=f["delta"], alpha=f["alpha"],
+      num_negatives=f["num_negatives"] or f["batch_size"] - 1,
+      personalization=f["personalization"],
+      user_feature_sizes=task.user_feature_sizes or None,
+      loss="dssm" if dssm else "hinge", gamma=f["gamma"])
+
+
+def training_features(personalization: str, user_fields,
+                      train: Dict[str, np.ndarray]) -> Dict[str, np.ndarray]:
+  """The columns of `train` the model of `personalization` reads."""
+  keep = {"query", "item", "hard_negatives"}
+  if personalization != "none":
+    keep |= {f"user_{n}" for n in user_fields}
+  if personalization == "history":
+    keep.add("history")
+  return {k: v for k, v in train.items() if k in keep}
+
+
+def dataset_fn_for(columns: Dict[str, np.ndarray], tokenizer_config,
+                   batch_size: int, seed: int):
+  """`InputContext -> Dataset` of shuffled, repeated batches whose queries
+  are tokenized by a `Tokenizer` rebuilt from the model's config."""
+
+  def dataset_fn(context: tf.distribute.InputContext) -> tf.data.Dataset:
+    tokenizer = Tokenizer.from_config(tokenizer_config)
+    rows = dict(columns, query=np.asarray(columns["query"]).astype(str))
+    ds = tf.data.Dataset.from_tensor_slices(rows)
+    ds = ds.shard(context.num_input_pipelines, context.input_pipeline_id)
+    ds = ds.shuffle(min(len(rows["item"]), 100_000), seed=seed).repeat()
+    ds = ds.batch(context.get_per_replica_batch_size(batch_size),
+                  drop_remainder=True)
+
+    def tokenize(batch):
+      batch = dict(batch)
+      batch["query_tokens"] = tokenizer(batch.pop("query"))
+      return batch
+
+    return ds.map(tokenize, num_parallel_calls=tf.data.AUTOTUNE).prefetch(2)
+
+  return dataset_fn
+
+
+def evaluate(scorer, task: data_lib.SearchTask, f: Dict[str, Any]
+             ) -> Dict[str, Any]:
+  out = evaluation.top_k_metrics(scorer, task.test, task.num_items,
+                                 f["num_random_items"], seed=f["seed"])
+  out.update(evaluation.auc_metric(scorer, task.judged))
+  if task.world is not None:
+    out.update(evaluation.relevance_metrics(scorer.retrieve, task.test,
+                                            task.world, seed=f["seed"]))
+    out.update(evaluation.popularity_metric(
+        scorer.retrieve, task.test, task.item_popularity, seed=f["seed"]))
+    if isinstance(scorer, evaluation.ModelScorer):
+      out.update(evaluation.polysemy_metrics(scorer, task.world))
+  return out
+
+
+def run_experiment(ctx: runner.RunContext) -> Dict[str, Any]:
+  f = ctx.flags
+  task = data_lib.load_task(f["dataset"], f["data_dir"], seed=f["seed"],
+                            synthetic_config=runner.synthetic_config(f),
+                            history_length=f["history_length"],
+                            test_fraction=f["test_fraction"])
+  train = task.train
+  if f["supervision_file"]:
+    pairs = data_lib.load_supervision(f["supervision_file"],
+                                      Vocabulary(task.item_ids, "item"))
+    train = data_lib.add_supervision(task, pairs, seed=f["seed"])
+  metrics: Dict[str, Any] = {
+      "model": f["model"], "num_items": task.num_items,
+      "num_train_examples": int(len(train["item"])),
+      "num_test_examples": int(len(task.test["item"]))}
+  if f["model"].startswith("bm25"):
+    from dpsr_tf.bm25 import BM25Scorer  # pylint: disable=g-import-not-at-top
+    start = time.perf_counter()
+    scorer = BM25Scorer(task.item_text, bigrams=f["model"] == "bm25_bigram")
+    metrics["index_build_seconds"] = round(time.perf_counter() - start, 3)
+    metrics.update(evaluate(scorer, task, f))
+    return metrics
+  if f["model"] == "dssm":
+    train = dict(train, hard_negatives=task.unclicked if "hard_negatives"
+                 not in train else train["hard_negatives"])
+  tokenizer = Tokenizer(num_buckets=f["num_buckets"])
+  titles = padded_ids(tokenizer, task.item_text, max_tokens=ITEM_TOKENS)
+  holder = {}
+
+  def build():
+    model = build_model(task, f, titles.shape[1])
+    model.set_item_tables(titles, task.item_columns)
+    model.compile(optimizer=keras.optimizers.Adagrad(f["learning_rate"]))
+    holder["model"] = model
+    return model
+
+  columns = training_features(f["personalization"], task.user_feature_sizes,
+                              train)
+  dataset_fn = dataset_fn_for(columns, tokenizer.get_config(),
+                              f["batch_size"], f["seed"])
+  result = ctx.fit(build, dataset_fn, num_examples=len(train["item"]))
+  model = result.model
+  vectors = all_item_embeddings(model)
+  metrics.update({
+      "train_seconds": round(result.train_seconds, 3),
+      "train_steps": result.train_steps,
+      "train_examples_per_second": round(result.examples_per_second, 1),
+      "final_loss": result.history["loss"][-1] if result.history.get(
+          "loss") else math.nan})
+  metrics.update(evaluate(evaluation.ModelScorer(model, vectors), task, f))
+  if f["export_dir"] and ctx.chief:
+    paths = servable.export_dpsr(
+        model, vectors, [str(i) for i in task.item_ids], f["export_dir"],
+        task.user_vocabularies, num_shards=f["num_shards"],
+        max_k=f["max_k"],
+        model_card={"dataset": f["dataset"], "flags": f,
+                    "metrics": dict(metrics)})
+    metrics["export_paths"] = ",".join(paths)
+    print("exported the servable to " + ", ".join(paths))
+  return metrics
+
+
+def validate_flags(values: Dict[str, Any]) -> None:
+  if values["personalization"] != "none" and values["dataset"] != "synthetic":
+    raise runner.UsageError(
+        f"--personalization={values['personalization']} needs users; "
+        f"--dataset={values['dataset']} has none (use --dataset=synthetic)")
+  if values["model"] == "dssm" and values["personalization"] != "none":
+    raise runner.UsageError("--model=dssm takes no --personalization")
+  if not 0.0 <= values["alpha"] <= 1.0:
+    raise runner.UsageError(f"--alpha must be in [0, 1], got "
+                            f"{values['alpha']}")
+  for name in ("beta", "gamma"):
+    if not values[name] > 0:
+      raise runner.UsageError(f"--{name} must be > 0")
+  if values["delta"] < 0:
+    raise runner.UsageError("--delta must be >= 0")
+  for name in ("num_heads", "embedding_dim", "token_dim", "num_buckets",
+               "history_length", "num_shards", "max_k", "num_random_items"):
+    if values[name] < 1:
+      raise runner.UsageError(f"--{name} must be >= 1, got {values[name]}")
+  negatives = values["num_negatives"] or values["batch_size"] - 1
+  if values["num_negatives"] < 0 or negatives < 1:
+    raise runner.UsageError("--num_negatives must be >= 0 and the batch "
+                            "must hold at least 2 examples")
+  batch_part = negatives - int(round(values["alpha"] * negatives))
+  if batch_part > values["batch_size"] - 1:
+    raise runner.UsageError(
+        f"{batch_part} batch negatives (--num_negatives={negatives}, "
+        f"--alpha={values['alpha']}) need --batch_size >= {batch_part + 1}")
+  if not 0.0 < values["test_fraction"] < 1.0:
+    raise runner.UsageError("--test_fraction must be in (0, 1)")
+  if values["export_dir"]:
+    runner.check_writable(values["export_dir"], "--export_dir")
+    if values["model"].startswith("bm25"):
+      raise runner.UsageError("--export_dir: BM25 has no servable")
+
+
+def run_main():
+  runner.run(run_experiment, validate_command=validate_flags)
+
+
+if __name__ == "__main__":
+  run_main()

@@ -1,0 +1,235 @@
+"""`DeepRetrievalModel`: the DR structure model trained jointly with a
+sampled-softmax reranker (Sec. 2.3), retrieval by beam search + rerank.
+
+    h = GRU(behaviour sequence)                      (Sec. 4.1)
+    emb(x) = W_s h      -> StructureModel, p(c | x)  (Sec. 2.1)
+    q(x)   = W_r h      -> SoftmaxReranker, u . w_y + b_y   (Sec. 2.3)
+
+Training objective (maximised): Q = Q_pen + Q_softmax; Q_pen's penalty term
+does not depend on theta, so the gradient step minimises
+-mean log sum_j p(pi_j(y) | x) + softmax_weight * sampled-softmax loss.
+Each step also streams the examples' top-S beam-search paths into the
+score estimator used by the M-step (`dr_tf.em`).
+
+`retrieve` is the inference path that the servable exports: beam search
+(B paths) -> the paths' items through the inverted index -> duplicates and
+excluded items dropped -> top-k by the reranker (or, without reranking, in
+path order).
+"""
+
+from __future__ import annotations
+
+from typing import Dict, Optional, Sequence
+
+import numpy as np
+
+from retrieval_tf.compat import keras, tf
+
+from dr_tf import layers as dr_layers
+from dr_tf.layers import NO_SCORE
+
+
+@keras.utils.register_keras_serializable(package="dr_tf")
+class DeepRetrievalModel(keras.Model):
+  """Deep Retrieval with the softmax reranker.
+
+  Args:
+    num_items: V.
+    num_nodes, depth, num_paths: K, D, J.
+    beam_size: B of retrieval (Algorithm 1), 1..K^D.
+    score_paths: S, candidate paths per item kept for the M-step (>= J;
+      0: no score collection, e.g. a model used only for serving).
+    score_decay: eta of the streaming estimate (0.999).
+    embedding_dim: item embedding size of the encoder; gru_units: its state.
+    user_dim: size of emb(x); code_dim: of a code embedding.
+    hidden_units: each structure layer's MLP.
+    rerank_dim: size of the reranker's vectors.
+    num_sampled: sampled-softmax negatives; softmax_weight: weight of
+      Q_softmax in Q.
+    seed: seed of the random initial pi.
+  """
+
+  def __init__(self, num_items: int, num_nodes: int = 30, depth: int = 3,
+               num_paths: int = 3, beam_size: int = 20,
+               score_paths: int = 20, score_decay: float = 0.999,
+               embedding_dim: int = 64, gru_units: int = 64,
+               user_dim: int = 64, code_dim: Optional[int] = None,
+               hidden_units: Sequence[int] = (128,), rerank_dim: int = 64,
+               num_sampled: int = 200, softmax_weight: float = 1.0,
+               seed: int = 0, **kwargs):
+    super().__init__(**kwargs)
+    dr_layers.check_structure(num_nodes, depth, num_paths, beam_size)
+    if score_paths and not num_paths <= score_paths <= num_nodes ** depth:
+      raise ValueError(f"S (score paths) must be 0 or in J..K^D = "
+                       f"{num_paths}..{num_nodes ** depth}, got "
+                       f"{score_paths}")
+    if num_sampled < 1 or num_sampled >= num_items:
+      raise ValueError(f"num_sampled must be in 1..V-1 = {num_items - 1}, "
+                       f"got {num_sampled}")
+    self.config_ = dict(
+        num_items=int(num_items), num_nodes=int(num_nodes), depth=int(depth),
+        num_paths=int(num_paths), beam_size=int(beam_size),
+        score_paths=int(score_paths), score_decay=float(score_decay),
+        embedding_dim=int(embedding_dim), gru_units=int(gru_units),
+        user_dim=int(user_dim), code_dim=code_dim,
+        hidden_units=[int(u) for u in hidden_units],
+        rerank_dim=int(rerank_dim), num_sampled=int(num_sampled),
+        softmax_weight=float(softmax_weight), seed=int(seed))
+    self.num_items, self.beam_size = int(num_items), int(beam_size)
+    self.num_nodes, self.depth = int(num_nodes), int(depth)
+    self.num_sampled, self.softmax_weight = num_sampled, softmax_weight
+    self.encoder = dr_layers.BehaviorEncoder(num_items, embedding_dim,
+                                             gru_units, name="encoder")
+    self.user_projection = keras.layers.Dense(user_dim,
+                                              name="user_projection")
+    self.query_projection = keras.layers.Dense(rerank_dim,
+                                               name="query_projection")
+    self.structure = dr_layers.StructureModel(
+        num_nodes, depth, code_dim, hidden_units, name="structure")
+    self.assignment = dr_layers.PathAssignment(
+        num_items, num_paths, num_nodes, depth, seed=seed, name="assignment")
+    self.reranker = dr_layers.SoftmaxReranker(num_items, rerank_dim,
+                                              name="reranker")
+    self.score_estimator = (dr_layers.PathScoreEstimator(
+        num_items, score_paths, score_decay, name="score_estimator")
+                            if score_paths else None)
+    # log Q of the sampled-softmax negatives (uniform until set).
+    self.sampling_log_q = self.add_weight(
+        name="sampling_log_q", shape=(num_items,), trainable=False,
+        initializer=keras.initializers.Constant(-np.log(num_items)))
+    self.reranker_frozen = False
+
+  def set_sampling_distribution(self, counts: np.ndarray,
+                                power: float = 1.0) -> None:
+    """Negatives ~ (counts + 1)^power (normalised)."""
+    weights = (np.asarray(counts, np.float64) + 1.0) ** power
+    self.sampling_log_q.assign(np.log(weights / weights.sum()))
+
+  # -- towers -------------------------------------------------------------
+
+  def encode(self, features, training=False):
+    """`(emb(x) [N, user_dim], q(x) [N, rerank_dim])`."""
+    h = self.encoder(features["history"], features.get("history_mask"),
+                     training=training)
+    return self.user_projection(h), self.query_projection(h)
+
+  def call(self, features, training=False):
+    user, query = self.encode(features, training=training)
+    self.structure(user)
+    if "item_id" in features:
+      self.reranker(query, features["item_id"][:, tf.newaxis])
+    return user
+
+  # -- training -----------------------------------------------------------
+
+  def losses_of(self, features, training=False) -> Dict[str, tf.Tensor]:
+    """The negated objectives: `structure_nll` = -mean Q_str per example,
+    `softmax_loss` = the sampled-softmax loss, `user` = emb(x)."""
+    user, query = self.encode(features, training=training)
+    items = features["item_id"]
+    paths = self.assignment.paths_of(items)
+    structure_nll = -tf.reduce_mean(
+        self.structure.multi_path_log_likelihood(user, paths))
+    softmax_loss = self.reranker.loss(query, items, self.sampling_log_q,
+                                      self.num_sampled)
+    return {"structure_nll": structure_nll, "softmax_loss": softmax_loss,
+            "user": user}
+
+  def train_step(self, data):
+    features = data[0] if isinstance(data, tuple) else data
+    with tf.GradientTape() as tape:
+      parts = self.losses_of(features, training=True)
+      loss = (parts["structure_nll"] +
+              self.softmax_weight * parts["softmax_loss"])
+    frozen = ({id(self.reranker.item_weights), id(self.reranker.item_bias)}
+              if self.reranker_frozen else set())
+    variables = [v for v in self.trainable_variables if id(v) not in frozen]
+    gradients = tape.gradient(loss, variables)
+    self.optimizer.apply_gradients(zip(gradients, variables))
+    if self.score_estimator is not None:     # the E-step's s[v, c] stream
+      paths, log_probs = dr_layers.beam_search(
+          self.structure, tf.stop_gradient(parts["user"]),
+          self.score_estimator.top_s)
+      self.score_estimator.update(
+          features["item_id"], dr_layers.path_ids(paths, self.num_nodes),
+          tf.exp(log_probs))
+    return {"loss": loss, "structure_nll": parts["structure_nll"],
+            "softmax_loss": parts["softmax_loss"]}
+
+  def test_step(self, data):
+    features = data[0] if isinstance(data, tuple) else data
+    parts = self.losses_of(features)
+    return {"loss": parts["structure_nll"] + self.softmax_weight *
+                    parts["softmax_loss"],
+            "structure_nll": parts["structure_nll"],
+            "softmax_loss": parts["softmax_loss"]}
+
+  # -- inference ----------------------------------------------------------
+
+  def retrieve(self, history, history_mask=None, exclude=None,
+               k: int = 10, beam_size: Optional[int] = None,
+               rerank: bool = True):
+    """Top-k items by beam search + rerank (the servable's computation).
+
+    Args:
+      history: `[N, L]` item ids (negative = padding); history_mask: bool.
+      exclude: `[N, E]` item ids never returned (negative = padding), e.g.
+        the user's history; None: nothing excluded.
+      k: results per row (tensor or int >= 1).
+      beam_size: B (default: the model's).
+      rerank: order the retrieved items by the reranker's logit; False:
+        in path order (best path first), as DR alone ranks them.
+
+    Returns:
+      `(items [N, k] int32, scores [N, k] float32, num_candidates [N])`.
+      When fewer than k distinct candidates exist, the rest of the row is
+      item -1 with score `NO_SCORE` (the lowest float32).
+    """
+    beam = int(beam_size or self.beam_size)
+    user, query = self.encode({"history": history,
+                               "history_mask": history_mask})
+    paths, _ = dr_layers.beam_search(self.structure, user, beam)
+    candidates = self.assignment.items_of(
+        dr_layers.path_ids(paths, self.num_nodes))             # [N, M]
+    k = tf.convert_to_tensor(k, tf.int32)
+    width = tf.maximum(tf.shape(candidates)[1], k)
+    candidates = tf.pad(candidates,
+                        [[0, 0], [0, width - tf.shape(candidates)[1]]],
+                        constant_values=-1)
+    # Sort each row by id (stable), so a duplicate follows its first
+    # occurrence; keep the first.
+    order = tf.argsort(candidates, axis=1, stable=True)
+    ids = tf.gather(candidates, order, batch_dims=1)
+    repeat = tf.concat([tf.zeros_like(ids[:, :1], tf.bool),
+                        tf.equal(ids[:, 1:], ids[:, :-1])], axis=1)
+    valid = tf.logical_and(ids >= 0, tf.logical_not(repeat))
+    if exclude is not None:
+      exclude = tf.cast(exclude, tf.int32)
+      banned = tf.reduce_any(tf.logical_and(
+          tf.equal(ids[:, :, tf.newaxis], exclude[:, tf.newaxis, :]),
+          (exclude >= 0)[:, tf.newaxis, :]), axis=2)
+      valid = tf.logical_and(valid, tf.logical_not(banned))
+    if rerank:
+      scores = self.reranker(query, tf.maximum(ids, 0))
+    else:   # earlier position (better path) first
+      scores = -tf.cast(order, tf.float32)
+    scores = tf.where(valid, scores, NO_SCORE)
+    top, where = tf.math.top_k(scores, k=k)
+    items = tf.gather(ids, where, batch_dims=1)
+    kept = tf.gather(valid, where, batch_dims=1)
+    return (tf.where(kept, items, -1), tf.where(kept, top, NO_SCORE),
+            tf.reduce_sum(tf.cast(valid, tf.int32), axis=1))
+
+  def brute_force(self, history, history_mask=None, k: int = 10):
+    """Top-k of the reranker's logit over ALL items (the brute-force
+    baseline over the same softmax embeddings)."""
+    _, query = self.encode({"history": history,
+                            "history_mask": history_mask})
+    return tf.math.top_k(self.reranker.all_logits(query), k=k)
+
+  def get_config(self):
+    return dict(self.config_)
+
+  @classmethod
+  def from_config(cls, config):
+    return cls(**config)

@@ -1,0 +1,287 @@
+"""Training and test examples for MGDSPR: (query, user behaviour) -> item.
+
+Behaviour windows (Sec. 3.2.2), from a user's events strictly before the
+search, oldest first, consecutive and disjoint:
+
+* real-time R: the last `max_real` events of the last `spans[0]` seconds;
+* short-term S: the last `max_short` events of the `spans[1]` seconds before
+  the search that precede R (the paper: 10 days excluding R);
+* long-term L: the last `max_long` events of the `spans[2]` seconds that
+  precede S (the paper: a month excluding R and S).
+
+Longer windows are truncated to their most recent events (the documented
+rule; the servable applies the same one). Logs without timestamps use the
+event order as time and spans in events.
+
+Sources:
+
+* `synthetic`: the world's search clicks with its browsing log; history
+  queries are the user's last `history_queries` queries; a temporal split
+  (the last `test_fraction` of searches are test). Relevance from the world.
+* `crowdflower`, `bestbuy`: (query, item) pairs judged relevant, split by
+  query (`splits.query_disjoint_split`); no users, so no behaviour.
+* `amazon-beauty` (any S3Rec file): leave-one-out over item sequences with
+  an empty query, for the behaviour encoders.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+from typing import Dict, Optional, Sequence, Tuple
+
+import numpy as np
+
+from retrieval_tf.compat import tf
+from retrieval_tf.datasets import splits
+from retrieval_tf.datasets.errors import DataError
+
+DAY = 86_400
+PAPER_SPANS = (DAY, 10 * DAY, 30 * DAY)
+ORDER_SPANS = (5, 20, 10**9)  # event counts, for logs without time
+# Attributes used as side information and long-term sequences, if present.
+ATTRIBUTES = ("leaf_category", "brand", "shop")
+
+
+@dataclasses.dataclass
+class Examples:
+  """Parallel arrays, one row per (search, clicked item)."""
+
+  query: np.ndarray  # object [n]
+  history_query: np.ndarray  # object [n]
+  real_time: np.ndarray  # int32 [n, max_real], -1 padded
+  short_term: np.ndarray
+  long_term: np.ndarray
+  item: np.ndarray  # int32 [n]
+  query_index: np.ndarray  # int32 [n], -1 when the source has none
+  search: np.ndarray  # int64 [n]: rows of one search share the id
+
+  def __len__(self):
+    return len(self.item)
+
+  def take(self, rows) -> "Examples":
+    return Examples(**{f.name: getattr(self, f.name)[rows]
+                       for f in dataclasses.fields(self)})
+
+  def features(self, with_item: bool = True) -> Dict[str, np.ndarray]:
+    out = {"query": self.query.astype(str).astype(object),
+           "history_query": self.history_query.astype(str).astype(object),
+           "real_time": self.real_time, "short_term": self.short_term,
+           "long_term": self.long_term}
+    if with_item:
+      out["item"] = self.item
+    return out
+
+
+@dataclasses.dataclass
+class MGDSPRData:
+  """What training and evaluation need from a dataset."""
+
+  name: str
+  train: Examples
+  test: Examples
+  num_items: int
+  item_ids: np.ndarray  # object [N], original ids
+  titles: np.ndarray  # object [N]
+  attributes: Dict[str, np.ndarray]  # int32 [N] each
+  attribute_sizes: Dict[str, int]
+  # Relevance control: {field: value names}, item field table [N, F].
+  intent_fields: Dict[str, Sequence[str]]
+  item_fields: Optional[np.ndarray]
+  # relevance(query_index [n], items [n, K]) -> graded relevance, or None.
+  relevance: Optional[object] = None
+  good_grade: float = 2.0
+  # bool [len(test)]: the test user's real-time and short-term behaviour
+  # shares no mid category with the query (the zero-vector slice).
+  unrelated: Optional[np.ndarray] = None
+
+
+def behaviour_windows(event_user, event_item, event_time, target_user,
+                      target_time, lengths=(50, 100, 100),
+                      spans=PAPER_SPANS) -> Tuple[np.ndarray, ...]:
+  """R, S, L windows (see the module docstring) of every target, int32
+  `[n, length]` each, oldest first, -1 padded. Events need not be sorted."""
+  order = np.lexsort((event_time, event_user))
+  users = np.asarray(event_user, np.int64)[order]
+  times = np.asarray(event_time, np.int64)[order]
+  items = np.asarray(event_item, np.int32)[order]
+  shift = int(max(times.max(initial=0), np.max(target_time, initial=0))) + \
+      2 * max(spans) + 2
+  keys = users * shift + (times + max(spans))
+  tu = np.asarray(target_user, np.int64)
+  tt = np.asarray(target_time, np.int64) + max(spans)
+  end = np.searchsorted(keys, tu * shift + tt, side="left")
+  out = []
+  for length, span in zip(lengths, spans):
+    begin = np.searchsorted(keys, tu * shift + np.maximum(tt - span, 0),
+                            side="left")
+    start = np.maximum(begin, end - length)
+    idx = start[:, None] + np.arange(length)[None, :]
+    valid = idx < end[:, None]
+    out.append(np.where(valid, items[np.minimum(idx, len(items) - 1)],
+                        -1).astype(np.int32))
+    end = start
+  return tuple(out)
+
+
+def _history_queries(search_user, search_time, search_query_text, users,
+                     times, count: int) -> np.ndarray:
+  """The user's last `count` queries strictly before each time, joined."""
+  order = np.lexsort((search_time, search_user))
+  su = np.asarray(search_user, np.int64)[order]
+  st = np.asarray(search_time, np.int64)[order]
+  text = np.asarray(search_query_text, object)[order]
+  shift = int(max(st.max(initial=0), np.max(times, initial=0))) + 1
+  keys = su * shift + st
+  end = np.searchsorted(keys, np.asarray(users, np.int64) * shift +
+                        np.asarray(times, np.int64), side="left")
+  begin = np.searchsorted(keys, np.asarray(users, np.int64) * shift)
+  return np.asarray([" ".join(text[max(b, e - count):e])
+                     for b, e in zip(begin, end)], object)
+
+
+def from_synthetic(world, lengths=(50, 100, 100), history_queries: int = 5,
+                   test_fraction: float = 0.1,
+                   max_test: Optional[int] = None) -> MGDSPRData:
+  """Search clicks of a `SyntheticWorld` (see the module docstring)."""
+  if len(world.click_item) < 10:
+    raise DataError("synthetic world has fewer than 10 search clicks")
+  search = np.asarray(world.click_search, np.int64)
+  user = world.search_user[search]
+  time = world.search_time[search]
+  query_index = world.search_query[search].astype(np.int32)
+  windows = behaviour_windows(world.event_user, world.event_item,
+                              world.event_time, user, time, lengths)
+  query_text = world.query_strings[world.search_query]
+  history = _history_queries(world.search_user, world.search_time,
+                             query_text, user, time, history_queries)
+  examples = Examples(world.query_strings[query_index], history, *windows,
+                      world.click_item.astype(np.int32), query_index, search)
+  cut = np.quantile(world.search_time, 1.0 - test_fraction)
+  test_rows = time >= cut
+  test = examples.take(test_rows)
+  if max_test is not None and len(test) > max_test:
+    test = test.take(np.arange(max_test))
+  dataset = world.to_search_dataset()
+  vocabs = dataset.feature_vocabularies
+  attributes = {n: dataset.item_features[n].astype(np.int32)
+                for n in ATTRIBUTES}
+  intent_fields = {"leaf_category": list(vocabs["leaf_category"].ids),
+                   "brand": list(vocabs["brand"].ids),
+                   "colour": list(vocabs["colour"].ids),
+                   "size": list(vocabs["size"].ids)}
+  item_fields = np.stack([dataset.item_features[n] for n in intent_fields],
+                         axis=1).astype(np.int32)
+  # The zero-vector slice: no R/S event in a mid category of the query.
+  intent_mid = dataset.query_features["intent_mid_category"][test.query_index]
+  behaviour = np.concatenate([test.real_time, test.short_term], axis=1)
+  mids = np.where(behaviour >= 0, world.item_mid[np.maximum(behaviour, 0)],
+                  -2)
+  unrelated = (intent_mid >= 0) & ~(mids == intent_mid[:, None]).any(axis=1)
+  return MGDSPRData(
+      name="synthetic", train=examples.take(~test_rows), test=test,
+      num_items=world.num_items,
+      item_ids=np.arange(world.num_items).astype(str).astype(object),
+      titles=world.item_titles(), attributes=attributes,
+      attribute_sizes={n: len(vocabs[n]) for n in ATTRIBUTES},
+      intent_fields=intent_fields, item_fields=item_fields,
+      relevance=world.relevance, good_grade=2.0, unrelated=unrelated)
+
+
+def _empty_windows(n: int, lengths) -> Tuple[np.ndarray, ...]:
+  return tuple(np.full((n, length), -1, np.int32) for length in lengths)
+
+
+def from_search_dataset(dataset, lengths=(50, 100, 100),
+                        min_grade: Optional[float] = None,
+                        test_fraction: float = 0.2, seed: int = 0,
+                        max_test: Optional[int] = None) -> MGDSPRData:
+  """(query, item) pairs judged at least `min_grade` (default: the top
+  grade minus one) of a `SearchDataset` without users (CrowdFlower, Best
+  Buy); query-disjoint split; P_good from the same judgments."""
+  judgments = dataset.judgments
+  if judgments is None or not len(judgments):
+    raise DataError(f"{dataset.name}: no relevance judgments to train on")
+  top = float(judgments.grade.max())
+  min_grade = top - 1 if min_grade is None else min_grade
+  good = judgments.grade >= min_grade
+  queries = dataset.queries.ids[judgments.query[good]]
+  n = int(good.sum())
+  examples = Examples(queries, np.full(n, "", object),
+                      *_empty_windows(n, lengths),
+                      judgments.item[good].astype(np.int32),
+                      judgments.query[good].astype(np.int32),
+                      judgments.query[good].astype(np.int64))
+  train_mask, test_mask = splits.query_disjoint_split(queries, test_fraction,
+                                                      seed)
+  test = examples.take(test_mask)
+  if max_test is not None and len(test) > max_test:
+    test = test.take(np.arange(max_test))
+  num_items = dataset.num_items
+  grade_keys = (judgments.query.astype(np.int64) * num_items +
+                judgments.item)
+  order = np.argsort(grade_keys)
+  sorted_keys, sorted_grades = grade_keys[order], judgments.grade[order]
+
+  def relevance(query, items):
+    keys = np.asarray(query, np.int64) * num_items + items  # broadcast
+    pos = np.minimum(np.searchsorted(sorted_keys, keys), len(sorted_keys) - 1)
+    return np.where((sorted_keys[pos] == keys) & (items >= 0),
+                    sorted_grades[pos], 0.0)
+
+  vocabs = dataset.feature_vocabularies
+  fields = [n for n in sorted(vocabs)
+            if n in dataset.item_features and
+            np.asarray(dataset.item_features[n]).ndim == 1]
+  attributes = {n: np.asarray(dataset.item_features[n], np.int32)
+                for n in fields}
+  return MGDSPRData(
+      name=dataset.name, train=examples.take(train_mask), test=test,
+      num_items=num_items, item_ids=dataset.items.ids,
+      titles=dataset.item_titles, attributes=attributes,
+      attribute_sizes={n: len(vocabs[n]) for n in fields},
+      intent_fields={n: list(vocabs[n].ids) for n in fields},
+      item_fields=(np.stack([attributes[n] for n in fields], 1)
+                   if fields else None),
+      relevance=relevance, good_grade=min_grade)
+
+
+def from_rec_dataset(dataset, lengths=(50, 100, 100),
+                     max_test: Optional[int] = None) -> MGDSPRData:
+  """Leave-one-out over a `RecDataset`'s sequences (Amazon Beauty), with an
+  empty query: each event is a target, its earlier events the behaviour
+  (windows by event order, `ORDER_SPANS`); a user's last event is test."""
+  log = dataset.interactions.sorted()
+  n = len(log)
+  if n < 2:
+    raise DataError(f"{dataset.name}: too few interactions")
+  rank = np.arange(n) - np.searchsorted(log.user, log.user, side="left")
+  windows = behaviour_windows(log.user, log.item, rank, log.user, rank,
+                              lengths, ORDER_SPANS)
+  last = np.append(log.user[1:] != log.user[:-1], True)
+  examples = Examples(np.full(n, "", object), np.full(n, "", object),
+                      *windows, log.item, np.full(n, -1, np.int32),
+                      np.arange(n, dtype=np.int64))
+  has_history = windows[0][:, 0] >= 0
+  test = examples.take(last & has_history)
+  if max_test is not None and len(test) > max_test:
+    test = test.take(np.arange(max_test))
+  titles = (dataset.item_titles if dataset.item_titles is not None
+            else np.full(dataset.num_items, "", object))
+  return MGDSPRData(
+      name=dataset.name, train=examples.take(~last), test=test,
+      num_items=dataset.num_items, item_ids=dataset.items.ids,
+      titles=titles, attributes={}, attribute_sizes={}, intent_fields={},
+      item_fields=None)
+
+
+def tf_dataset(examples: Examples, batch_size: int, seed: int = 0,
+               shuffle: bool = True, repeat: bool = True,
+               drop_remainder: bool = True) -> tf.data.Dataset:
+  """Batches of `Examples.features()` for `model.fit`."""
+  data = tf.data.Dataset.from_tensor_slices(examples.features())
+  if shuffle:
+    data = data.shuffle(min(len(examples), 100_000), seed=seed,
+                        reshuffle_each_iteration=True)
+  if repeat:
+    data = data.repeat()
+  return data.batch(batch_size, drop_remainder=drop_remainder).prefetch(2)

@@ -1,0 +1,253 @@
+"""Training CLI of MGDSPR on the shared runner.
+
+    python -m mgdspr_tf.train --dataset=synthetic --output_dir=runs/mgdspr \\
+        --export_dir=exports/mgdspr
+
+Datasets and protocols (`mgdspr_tf.data`): `synthetic` (search clicks,
+temporal split, ground-truth relevance), `crowdflower` and `bestbuy`
+(relevant (query, item) judgments, query-disjoint split), `amazon-beauty`
+(leave-one-out sequences, empty query). Reported (flat keys):
+
+* `recall@k`: share of a test search's clicked items in the exact top-k of
+  all items (brute force over the item tower; the servable's index);
+* `p_good@k`: share of the top-k judged relevant (synthetic: grade >= 2 of
+  `SyntheticWorld.relevance`; CrowdFlower / Best Buy: the judgments, an
+  unjudged pair counts as not relevant);
+* relevance control on the top-`--rc_k` (`rc_*`): `rc_removal_rate`
+  (share of retrieved items removed), `rc_removal_rate_with_intent` (rows
+  with a recognised intent only), `rc_fallback_rate`, `rc_p_good`,
+  `rc_recall`, `relevant@K` / `rc_relevant@K` (relevant items per query
+  before / after control, the paper's Num_rank analogue);
+* `unrelated_recall@k`, `unrelated_p_good@k` (synthetic): the searches
+  whose user's real-time and short-term behaviour share no mid category
+  with the query (the slice where the zero vector should help).
+"""
+
+from __future__ import annotations
+
+import os
+from typing import Any, Dict
+
+from absl import flags
+import numpy as np
+
+from retrieval_tf import metrics as metrics_lib
+from retrieval_tf import runner
+from retrieval_tf.compat import tf
+from retrieval_tf.datasets import registry, synthetic
+from retrieval_tf.datasets.errors import DataError
+
+from mgdspr_tf import data as data_lib
+from mgdspr_tf.model import LOSSES, MGDSPRModel, paper_optimizer
+from mgdspr_tf.relevance import RelevanceControl, intent_vocabulary
+
+DATASETS = {"synthetic": False, "amazon-beauty": True, "crowdflower": True,
+            "bestbuy": True}
+
+runner.define_common_flags(DATASETS, default_epochs=3, default_batch_size=256,
+                           default_learning_rate=0.1)
+flags.DEFINE_float("temperature", 2.0, "tau of the softmax (Sec. 3.4).")
+flags.DEFINE_integer("num_hard", -1, "N hard negatives mixed per row "
+                     "(0: none; -1: batch_size / 4, the paper's N = 684 "
+                     "scaled to our in-batch negative pool).")
+flags.DEFINE_float("mix_low", 0.4, "a of alpha ~ U(a, b).")
+flags.DEFINE_float("mix_high", 0.6, "b of alpha ~ U(a, b).")
+flags.DEFINE_enum("loss", "softmax", LOSSES, "Softmax or hinge (ablation).")
+flags.DEFINE_float("margin", 0.1, "Hinge margin.")
+flags.DEFINE_bool("mgs", True, "Multi-granular query unit (False: mean "
+                  "word embedding).")
+flags.DEFINE_bool("behaviour", True, "Query-attentive behaviour encoders.")
+flags.DEFINE_bool("zero_vector", True, "Prepend the all-zero vector.")
+flags.DEFINE_integer("embedding_dim", 128, "Hidden size d.")
+flags.DEFINE_integer("num_heads", 8, "Heads of the behaviour self-attention.")
+flags.DEFINE_integer("num_buckets", 1 << 15, "Hashed ids per granularity.")
+flags.DEFINE_integer("max_real", 50, "Real-time sequence maximum.")
+flags.DEFINE_integer("max_short", 100, "Short-term sequence maximum.")
+flags.DEFINE_integer("max_long", 100, "Long-term sequence maximum.")
+flags.DEFINE_float("clipnorm", 3.0, "Global gradient clipping norm.")
+flags.DEFINE_list("ks", ["10", "100"], "Cut-offs of recall@k and p_good@k.")
+flags.DEFINE_integer("rc_k", 100, "Top-k that relevance control filters.")
+flags.DEFINE_integer("max_test", 2000, "Test searches evaluated at most.")
+flags.DEFINE_string("export_dir", None, "Export the servable (raw query + "
+                    "behaviour -> item ids) as the next version here.")
+
+
+def validate_command(values: Dict[str, Any]) -> None:
+  if not values["temperature"] > 0:
+    raise runner.UsageError("--temperature must be > 0")
+  if not 0 <= values["mix_low"] < values["mix_high"] <= 1:
+    raise runner.UsageError("need 0 <= --mix_low < --mix_high <= 1")
+  if values["num_hard"] >= values["batch_size"]:
+    raise runner.UsageError("--num_hard must be < --batch_size (the hard "
+                            "negatives are the batch's other items)")
+  try:
+    ks = [int(k) for k in values["ks"]]
+  except ValueError:
+    raise runner.UsageError("--ks must be integers") from None
+  if not ks or min(ks) < 1 or values["rc_k"] < 1:
+    raise runner.UsageError("--ks and --rc_k must be >= 1")
+  if values["embedding_dim"] < 1 or values["max_test"] < 1:
+    raise runner.UsageError("--embedding_dim and --max_test must be >= 1")
+
+
+def load_data(f: Dict[str, Any]) -> data_lib.MGDSPRData:
+  lengths = (f["max_real"], f["max_short"], f["max_long"])
+  name = f["dataset"]
+  if name == "synthetic":
+    config = (runner.synthetic_config(f) or
+              synthetic.SyntheticConfig(seed=f["seed"]))
+    return data_lib.from_synthetic(synthetic.generate(config), lengths,
+                                   max_test=f["max_test"])
+  if name == "crowdflower":
+    from retrieval_tf.datasets.crowdflower import load_crowdflower  # pylint: disable=g-import-not-at-top
+    return data_lib.from_search_dataset(load_crowdflower(f["data_dir"]),
+                                        lengths, seed=f["seed"],
+                                        max_test=f["max_test"])
+  if name == "bestbuy":
+    from retrieval_tf.datasets.bestbuy import load_bestbuy  # pylint: disable=g-import-not-at-top
+    return data_lib.from_search_dataset(load_bestbuy(f["data_dir"]), lengths,
+                                        seed=f["seed"],
+                                        max_test=f["max_test"])
+  dataset = registry.load_rec_dataset(name, f["data_dir"], seed=f["seed"])
+  return data_lib.from_rec_dataset(dataset, lengths, max_test=f["max_test"])
+
+
+def build_model(f: Dict[str, Any], data: data_lib.MGDSPRData) -> MGDSPRModel:
+  num_hard = f["num_hard"] if f["num_hard"] >= 0 else f["batch_size"] // 4
+  model = MGDSPRModel(
+      data.num_items, data.attribute_sizes, title_length=16,
+      dim=f["embedding_dim"], num_buckets=f["num_buckets"],
+      num_heads=f["num_heads"], max_real=f["max_real"],
+      max_short=f["max_short"], max_long=f["max_long"], mgs=f["mgs"],
+      behaviour=f["behaviour"], zero_vector=f["zero_vector"],
+      loss=f["loss"], temperature=f["temperature"], margin=f["margin"],
+      num_hard=num_hard, mix_low=f["mix_low"], mix_high=f["mix_high"])
+  model.set_catalogue(data.attributes, data.titles)
+  model.compile(optimizer=paper_optimizer(f["learning_rate"], f["clipnorm"]))
+  return model
+
+
+def user_vectors(model: MGDSPRModel, examples: data_lib.Examples,
+                 batch_size: int = 512) -> np.ndarray:
+  fn = tf.function(lambda x: model.user_vector(x, training=False))
+  features = examples.features(with_item=False)
+  out = [fn({k: tf.constant(v[s:s + batch_size]) for k, v in
+             features.items()}).numpy()
+         for s in range(0, len(examples), batch_size)]
+  return np.concatenate(out)
+
+
+def control_for(data: data_lib.MGDSPRData):
+  """The relevance control of `data`'s catalogue, or None."""
+  if not data.intent_fields or data.item_fields is None:
+    return None
+  try:
+    terms, meanings = intent_vocabulary(data.intent_fields)
+  except ValueError:
+    return None
+  return RelevanceControl(terms, meanings, data.item_fields)
+
+
+def evaluate(model: MGDSPRModel, data: data_lib.MGDSPRData, ks,
+             rc_k: int) -> Dict[str, float]:
+  """The metrics of the module docstring on `data.test`."""
+  test = data.test
+  if not len(test):
+    raise DataError(f"{data.name}: the test split is empty")
+  searches, first, inverse = np.unique(test.search, return_index=True,
+                                       return_inverse=True)
+  rows = test.take(first)
+  truth = metrics_lib.pad_truth(
+      [np.unique(test.item[inverse == i]) for i in range(len(searches))])
+  users = user_vectors(model, rows)
+  items = model.all_item_vectors()
+  depth = min(max(max(ks), rc_k), data.num_items)
+  scores = users @ items.T
+  top = np.argsort(-scores, axis=1, kind="stable")[:, :depth]
+  out: Dict[str, float] = {"num_test_searches": int(len(searches)),
+                           "num_train_examples": int(len(data.train))}
+  grades = (data.relevance(rows.query_index[:, None], top)
+            if data.relevance is not None and (rows.query_index >= 0).all()
+            else None)
+  for k in ks:
+    out[f"recall@{k}"] = metrics_lib.recall_at_k(top, truth, k)
+    if grades is not None:
+      out[f"p_good@{k}"] = metrics_lib.p_good(grades[:, :k] >=
+                                              data.good_grade)
+  if data.unrelated is not None:
+    slice_rows = data.unrelated[first]
+    out["unrelated_searches"] = int(slice_rows.sum())
+    if slice_rows.any():
+      for k in ks:
+        out[f"unrelated_recall@{k}"] = metrics_lib.recall_at_k(
+            top[slice_rows], truth[slice_rows], k)
+        if grades is not None:
+          out[f"unrelated_p_good@{k}"] = metrics_lib.p_good(
+              grades[slice_rows, :k] >= data.good_grade)
+  control = control_for(data)
+  if control is not None:
+    k = min(rc_k, data.num_items)
+    keep, fallback, intents = (t.numpy() for t in control(
+        tf.constant(rows.query.astype(str)), tf.constant(top[:, :k]),
+        tf.ones(len(rows), tf.bool)))
+    kept = np.where(keep, top[:, :k], -1)
+    with_intent = intents > 0
+    out["rc_k"] = k
+    out["rc_removal_rate"] = float(1.0 - keep.mean())
+    out["rc_intent_rate"] = float(with_intent.mean())
+    if with_intent.any():
+      out["rc_removal_rate_with_intent"] = float(
+          1.0 - keep[with_intent].mean())
+    out["rc_fallback_rate"] = float(fallback.mean())
+    out["rc_recall"] = metrics_lib.recall_at_k(
+        np.where(keep, top[:, :k], -1), truth, k)
+    out[f"recall@{k}"] = metrics_lib.recall_at_k(top, truth, k)
+    if grades is not None:
+      good = grades[:, :k] >= data.good_grade
+      out["rc_p_good"] = metrics_lib.p_good(good & keep, kept)
+      out[f"p_good@{k}"] = metrics_lib.p_good(good)
+      out[f"relevant@{k}"] = float(good.sum(axis=1).mean())
+      out[f"rc_relevant@{k}"] = float((good & keep).sum(axis=1).mean())
+  return out
+
+
+def run_experiment(ctx: runner.RunContext) -> Dict[str, Any]:
+  f = ctx.flags
+  data = load_data(f)
+  if len(data.train) < f["batch_size"]:
+    raise DataError(f"{data.name}: {len(data.train)} training examples, "
+                    f"fewer than one batch of {f['batch_size']}")
+  holder = {}
+
+  def build():
+    holder["model"] = build_model(f, data)
+    return holder["model"]
+
+  def dataset_fn(context):
+    del context
+    return data_lib.tf_dataset(data.train, f["batch_size"], seed=f["seed"])
+
+  result = ctx.fit(build, dataset_fn, num_examples=len(data.train))
+  model = result.model
+  ks = [int(k) for k in f["ks"]]
+  out = evaluate(model, data, ks, f["rc_k"])
+  out.update({"train_seconds": round(result.train_seconds, 3),
+              "train_steps": result.train_steps,
+              "final_loss": result.history.get("loss", [float("nan")])[-1],
+              "num_items": data.num_items})
+  if f.get("export_dir") and ctx.chief:
+    from mgdspr_tf.servable import export_mgdspr  # pylint: disable=g-import-not-at-top
+    path = export_mgdspr(model, data.item_ids, f["export_dir"],
+                         data.intent_fields, data.item_fields,
+                         max_k=min(1000, data.num_items),
+                         model_card={"dataset": data.name, "metrics": out})
+    out["export_path"] = os.path.abspath(path)
+  return out
+
+
+def run_main():
+  runner.run(run_experiment, validate_command=validate_command)
+
+
+if __name__ == "__main__":
+  run_main()

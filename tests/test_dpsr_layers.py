@@ -1,0 +1,170 @@
+"""DPSR building blocks: Eq. 1 limits, Eq. 2 against NumPy, Algorithm 1's
+negative mix, the towers and the model's training step."""
+
+import numpy as np
+import pytest
+
+from retrieval_tf.compat import keras, tf
+from retrieval_tf.text import Tokenizer, padded_ids
+
+from dpsr_tf.layers import (ItemTower, MixedNegatives, QueryTower,
+                            SoftDotProduct, attention_hinge_loss)
+from dpsr_tf.model import DPSRModel, all_item_embeddings
+
+
+def _heads_items(seed=0, b=5, m=3, c=7, d=4):
+  rng = np.random.default_rng(seed)
+  return (rng.normal(size=(b, m, d)).astype(np.float32),
+          rng.normal(size=(c, d)).astype(np.float32))
+
+
+def test_soft_dot_product_limits():
+  heads, items = _heads_items()
+  inner = np.einsum("bmd,cd->bcm", heads, items)
+  small = SoftDotProduct(beta=1e-4)(heads, items).numpy()
+  np.testing.assert_allclose(small, inner.max(-1), rtol=1e-4, atol=1e-4)
+  large = SoftDotProduct(beta=1e6)(heads, items).numpy()
+  np.testing.assert_allclose(large, inner.mean(-1), rtol=1e-4, atol=1e-4)
+  # In between: a weighted mean, strictly between mean and max.
+  mid = SoftDotProduct(beta=1.0)(heads, items).numpy()
+  w = np.exp(inner) / np.exp(inner).sum(-1, keepdims=True)
+  np.testing.assert_allclose(mid, (w * inner).sum(-1), rtol=1e-5, atol=1e-5)
+  # Per-row items [B, C, d] give the same scores as the shared matrix.
+  per_row = SoftDotProduct(beta=1.0)(
+      heads, np.broadcast_to(items, (5,) + items.shape)).numpy()
+  np.testing.assert_allclose(per_row, mid, rtol=1e-5, atol=1e-6)
+
+
+def test_soft_dot_product_rejects_bad_beta():
+  with pytest.raises(ValueError, match="beta"):
+    SoftDotProduct(beta=0.0)
+
+
+def test_hinge_loss_equals_numpy():
+  rng = np.random.default_rng(1)
+  pos = rng.normal(size=6).astype(np.float32)
+  neg = rng.normal(size=(6, 9)).astype(np.float32)
+  mask = rng.random((6, 9)) > 0.3
+  delta = 0.1
+  expected = np.mean(np.sum(np.maximum(0, delta - pos[:, None] + neg) * mask,
+                            axis=1))
+  got = attention_hinge_loss(pos, neg, mask, delta).numpy()
+  np.testing.assert_allclose(got, expected, rtol=1e-6)
+  np.testing.assert_allclose(
+      attention_hinge_loss(pos, neg, None, delta).numpy(),
+      np.mean(np.sum(np.maximum(0, delta - pos[:, None] + neg), axis=1)),
+      rtol=1e-6)
+
+
+@pytest.mark.parametrize("alpha", [0.0, 0.25, 0.5, 1.0])
+def test_mixed_negatives_share(alpha):
+  b, m = 16, 12
+  layer = MixedNegatives(num_items=1000, num_negatives=m, alpha=alpha)
+  positives = tf.range(100, 100 + b)
+  candidates, columns, valid = layer(positives)
+  columns = columns.numpy()
+  num_random = int(round(alpha * m))
+  assert columns.shape == (b, m)
+  assert candidates.shape == (b + num_random,)
+  is_random = columns >= b
+  np.testing.assert_array_equal(is_random.sum(axis=1), num_random)
+  batch_part = np.where(is_random, -1, columns)
+  for i in range(b):
+    row = batch_part[i][batch_part[i] >= 0]
+    assert i not in row  # never its own positive
+    assert len(set(row)) == len(row) == m - num_random
+  # Random negatives are shared by the batch (Sec. 4.4.1).
+  assert (columns[:, m - num_random:] == columns[0, m - num_random:]).all()
+  # Distinct positives: every negative is valid.
+  assert valid.numpy().all()
+
+
+def test_mixed_negatives_masks_own_item_and_checks_batch():
+  layer = MixedNegatives(num_items=3, num_negatives=3, alpha=0.0)
+  _, columns, valid = layer(tf.constant([0, 0, 1, 2]))
+  candidates = np.array([0, 0, 1, 2])
+  expect = candidates[columns.numpy()] != candidates[:, None]
+  np.testing.assert_array_equal(valid.numpy(), expect)
+  with pytest.raises(tf.errors.InvalidArgumentError, match="batch"):
+    MixedNegatives(10, 8, 0.0)(tf.constant([1, 2, 3]))
+  with pytest.raises(ValueError, match="alpha"):
+    MixedNegatives(10, 8, 1.5)
+
+
+def test_towers_shapes_norms_and_config():
+  tower = QueryTower(num_heads=3, output_dim=8, hidden_units=(16,))
+  out = tower(tf.random.normal([4, 10])).numpy()
+  assert out.shape == (4, 3, 8)
+  np.testing.assert_allclose(np.linalg.norm(out, axis=-1), 1.0, rtol=1e-5)
+  # Heads are different functions of the same input.
+  assert not np.allclose(out[:, 0], out[:, 1])
+  clone = QueryTower.from_config(tower.get_config())
+  assert clone.get_config() == tower.get_config()
+  items = ItemTower(50, 6, {"brand": 4}, output_dim=8)
+  vec = items({"tokens": tf.constant([[1, 2, -1], [-1, -1, -1]]),
+               "brand": tf.constant([3, -1])}).numpy()
+  assert vec.shape == (2, 8) and np.isfinite(vec).all()
+  np.testing.assert_allclose(np.linalg.norm(vec[0]), 1.0, rtol=1e-5)
+  assert ItemTower.from_config(items.get_config()).get_config() == \
+      items.get_config()
+  assert SoftDotProduct.from_config(SoftDotProduct(0.3).get_config()).beta \
+      == 0.3
+
+
+TITLES = ["apple iphone case", "apple fruit fresh", "bass guitar amp",
+          "sea bass fillet", "wireless mouse", "mouse cat toy"] * 3
+QUERIES = ["apple", "iphone", "fruit", "guitar", "fish fillet", "mouse"]
+ITEMS = [0, 0, 1, 2, 3, 4]
+
+
+def _toy_model(**kwargs):
+  tok = Tokenizer(num_buckets=512)
+  titles = padded_ids(tok, TITLES)
+  model = DPSRModel(len(TITLES), titles.shape[1], {"brand": 3},
+                    tokenizer=tok.get_config(), token_dim=8, output_dim=8,
+                    hidden_units=(16,), num_negatives=5, **kwargs)
+  model.set_item_tables(titles, {"brand": np.arange(len(TITLES)) % 3})
+  model.compile(optimizer=keras.optimizers.Adagrad(0.2))
+  return model, tok
+
+
+def _toy_data(tok, extra=None):
+  n = len(QUERIES)
+  rows = {"query": np.array(QUERIES * 4), "item": np.array(ITEMS * 4,
+                                                           np.int32)}
+  rows.update(extra or {})
+  ds = tf.data.Dataset.from_tensor_slices(rows).repeat().shuffle(
+      64, seed=0).batch(n, drop_remainder=True)
+  return ds.map(lambda r: dict({k: v for k, v in r.items() if k != "query"},
+                               query_tokens=tok(r["query"])))
+
+
+@pytest.mark.parametrize("kwargs", [
+    dict(num_heads=2, alpha=0.5),
+    dict(num_heads=1, alpha=1.0, loss="dssm"),
+])
+def test_model_trains_and_config_round_trips(kwargs):
+  tf.random.set_seed(0)
+  model, tok = _toy_model(**kwargs)
+  extra = {"hard_negatives": np.tile(np.array([[5, -1]], np.int32), (24, 1))}
+  history = model.fit(_toy_data(tok, extra), steps_per_epoch=30, epochs=2,
+                      verbose=0).history["loss"]
+  assert np.isfinite(history).all() and history[-1] < history[0]
+  vectors = all_item_embeddings(model)
+  assert vectors.shape == (len(TITLES), 8)
+  clone = DPSRModel.from_config(model.get_config())
+  assert clone.get_config() == model.get_config()
+
+
+def test_model_personalisation_needs_profile():
+  with pytest.raises(ValueError, match="user profile"):
+    _toy_model(personalization="history")
+  with pytest.raises(ValueError, match="personalization"):
+    _toy_model(personalization="everything", user_feature_sizes={"g": 2})
+  model, _ = _toy_model(personalization="history",
+                        user_feature_sizes={"gender": 2})
+  heads = model.query_heads({"query": tf.constant(["apple", ""]),
+                             "user_gender": tf.constant([1, -1]),
+                             "history": tf.constant([[0, -1], [-1, -1]])})
+  assert heads.shape == (2, 2, 8)
+  assert np.isfinite(heads.numpy()).all()
