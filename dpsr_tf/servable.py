@@ -43,7 +43,8 @@ import numpy as np
 from retrieval_tf import export as export_lib
 from retrieval_tf.compat import tf
 from retrieval_tf.index import BruteForceIndex, index_parameters
-from retrieval_tf.serving.assets import index_table, write_vocabulary
+from retrieval_tf.serving.assets import (index_table, non_empty,
+                                         write_vocabulary)
 
 from dpsr_tf.model import DPSRModel
 
@@ -108,10 +109,9 @@ class DPSRServable(tf.Module):
         tf.TensorSpec([None], tf.string, "query")])
 
   def _features(self, request):
+    request = non_empty(request, key="query")
     batch = tf.shape(request["query"])[0]
-    with tf.control_dependencies([tf.debugging.assert_positive(
-        batch, message="empty batch: the request has no rows")]):
-      features = {"query": tf.identity(request["query"])}
+    features = {"query": request["query"]}
     for f in self.fields:
       values = request[f"user_{f}"]
       tf.debugging.assert_equal(tf.shape(values)[0], batch,
@@ -135,6 +135,9 @@ class DPSRServable(tf.Module):
             "num_tokens": tf.cast(tokens.row_lengths(), tf.int32)}
 
   def _serve(self, request, k):
+    # Every input, k included, waits for the check that there are rows.
+    request = non_empty(dict(request, k=k), key="query")
+    k = request.pop("k")
     heads = self.model.query_heads(self._features(request))  # [B, m, d]
     batch, m = tf.shape(heads)[0], self.model.num_heads
     tf.debugging.assert_equal(tf.size(k), batch,

@@ -32,7 +32,8 @@ import numpy as np
 from retrieval_tf import export as export_lib
 from retrieval_tf.compat import tf
 from retrieval_tf.index import BruteForceIndex, index_parameters
-from retrieval_tf.serving.assets import index_table, write_vocabulary
+from retrieval_tf.serving.assets import (index_table, non_empty,
+                                         write_vocabulary)
 
 from mgdspr_tf.model import SEQUENCES, MGDSPRModel
 from mgdspr_tf.relevance import RelevanceControl, compact
@@ -82,10 +83,9 @@ class MGDSPRServable(tf.Module):
 
   def features(self, request) -> Dict[str, tf.Tensor]:
     """Raw request -> the model's features (item ids -> indices)."""
+    request = non_empty(request, key="query")
     batch = tf.shape(request["query"])[0]
-    with tf.control_dependencies([tf.debugging.assert_positive(
-        batch, message="empty batch: the request has no rows")]):
-      out = {"query": tf.identity(request["query"])}
+    out = {"query": request["query"]}
     tf.debugging.assert_equal(tf.shape(request["history_query"])[0], batch,
                               message="history_query needs one row per query")
     out["history_query"] = request["history_query"]
@@ -101,6 +101,10 @@ class MGDSPRServable(tf.Module):
     return {"user_vector": self.model.user_vector(self.features(request))}
 
   def _serve(self, request, relevance_control, k):
+    # Every input waits for the check that there are rows.
+    request = non_empty(dict(request, relevance_control=relevance_control,
+                             k=k), key="query")
+    relevance_control, k = request.pop("relevance_control"), request.pop("k")
     user = self.model.user_vector(self.features(request))
     batch = tf.shape(user)[0]
     tf.debugging.assert_equal(tf.size(k), batch,
