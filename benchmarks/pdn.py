@@ -349,8 +349,11 @@ def main(unused_argv):
           f"--seeds={','.join(map(str, seeds))} --epochs={FLAGS.epochs} "
           f"--steps_per_epoch={FLAGS.steps_per_epoch} "
           f"--sections={','.join(FLAGS.sections)}"
-          f"{' --parallel' if FLAGS.parallel else ''}`, "
-          f"{len(seeds)} seed(s); training runs:\n\n" +
+          f"{' --parallel' if FLAGS.parallel else ''}"
+          f"{' --reuse' if FLAGS.reuse else ''}`, "
+          f"{len(seeds)} seed(s)"
+          f"{' (finished training runs with the same flags were reused, with the train seconds of when they ran)' if FLAGS.reuse else ''}"
+          f"; training runs:\n\n" +
           "\n".join(f"    {c}" for c in commands) + "\n\n" +
           "\n\n".join(parts))
   report.write_section("pdn", text, raw)
