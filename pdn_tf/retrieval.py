@@ -217,6 +217,15 @@ def _full_history_features(dataset, users: np.ndarray, index: HistoryIndex,
   return features
 
 
+def history_ratings(log: Interactions) -> np.ndarray:
+  """The ratings of `log` in `HistoryIndex` order (by user, then time), so
+  that they line up with the histories; zeros when the log has none."""
+  order = Interactions(log.user, np.arange(len(log)), log.timestamp
+                       ).sorted().item
+  return (log.rating[order] if log.rating is not None
+          else np.zeros(len(log), np.float32))
+
+
 def retrieve_users(retriever: PDNRetriever, dataset, users, k: int,
                    batch_size: int = 256) -> np.ndarray:
   """`retriever`'s top-k item indices `[U, k]` for dataset users, each with
@@ -225,10 +234,7 @@ def retrieve_users(retriever: PDNRetriever, dataset, users, k: int,
   users = np.asarray(users, np.int64)
   log: Interactions = dataset.interactions
   index = HistoryIndex.from_interactions(log, dataset.num_users)
-  order = Interactions(log.user, np.arange(len(log)), log.timestamp
-                       ).sorted().item
-  ratings = (log.rating[order] if log.rating is not None
-             else np.zeros(len(log), np.float32))
+  ratings = history_ratings(log)
   call = tf.function(lambda f: retriever.retrieve(f, k)["ids"],
                      reduce_retracing=True)
   out = [call(_full_history_features(dataset, users[lo:lo + batch_size],

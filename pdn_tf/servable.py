@@ -36,7 +36,7 @@ from retrieval_tf.datasets.types import Interactions, RecDataset
 from retrieval_tf.serving.assets import (id_table, index_table, non_empty,
                                          write_vocabulary)
 
-from pdn_tf.retrieval import PDNRetriever
+from pdn_tf.retrieval import PDNRetriever, history_ratings
 
 PAPER = ("Li et al., Path-based Deep Network for Candidate Item Matching in "
          "Recommenders (PDN), SIGIR'21")
@@ -117,10 +117,7 @@ def raw_requests(dataset: RecDataset, users: Sequence[int],
   users = np.asarray(users, np.int64)
   log: Interactions = dataset.interactions
   index = HistoryIndex.from_interactions(log, dataset.num_users)
-  order = Interactions(log.user, np.arange(len(log)), log.timestamp
-                       ).sorted().item
-  ratings = (log.rating[order] if log.rating is not None
-             else np.zeros(len(log), np.float32))
+  ratings = history_ratings(log)
   starts, ends = index.user_history(users)
   starts = np.maximum(starts, ends - history_length)
   width = int(max(1, (ends - starts).max(initial=0)))
