@@ -7,9 +7,11 @@
 * `table` (section `dr_table`): `python -m dr_tf.train` on ML-1M and Amazon
   Beauty for `--seeds` seeds; precision / recall / F-measure @10 and @50 of
   DR with reranking, DR alone (path order), brute force over the same
-  softmax embeddings and most-popular, mean and standard deviation over
-  seeds; recall@10 against the beam size B from the same models
-  (`--eval_beam_sizes`).
+  softmax embeddings, the shared two-tower baseline
+  (`retrieval_tf.train --protocol=held_out_users`: the same held-out users
+  and truth, the same step budget) and most-popular, mean and standard
+  deviation over seeds; recall@10 against the beam size B from the same
+  models (`--eval_beam_sizes`).
 * `sensitivity` (section `dr_sensitivity`): one ML-1M run per setting of
   alpha (Table 5: top path size against alpha, alpha = 0 showing the
   collapse), D, J and K, others at their defaults.
@@ -43,21 +45,37 @@ DATA = os.path.join(os.path.dirname(harness.REPO_ROOT), "shared", "data")
 DATASETS = {"ml-1m": "ml-1m", "amazon-beauty": "amazon-beauty"}
 METHODS = (("DR + rerank", ""), ("DR alone (path order)", "norerank_"),
            ("brute force, same softmax embeddings", "brute_"),
+           ("two-tower baseline (retrieval_tf, same users)", "two_tower_"),
            ("most popular", "popular_"))
 EVAL_BEAMS = ("5", "10", "50", "100")
 
 
-def _train(name: str, dataset: str, extra: List[str], common: List[str]
-           ) -> Dict:
+def _train(name: str, dataset: str, extra: List[str], common: List[str],
+           module: str = "dr_tf.train") -> Dict:
   out = f"{RUNS}/{name}"
   if not os.path.exists(os.path.join(harness.REPO_ROOT, out,
                                      "metrics.json")):
-    cmd = ["python", "-m", "dr_tf.train", f"--dataset={dataset}",
+    cmd = ["python", "-m", module, f"--dataset={dataset}",
            f"--data_dir={os.path.relpath(os.path.join(DATA, DATASETS[dataset]), harness.REPO_ROOT)}",
            f"--output_dir={out}", "--overwrite", "--verbose=2"]
     harness.run_command(cmd + common + extra)
   metrics = harness.read_metrics(out)
   return metrics
+
+
+def _two_tower(dataset: str, seed: int, common: List[str]) -> Dict:
+  """The shared two-tower baseline (`retrieval_tf.train`) on the same
+  held-out users and truth as `dr_tf.train --seed=seed` (same split flags,
+  history length 69), with the DR runs' step budget and batch size; its
+  metrics under the `two_tower_` prefix."""
+  budget = [flag for flag in common if flag.startswith(
+      ("--epochs=", "--steps_per_epoch=", "--batch_size="))]
+  metrics = _train(
+      f"{dataset}_two_tower_s{seed}", dataset,
+      ["--model=two_tower", "--protocol=held_out_users", f"--seed={seed}",
+       "--min_rating=4", "--min_user_events=10", "--num_test_users=1000",
+       "--history_length=69"], budget, module="retrieval_tf.train")
+  return {f"two_tower_{key}": value for key, value in metrics.items()}
 
 
 def _mean_std(values):
@@ -71,9 +89,10 @@ def table(args) -> None:
   raw, lines = {"command_flags": common, "runs": {}}, []
   for spec in args.datasets.split(","):
     dataset, _, seeds = spec.partition(":")   # "name" or "name:seeds"
-    runs = [_train(f"{dataset}_s{seed}", dataset,
-                   [f"--seed={seed}", "--eval_beam_sizes=" +
-                    ",".join(EVAL_BEAMS)], common)
+    runs = [dict(_train(f"{dataset}_s{seed}", dataset,
+                        [f"--seed={seed}", "--eval_beam_sizes=" +
+                         ",".join(EVAL_BEAMS)], common),
+                 **_two_tower(dataset, seed, common))
             for seed in range(int(seeds or args.seeds))]
     raw["runs"][dataset] = runs
     rows = []

@@ -43,7 +43,7 @@ import numpy as np
 from retrieval_tf import export as export_lib
 from retrieval_tf.compat import tf
 from retrieval_tf.index import BruteForceIndex, index_parameters
-from retrieval_tf.serving.assets import (index_table, non_empty,
+from retrieval_tf.serving.assets import (index_table, non_empty, request_k,
                                          write_vocabulary)
 
 from dpsr_tf.model import DPSRModel
@@ -140,14 +140,7 @@ class DPSRServable(tf.Module):
     k = request.pop("k")
     heads = self.model.query_heads(self._features(request))  # [B, m, d]
     batch, m = tf.shape(heads)[0], self.model.num_heads
-    tf.debugging.assert_equal(tf.size(k), batch,
-                              message="k must have one value per row")
-    k0 = k[0]
-    tf.debugging.assert_equal(k, tf.fill(tf.shape(k), k0),
-                              message="k must be equal for every row")
-    tf.debugging.assert_greater_equal(k0, 1, message="k must be >= 1")
-    tf.debugging.assert_less_equal(k0, self.max_k,
-                                   message=f"k must be <= {self.max_k}")
+    k0 = request_k(k, batch, self.max_k)
     k_here = tf.minimum(k0, self.index.num_items)
     # Each head retrieves k; the union is scored by the best head.
     _, found = self.index(tf.reshape(heads, [-1, self.model.output_dim]),

@@ -29,6 +29,7 @@ from typing import Optional, Sequence, Tuple
 import numpy as np
 
 from retrieval_tf.compat import keras, tf
+from retrieval_tf.layers import masked_lookup
 
 _PACKAGE = "dr_tf"
 _INT32_MAX = np.iinfo(np.int32).max
@@ -109,15 +110,8 @@ class BehaviorEncoder(keras.layers.Layer):
     self.gru = keras.layers.GRU(self.units, name="gru")
 
   def call(self, history, mask=None):
-    history = tf.convert_to_tensor(history)
-    valid = history >= 0
-    if mask is not None:
-      valid = tf.logical_and(valid, tf.cast(mask, tf.bool))
-    tf.debugging.assert_less(
-        history, tf.cast(self.num_items, history.dtype),
-        message=f"history id >= number of items {self.num_items}")
-    vectors = self.embedding(tf.where(valid, history,
-                                      tf.zeros_like(history)))
+    vectors, valid = masked_lookup(self.embedding, history, self.num_items,
+                                   mask, what="history id")
     return self.gru(vectors, mask=valid)
 
   def get_config(self):

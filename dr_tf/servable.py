@@ -32,7 +32,7 @@ from retrieval_tf.compat import tf
 from retrieval_tf.datasets.types import RecDataset
 # The shared servable helpers (vocabulary assets, empty-batch check).
 from retrieval_tf.models.two_tower_servable import raw_requests
-from retrieval_tf.serving.assets import (index_table, non_empty,
+from retrieval_tf.serving.assets import (index_table, non_empty, request_k,
                                          write_vocabulary)
 
 from dr_tf.em import path_size_stats
@@ -67,15 +67,7 @@ class DRServable(tf.Module):
   def _serve(self, history, k):
     request = non_empty({"history": history, "k": k})
     history, k = request["history"], request["k"]
-    tf.debugging.assert_equal(tf.size(k), tf.shape(history)[0],
-                              message="k must have one value per row")
-    k0 = k[0]
-    tf.debugging.assert_equal(
-        k, tf.fill(tf.shape(k), k0),
-        message="k must be the same for every row of a request")
-    tf.debugging.assert_greater_equal(k0, 1, message="k must be >= 1")
-    tf.debugging.assert_less_equal(k0, self.max_k,
-                                   message=f"k must be <= {self.max_k}")
+    k0 = request_k(k, tf.shape(history)[0], self.max_k)
     ids = tf.cast(self.to_index.lookup(
         history[:, -self.history_length:]), tf.int32)
     items, scores, count = self.model.retrieve(

@@ -36,13 +36,11 @@ from absl import flags
 import numpy as np
 
 from retrieval_tf import data as pipeline
-from retrieval_tf import metrics as metrics_lib
 from retrieval_tf import runner
 from retrieval_tf.baselines import MostPopular
 from retrieval_tf.compat import keras, tf
-from retrieval_tf.data.history import HistoryIndex
-from retrieval_tf.datasets import registry, splits
-from retrieval_tf.evaluation import exclusion_from_interactions, top_k_items
+from retrieval_tf.datasets import registry
+from retrieval_tf.evaluation import HeldOutProtocol, top_k_items
 
 from dr_tf import em
 from dr_tf.em import path_size_stats
@@ -101,11 +99,9 @@ def run_experiment(ctx: runner.RunContext) -> Dict[str, Any]:
   dataset = registry.load_rec_dataset(
       f["dataset"], f["data_dir"], seed=f["seed"],
       synthetic_config=runner.synthetic_config(f))
-  log = dataset.interactions
-  if f["min_rating"] and log.rating is not None:
-    log = log.take(log.rating >= f["min_rating"])
-  split = splits.dr_split(log, 0, f["num_test_users"], seed=f["seed"],
-                          min_history=max(2, f["min_user_events"]))
+  split = registry.held_out_split(
+      dataset, f["num_test_users"], f["seed"],
+      min_user_events=f["min_user_events"], min_rating=f["min_rating"])
   counts = np.bincount(split.train.item, minlength=dataset.num_items)
   dataset_fn = pipeline.distributed_dataset_fn(
       split.train, batch_size=f["batch_size"],
@@ -179,18 +175,10 @@ def evaluate(model: DeepRetrievalModel, dataset, split, counts,
   """The DR protocol's metrics of DR (with and without rerank, and at the
   extra `beam_sizes`), brute force over the softmax embeddings and
   most-popular (see the module)."""
-  test = split.test
+  protocol = HeldOutProtocol.from_held_out(split.test, dataset.num_items)
   k = max(ks)
-  users = pipeline.user_eval_dataset(
-      test.users, HistoryIndex.from_interactions(test.inputs,
-                                                 dataset.num_users),
-      history_length, batch_size=EVAL_BATCH)
-  truth = metrics_lib.pad_truth(np.split(
-      test.truth.item, np.searchsorted(test.truth.user, test.users[1:])))
-  exclude = exclusion_from_interactions(test.inputs, test.users,
-                                        dataset.num_items)
-  banned = metrics_lib.pad_truth(np.split(exclude.indices,
-                                          exclude.indptr[1:-1]))
+  users = protocol.user_dataset(dataset.num_users, history_length,
+                                batch_size=EVAL_BATCH)
   retrieve = tf.function(
       lambda h, m, e, rerank, beam: model.retrieve(
           h, m, e, k=k, rerank=rerank, beam_size=beam),
@@ -201,8 +189,8 @@ def evaluate(model: DeepRetrievalModel, dataset, split, counts,
   ranked = {prefix: [] for prefix, _, _ in runs}
   candidates = {prefix: [] for prefix, _, _ in runs}
   queries = []
-  for start, batch in zip(range(0, len(test.users), EVAL_BATCH), users):
-    ban = tf.constant(banned[start:start + EVAL_BATCH], tf.int32)
+  for start, batch in zip(range(0, len(protocol.users), EVAL_BATCH), users):
+    ban = tf.constant(protocol.banned[start:start + EVAL_BATCH], tf.int32)
     for prefix, rerank, beam in runs:
       items, _, count = retrieve(batch["history"], batch["history_mask"],
                                  ban, rerank, beam)
@@ -218,17 +206,16 @@ def evaluate(model: DeepRetrievalModel, dataset, split, counts,
       [queries, np.ones((len(queries), 1), np.float32)], axis=1)
   rankings = {prefix: np.concatenate(rows) for prefix, rows in ranked.items()}
   rankings["brute_"] = top_k_items(augmented_queries, augmented_items, k,
-                                   exclude)
+                                   protocol.exclude)
   popular = MostPopular()
   popular.counts = counts.astype(np.float32)
-  rankings["popular_"] = popular.top_k(exclude, k, exclude_history=True)
+  rankings["popular_"] = popular.top_k(protocol.exclude, k,
+                                       exclude_history=True)
   out: Dict[str, float] = {
       f"{prefix}mean_candidates": float(np.concatenate(rows).mean())
       for prefix, rows in candidates.items() if prefix != "norerank_"}
   for prefix, top in rankings.items():
-    report = metrics_lib.ranking_report(topk=top, truth=truth, ks=ks)
-    out.update({f"{prefix}{key}": value for key, value in report.items()
-                if key.startswith(("recall", "precision", "f@"))})
+    out.update(protocol.report(top, ks, prefix))
   return out
 
 

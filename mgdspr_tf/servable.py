@@ -32,7 +32,7 @@ import numpy as np
 from retrieval_tf import export as export_lib
 from retrieval_tf.compat import tf
 from retrieval_tf.index import BruteForceIndex, index_parameters
-from retrieval_tf.serving.assets import (index_table, non_empty,
+from retrieval_tf.serving.assets import (index_table, non_empty, request_k,
                                          write_vocabulary)
 
 from mgdspr_tf.model import SEQUENCES, MGDSPRModel
@@ -107,17 +107,10 @@ class MGDSPRServable(tf.Module):
     relevance_control, k = request.pop("relevance_control"), request.pop("k")
     user = self.model.user_vector(self.features(request))
     batch = tf.shape(user)[0]
-    tf.debugging.assert_equal(tf.size(k), batch,
-                              message="k must have one value per row")
     tf.debugging.assert_equal(tf.size(relevance_control), batch,
                               message="relevance_control needs one value "
                               "per row")
-    k0 = k[0]
-    tf.debugging.assert_equal(k, tf.fill(tf.shape(k), k0),
-                              message="k must be equal for every row")
-    tf.debugging.assert_greater_equal(k0, 1, message="k must be >= 1")
-    tf.debugging.assert_less_equal(k0, self.max_k,
-                                   message=f"k must be <= {self.max_k}")
+    k0 = request_k(k, batch, self.max_k)
     scores, found = self.index(user, k0)
     if self.control is None:
       keep = tf.ones_like(found, tf.bool)

@@ -34,7 +34,7 @@ from retrieval_tf.compat import tf
 from retrieval_tf.data.history import HistoryIndex
 from retrieval_tf.datasets.types import Interactions, RecDataset
 from retrieval_tf.serving.assets import (id_table, index_table, non_empty,
-                                         write_vocabulary)
+                                         request_k, write_vocabulary)
 
 from pdn_tf.retrieval import PDNRetriever, history_ratings
 
@@ -80,23 +80,13 @@ class PDNServable(tf.Module):
     checks = [
         tf.debugging.assert_equal(tf.shape(request["user_id"])[0], batch,
                                   message="history must have one row per "
-                                  "user_id"),
-        tf.debugging.assert_equal(tf.size(k), batch,
-                                  message="k must have one value per row")]
+                                  "user_id")]
     if "history_rating" in request:
       checks.append(tf.debugging.assert_equal(
           tf.shape(request["history_rating"]), tf.shape(request["history"]),
           message="history_rating must have the shape of history"))
     with tf.control_dependencies(checks):
-      k0 = tf.identity(k[0])
-    with tf.control_dependencies([
-        tf.debugging.assert_equal(k, tf.fill(tf.shape(k), k0),
-                                  message="k must be the same for every row "
-                                  "of a request"),
-        tf.debugging.assert_greater_equal(k0, 1, message="k must be >= 1"),
-        tf.debugging.assert_less_equal(k0, self.max_k,
-                                       message=f"k must be <= {self.max_k}")]):
-      k0 = tf.identity(k0)
+      k0 = request_k(k, batch, self.max_k)
     features = {"user_id": self._lookup("users", request["user_id"]),
                 "history": self._lookup("items", request["history"])}
     for f in self.fields:

@@ -4,7 +4,7 @@
         --output_dir=runs/poeem_ml1m --export_dir=exports/poeem
 
 Protocol (Sec. 3.1, behaviour -> next behaviours): the Deep Retrieval split
-(`retrieval_tf.datasets.splits.dr_split`): `--num_test_users` held-out
+(`retrieval_tf.datasets.registry.held_out_split`): `--num_test_users` held-out
 users whose first half of history is the input and second half the truth;
 every other user trains. Reported (flat keys in `metrics.json`):
 
@@ -44,13 +44,11 @@ import numpy as np
 
 from retrieval_tf import data as pipeline
 from retrieval_tf.baselines import MostPopular
-from retrieval_tf import metrics as metrics_lib
 from retrieval_tf import runner
 from retrieval_tf.compat import keras, tf
-from retrieval_tf.data.history import HistoryIndex
 from retrieval_tf.data.samplers import UniformSampler
-from retrieval_tf.datasets import registry, splits
-from retrieval_tf.evaluation import exclusion_from_interactions, top_k_items
+from retrieval_tf.datasets import registry
+from retrieval_tf.evaluation import HeldOutProtocol, top_k_items
 
 from poeem_tf import callbacks as callbacks_lib
 from poeem_tf.model import LOSSES, PoeemModel
@@ -110,8 +108,7 @@ def run_experiment(ctx: runner.RunContext) -> Dict[str, Any]:
   dataset = registry.load_rec_dataset(
       f["dataset"], f["data_dir"], seed=f["seed"],
       synthetic_config=runner.synthetic_config(f))
-  split = splits.dr_split(dataset.interactions, 0, f["num_test_users"],
-                          seed=f["seed"])
+  split = registry.held_out_split(dataset, f["num_test_users"], f["seed"])
   hinge = f["loss"] == "hinge"
   dataset_fn = pipeline.distributed_dataset_fn(
       split.train, batch_size=f["batch_size"],
@@ -154,19 +151,12 @@ def run_experiment(ctx: runner.RunContext) -> Dict[str, Any]:
   model = result.model
   holder["model"] = model
 
-  test = split.test
-  users = pipeline.user_eval_dataset(
-      test.users, HistoryIndex.from_interactions(test.inputs,
-                                                 dataset.num_users),
-      f["history_length"], batch_size=4096)
+  protocol = HeldOutProtocol.from_held_out(split.test, dataset.num_items)
+  users = protocol.user_dataset(dataset.num_users, f["history_length"],
+                                batch_size=4096)
   embed = tf.function(lambda b: model.user_embedding(b, training=False))
   queries = np.concatenate([embed(b).numpy() for b in users])
-  # Truth and exclusions padded with -1, one row per test user (sorted).
-  truth = metrics_lib.pad_truth(np.split(
-      test.truth.item, np.searchsorted(test.truth.user, test.users[1:])))
-  exclude = exclusion_from_interactions(test.inputs, test.users,
-                                        dataset.num_items)
-  ban = metrics_lib.pad_truth(np.split(exclude.indices, exclude.indptr[1:-1]))
+  ban, exclude = protocol.banned, protocol.exclude
   vectors = item_vectors()
   nprobe = f["nprobe"] or max(1, f["num_centroids"] // 4)
   # One index for the evaluation and the export (whose k may reach 1,000).
@@ -176,7 +166,7 @@ def run_experiment(ctx: runner.RunContext) -> Dict[str, Any]:
   metrics: Dict[str, Any] = {
       "num_items": dataset.num_items, "num_train_users": int(
           len(np.unique(split.train.user))),
-      "num_test_users": len(test.users),
+      "num_test_users": len(protocol.users),
       "train_examples_per_second": round(result.examples_per_second, 1),
       "train_seconds": round(result.train_seconds, 3),
       "train_steps": result.train_steps,
@@ -196,9 +186,9 @@ def run_experiment(ctx: runner.RunContext) -> Dict[str, Any]:
     probes = sorted({min(2 ** i, index.num_lists) for i in range(
         int(math.log2(index.num_lists)) + 2)})
     for n in probes:
-      report = metrics_lib.ranking_report(
-          topk=index(queries, max(KS), nprobe=n, exclude=ban)[1].numpy(),
-          truth=truth, ks=(max(KS),))
+      report = protocol.report(
+          index(queries, max(KS), nprobe=n, exclude=ban)[1].numpy(),
+          (max(KS),))
       metrics[f"nprobe{n}_recall@{max(KS)}"] = report[f"recall@{max(KS)}"]
       metrics[f"nprobe{n}_scanned"] = float(np.mean(
           index.candidates_scanned(queries, n).numpy()))
@@ -209,13 +199,11 @@ def run_experiment(ctx: runner.RunContext) -> Dict[str, Any]:
                                exclude=ban)[1].numpy()
     metrics.update(servable.code_staleness(model.index_layer, vectors))
   for prefix, top in rankings.items():
-    report = metrics_lib.ranking_report(topk=top, truth=truth, ks=KS)
-    metrics.update({f"{prefix}{k}": v for k, v in report.items()
-                    if k.startswith(("recall", "precision"))})
+    metrics.update(protocol.report(top, KS, prefix))
   metrics.update(servable.index_utilisation(index))
   if f["save_embeddings"] and ctx.chief:
     np.savez(os.path.join(ctx.output_dir, "embeddings.npz"), items=vectors,
-             queries=queries, truth=truth, exclude=ban,
+             queries=queries, truth=protocol.truth, exclude=ban,
              list_sizes=np.diff(index.list_offsets.numpy()))
   if f["export_dir"] and ctx.chief:
     path = servable.export_poeem(

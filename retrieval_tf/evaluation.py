@@ -4,6 +4,9 @@
   negatives (target in column 0), HR@k / NDCG@k / MRR.
 * `top_k_items` / `evaluate_full_ranking`: exact top-k over the full corpus
   by inner product, with each user's training items excluded.
+* `HeldOutProtocol`: the held-out-user protocol of Deep Retrieval (Sec. 4.1):
+  the input half of each test user's history in, the second half as truth,
+  input items excluded, precision / recall / F@k averaged per user.
 
 Exclusions and histories are `scipy.sparse.csr_matrix` of shape
 `[num_rows, num_items]` (`exclusion_from_interactions`).
@@ -11,13 +14,17 @@ Exclusions and histories are `scipy.sparse.csr_matrix` of shape
 
 from __future__ import annotations
 
-from typing import Callable, Dict, Optional, Sequence
+import dataclasses
+from typing import Callable, Dict, Mapping, Optional, Sequence
 
 import numpy as np
 import scipy.sparse as sp
 
 from retrieval_tf import metrics
 from retrieval_tf.compat import tf
+from retrieval_tf.data.history import HistoryIndex
+from retrieval_tf.data.pipeline import user_eval_dataset
+from retrieval_tf.datasets.splits import HeldOutUsers
 from retrieval_tf.datasets.types import Interactions
 
 # Bound on query rows x items scored at once (about 256 MiB of float32).
@@ -94,3 +101,54 @@ def evaluate_full_ranking(user_vectors: np.ndarray, item_vectors: np.ndarray,
   """recall/precision/F/HR/NDCG@k of the exact top-k against `truth`."""
   top = top_k_items(user_vectors, item_vectors, max(ks), exclude)
   return metrics.ranking_report(topk=top, truth=truth, ks=ks)
+
+
+@dataclasses.dataclass
+class HeldOutProtocol:
+  """The answer key of held-out users (Deep Retrieval, Sec. 4.1).
+
+  Attributes:
+    users: int32 sorted test users (one row each, in this order).
+    inputs: the first half of their histories (what a model reads).
+    truth: int64 `[n, T]`, the second half's items, -1 padded.
+    exclude: CSR `[n, num_items]`, the input items (never recommended).
+    banned: int64 `[n, E]`, the same items -1 padded (for in-graph
+      exclusion lists).
+  """
+
+  users: np.ndarray
+  inputs: Interactions
+  truth: np.ndarray
+  exclude: sp.csr_matrix
+  banned: np.ndarray
+
+  @classmethod
+  def from_held_out(cls, test: HeldOutUsers, num_items: int
+                    ) -> "HeldOutProtocol":
+    exclude = exclusion_from_interactions(test.inputs, test.users, num_items)
+    return cls(
+        users=test.users, inputs=test.inputs,
+        truth=metrics.pad_truth(np.split(
+            test.truth.item, np.searchsorted(test.truth.user,
+                                             test.users[1:]))),
+        exclude=exclude,
+        banned=metrics.pad_truth(np.split(exclude.indices,
+                                          exclude.indptr[1:-1])))
+
+  def user_dataset(self, num_users: int, history_length: int,
+                   user_features: Optional[Mapping[str, np.ndarray]] = None,
+                   batch_size: int = 1024) -> tf.data.Dataset:
+    """The test users' feature batches (`user_id`, the last
+    `history_length` input items as `history` / `history_mask`, profile
+    fields), in the order of `users`."""
+    return user_eval_dataset(
+        self.users, HistoryIndex.from_interactions(self.inputs, num_users),
+        history_length, user_features, batch_size=batch_size)
+
+  def report(self, topk: np.ndarray, ks: Sequence[int],
+             prefix: str = "") -> Dict[str, float]:
+    """`{prefix}precision@k`, `recall@k`, `f@k` of `topk [n, >= max(ks)]`
+    (rows in the order of `users`), averaged per user."""
+    report = metrics.ranking_report(topk=topk, truth=self.truth, ks=ks)
+    return {f"{prefix}{key}": value for key, value in report.items()
+            if key.startswith(("recall", "precision", "f@"))}

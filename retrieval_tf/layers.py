@@ -49,13 +49,8 @@ class MaskedMeanEmbedding(keras.layers.Layer):
     ids = tf.convert_to_tensor(ids)
     if ids.shape.rank == 1:
       ids = ids[:, tf.newaxis]
-    valid = ids >= 0
-    if mask is not None:
-      valid = tf.logical_and(valid, tf.cast(mask, tf.bool))
-    tf.debugging.assert_less(
-        ids, tf.cast(self.input_dim, ids.dtype),
-        message=f"{self.name}: id >= vocabulary size {self.input_dim}")
-    vectors = self.embedding(tf.where(valid, ids, tf.zeros_like(ids)))
+    vectors, valid = masked_lookup(self.embedding, ids, self.input_dim,
+                                   mask, what=f"{self.name}: id")
     return masked_mean(vectors, valid)
 
   def get_config(self):
@@ -109,6 +104,25 @@ class MLP(keras.layers.Layer):
                    "output_dim": self.output_dim,
                    "normalize": self.normalize, "dropout": self.dropout})
     return config
+
+
+def masked_lookup(embedding, ids, vocabulary_size: int, mask=None,
+                  what: str = "id"):
+  """`(embedding(ids), valid)` for int `ids` where negative means padding.
+
+  `valid` is `ids >= 0` (and `mask`, when given); padded positions look up
+  row 0, so callers must mask them (`masked_mean`, an RNN's `mask=`). An id
+  >= `vocabulary_size` raises `InvalidArgumentError` ("`what` >= vocabulary
+  size n") instead of wrapping or reading another row.
+  """
+  ids = tf.convert_to_tensor(ids)
+  valid = ids >= 0
+  if mask is not None:
+    valid = tf.logical_and(valid, tf.cast(mask, tf.bool))
+  tf.debugging.assert_less(
+      ids, tf.cast(vocabulary_size, ids.dtype),
+      message=f"{what} >= vocabulary size {vocabulary_size}")
+  return embedding(tf.where(valid, ids, tf.zeros_like(ids))), valid
 
 
 def masked_mean(vectors, mask):

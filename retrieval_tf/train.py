@@ -4,16 +4,27 @@
         --data_dir=../shared/data/ncf-ml-1m --output_dir=runs/two_tower
 
 Models: `two_tower` (YouTube-DNN style, `retrieval_tf.models.two_tower`),
-`most_popular` and `item_cf` (the floors, `retrieval_tf.baselines`). Every
-model is evaluated on the leave-one-out protocol
-(`retrieval_tf.datasets.registry.leave_one_out`): `hr@k`, `ndcg@k` and `mrr` of
-the target among its sampled negatives (NCF: 99), and `recall@k` /
-`full_ndcg@k` of the target over the full corpus with the user's training
-items excluded.
+`most_popular` and `item_cf` (the floors, `retrieval_tf.baselines`).
+
+Protocols (`--protocol`):
+
+* `leave_one_out` (default; `retrieval_tf.datasets.registry.leave_one_out`):
+  `hr@k`, `ndcg@k` and `mrr` of the target among its sampled negatives
+  (NCF: 99), and `recall@k` / `full_ndcg@k` of the target over the full
+  corpus with the user's training items excluded.
+* `held_out_users` (`registry.held_out_split`, the Deep Retrieval protocol
+  that `dr_tf` and `poeem_tf` report on): `--num_test_users` users with at
+  least `--min_user_events` events are held out of training; the first half
+  of each one's history is the input (the two-tower has no user-id
+  embedding then), the second half the truth; `precision@k`, `recall@k`,
+  `f@k` over the full corpus, input items excluded. Run with a paper
+  package's `--seed`, `--min_rating` and `--num_test_users`, it scores the
+  same users on the same truth as that package.
 """
 
 from __future__ import annotations
 
+import dataclasses
 import math
 import os
 from typing import Any, Dict
@@ -33,6 +44,7 @@ from retrieval_tf.models.two_tower import TwoTowerModel, save_model
 from retrieval_tf.models.two_tower_servable import export_two_tower
 
 MODELS = ("two_tower", "most_popular", "item_cf")
+PROTOCOLS = ("leave_one_out", "held_out_users")
 SAMPLED_KS = (10,)
 FULL_KS = (10, 50)
 
@@ -40,6 +52,13 @@ runner.define_common_flags(registry.REC_DATASETS, default_epochs=3,
                            default_batch_size=1024,
                            default_learning_rate=0.1)
 flags.DEFINE_enum("model", "two_tower", MODELS, "Which baseline to run.")
+flags.DEFINE_enum("protocol", "leave_one_out", PROTOCOLS,
+                  "Evaluation protocol (see the module docstring).")
+flags.DEFINE_integer("num_test_users", 1000, "held_out_users: test users.")
+flags.DEFINE_integer("min_user_events", 10, "held_out_users: events a user "
+                     "needs to be held out.")
+flags.DEFINE_float("min_rating", 0, "held_out_users: keep events rated >= "
+                   "this (datasets with ratings; 0: keep all).")
 flags.DEFINE_integer("history_length", 50,
                      "Behaviour-history window of the user tower.")
 flags.DEFINE_integer("embedding_dim", 64, "Embedding and tower size.")
@@ -65,25 +84,25 @@ flags.DEFINE_bool("save_embeddings", False,
 
 
 def run_experiment(ctx: runner.RunContext) -> Dict[str, Any]:
-  """Loads the dataset, trains (or fits) the model, evaluates both ways."""
+  """Loads the dataset, trains (or fits) the model, evaluates it."""
   f = ctx.flags
-  data = registry.leave_one_out(
-      registry.load_rec_dataset(f["dataset"], f["data_dir"], seed=f["seed"],
-                                synthetic_config=runner.synthetic_config(f)),
-      num_negatives=f["num_negatives"], seed=f["seed"])
+  dataset = registry.load_rec_dataset(
+      f["dataset"], f["data_dir"], seed=f["seed"],
+      synthetic_config=runner.synthetic_config(f))
+  if f["protocol"] == "held_out_users":
+    return _held_out_users(ctx, dataset)
+  data = registry.leave_one_out(dataset, num_negatives=f["num_negatives"],
+                                seed=f["seed"])
   train = data.dataset.interactions
   test_users = data.test.user
-  metrics: Dict[str, Any] = {
-      "model": f["model"],
-      "num_users": data.dataset.num_users,
-      "num_items": data.dataset.num_items,
-      "num_train_examples": len(train),
-      "num_test_users": len(data.test),
-  }
+  metrics = _dataset_metrics(f, data.dataset, len(train), len(data.test))
   if f["model"] == "two_tower":
-    model, user_vectors, item_vectors, fit_metrics = _train_two_tower(
-        ctx, data)
+    model, item_vectors, fit_metrics = _train_two_tower(ctx, data.dataset)
     metrics.update(fit_metrics)
+    user_vectors = _embed(model.user_embedding, pipeline.user_eval_dataset(
+        test_users, pipeline.HistoryIndex.from_interactions(train),
+        f["history_length"], _categorical(dataset.user_features, dataset),
+        batch_size=f["eval_batch_size"]))
     score = lambda rows, items: np.einsum(
         "nd,ncd->nc", user_vectors[rows], item_vectors[items])
     full = evaluation.evaluate_full_ranking(
@@ -92,9 +111,7 @@ def run_experiment(ctx: runner.RunContext) -> Dict[str, Any]:
             train, test_users, data.dataset.num_items),
         ks=FULL_KS)
   else:
-    model = (baselines.MostPopular() if f["model"] == "most_popular"
-             else baselines.ItemCF())
-    model.fit(train, data.dataset.num_items)
+    model = _fit_floor(f["model"], train, data.dataset.num_items)
     histories = evaluation.exclusion_from_interactions(
         train, test_users, data.dataset.num_items)
     score = lambda rows, items: model.score(histories[rows], items)
@@ -109,29 +126,86 @@ def run_experiment(ctx: runner.RunContext) -> Dict[str, Any]:
   metrics.update({k if k.startswith("recall") else f"full_{k}": v
                   for k, v in full.items()
                   if k.startswith(("recall", "ndcg"))})
-  if f["save_embeddings"] and ctx.chief:
+  if f["model"] == "two_tower":
+    _save_and_export(ctx, model, data.dataset, user_vectors, item_vectors,
+                     metrics)
+  return metrics
+
+
+def _held_out_users(ctx: runner.RunContext, dataset) -> Dict[str, Any]:
+  """The held-out-user protocol (see the module docstring)."""
+  f = ctx.flags
+  split = registry.held_out_split(
+      dataset, f["num_test_users"], f["seed"],
+      min_user_events=f["min_user_events"], min_rating=f["min_rating"])
+  protocol = evaluation.HeldOutProtocol.from_held_out(split.test,
+                                                      dataset.num_items)
+  train_set = dataclasses.replace(dataset, interactions=split.train)
+  metrics = _dataset_metrics(f, dataset, len(split.train),
+                             len(protocol.users))
+  k = max(FULL_KS)
+  if f["model"] == "two_tower":
+    model, item_vectors, fit_metrics = _train_two_tower(
+        ctx, train_set, use_user_id=False)
+    metrics.update(fit_metrics)
+    user_vectors = _embed(model.user_embedding, protocol.user_dataset(
+        dataset.num_users, f["history_length"],
+        _categorical(dataset.user_features, dataset),
+        batch_size=f["eval_batch_size"]))
+    top = evaluation.top_k_items(user_vectors, item_vectors, k,
+                                 protocol.exclude)
+  else:
+    model = _fit_floor(f["model"], split.train, dataset.num_items)
+    top = model.top_k(protocol.exclude, k, exclude_history=True)
+  metrics.update(protocol.report(top, FULL_KS))
+  if f["model"] == "two_tower":
+    _save_and_export(ctx, model, train_set, user_vectors, item_vectors,
+                     metrics)
+  return metrics
+
+
+def _dataset_metrics(f, dataset, num_train: int, num_test: int):
+  return {"model": f["model"], "protocol": f["protocol"],
+          "num_users": dataset.num_users, "num_items": dataset.num_items,
+          "num_train_examples": num_train, "num_test_users": num_test}
+
+
+def _fit_floor(name: str, train, num_items: int):
+  model = (baselines.MostPopular() if name == "most_popular"
+           else baselines.ItemCF())
+  return model.fit(train, num_items)
+
+
+def _save_and_export(ctx: runner.RunContext, model: TwoTowerModel, dataset,
+                     user_vectors: np.ndarray, item_vectors: np.ndarray,
+                     metrics: Dict[str, Any]) -> None:
+  """`--save_embeddings` and `--export_dir` of a trained two-tower."""
+  f = ctx.flags
+  if not ctx.chief:
+    return
+  if f["save_embeddings"]:
     np.save(os.path.join(ctx.output_dir, "item_embeddings.npy"),
             item_vectors)
     np.save(os.path.join(ctx.output_dir, "user_embeddings.npy"),
             user_vectors)
-  if f["export_dir"] and ctx.chief:
+  if f["export_dir"]:
     index = index_lib.build_index(
         item_vectors, f["index"], num_lists=f["num_lists"] or None,
         num_subspaces=f["num_subspaces"] or None, nprobe=f["nprobe"] or None,
         rerank=f["rerank"], seed=f["seed"])
     path = export_two_tower(
-        model, data.dataset, item_vectors, f["export_dir"],
+        model, dataset, item_vectors, f["export_dir"],
         f["history_length"],
         model_card={"config": f, "dataset": f["dataset"],
                     "metrics": dict(metrics)}, index=index)
     metrics["export_path"] = path
     print(f"exported the servable to {path}")
-  return metrics
 
 
-def _train_two_tower(ctx: runner.RunContext, data: registry.LeaveOneOut):
+def _train_two_tower(ctx: runner.RunContext, dataset,
+                     use_user_id: bool = True):
+  """Trains on `dataset.interactions`; (model, item vectors, fit metrics)."""
   f = ctx.flags
-  dataset = data.dataset
   train = dataset.interactions
   user_features = _categorical(dataset.user_features, dataset)
   item_features = _categorical(dataset.item_features, dataset)
@@ -148,7 +222,8 @@ def _train_two_tower(ctx: runner.RunContext, data: registry.LeaveOneOut):
     model = TwoTowerModel(
         dataset.num_users, dataset.num_items, user_features=user_sizes,
         item_features=item_sizes, embedding_dim=f["embedding_dim"],
-        output_dim=f["embedding_dim"], temperature=f["temperature"])
+        output_dim=f["embedding_dim"], temperature=f["temperature"],
+        use_user_id=use_user_id)
     model.compile(optimizer=keras.optimizers.Adagrad(f["learning_rate"]))
     return model
 
@@ -156,13 +231,8 @@ def _train_two_tower(ctx: runner.RunContext, data: registry.LeaveOneOut):
   model = result.model
   if ctx.chief:
     save_model(model, os.path.join(ctx.output_dir, "model"))
-  history = pipeline.HistoryIndex.from_interactions(train)
-  users = pipeline.user_eval_dataset(
-      data.test.user, history, f["history_length"], user_features,
-      batch_size=f["eval_batch_size"])
   items = pipeline.item_dataset(dataset.num_items, item_features,
                                 batch_size=f["eval_batch_size"])
-  user_vectors = _embed(model.user_embedding, users)
   item_vectors = _embed(model.item_embedding, items)
   fit_metrics = {
       "train_seconds": round(result.train_seconds, 3),
@@ -173,7 +243,7 @@ def _train_two_tower(ctx: runner.RunContext, data: registry.LeaveOneOut):
       "final_loss": result.history["loss"][-1] if result.history.get(
           "loss") else math.nan,
   }
-  return model, user_vectors, item_vectors, fit_metrics
+  return model, item_vectors, fit_metrics
 
 
 def _categorical(features, dataset):
@@ -195,7 +265,7 @@ def validate_flags(values: Dict[str, Any]) -> None:
   if values["export_dir"]:
     runner.check_writable(values["export_dir"], "--export_dir")
   for name in ("history_length", "embedding_dim", "num_negatives",
-               "eval_batch_size"):
+               "eval_batch_size", "num_test_users", "min_user_events"):
     if values[name] < 1:
       raise runner.UsageError(f"--{name} must be >= 1, got {values[name]}")
   for name in ("num_lists", "num_subspaces", "nprobe", "rerank"):

@@ -1,7 +1,11 @@
-"""Shared fixtures: where the real datasets are, and a clean TF state."""
+"""Shared fixtures: where the real datasets are, a clean TF state, and how
+the CLI tests run a command as a user does."""
 
+import json
 import os
 import pathlib
+import subprocess
+import sys
 
 import pytest
 
@@ -34,3 +38,18 @@ def dataset_dir(data_root: pathlib.Path, name: str) -> pathlib.Path:
       pytest.fail(f"CI=true but dataset folder {path} is missing")
     pytest.skip(f"dataset folder {path} not found")
   return path
+
+
+def run_module(module: str, *args: str, timeout: float = 900
+               ) -> subprocess.CompletedProcess:
+  """`python -m module args...` in a fresh process from the repository root,
+  output captured (the CLI tests' way of running a command)."""
+  env = dict(os.environ, PYTHONPATH=str(REPO_ROOT))
+  return subprocess.run([sys.executable, "-m", module, *args],
+                        capture_output=True, text=True, cwd=REPO_ROOT,
+                        env=env, timeout=timeout)
+
+
+def read_metrics(output_dir) -> dict:
+  """`output_dir/metrics.json` of a finished run."""
+  return json.loads((pathlib.Path(output_dir) / "metrics.json").read_text())

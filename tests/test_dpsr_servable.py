@@ -211,7 +211,7 @@ def test_bad_queries_get_defined_answers(setup, serve):
 @pytest.mark.parametrize("change, message", [
     (dict(k=[101, 101]), "k must be <="),
     (dict(k=[0, 0]), "k must be >= 1"),
-    (dict(k=[5, 6]), "equal for every row"),
+    (dict(k=[5, 6]), "the same for every row"),
 ])
 def test_bad_requests_fail_with_a_message(setup, serve, change, message):
   request = dict(_request(setup["task"], np.arange(2)), **change)

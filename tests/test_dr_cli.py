@@ -1,20 +1,13 @@
 """`python -m dr_tf.train` as a user runs it: flag errors before any work,
 and a short ML-1M run that beats most-popular."""
 
-import json
-import subprocess
-import sys
 
+import functools
 import pytest
 
-from conftest import dataset_dir
+from conftest import dataset_dir, read_metrics, run_module
 
-CLI = [sys.executable, "-m", "dr_tf.train"]
-
-
-def _run(*args, timeout=900):
-  return subprocess.run(CLI + list(args), capture_output=True, text=True,
-                        timeout=timeout)
+_run = functools.partial(run_module, "dr_tf.train")
 
 
 @pytest.mark.parametrize("args, message", [
@@ -37,7 +30,7 @@ def test_a_short_ml1m_run_beats_most_popular(data_root, tmp_path):
               "--learning_rate=0.01", "--m_step_start_epoch=0",
               "--num_test_users=500", "--ks=10", "--verbose=0")
   assert proc.returncode == 0, proc.stderr[-3000:]
-  metrics = json.loads((out / "metrics.json").read_text())
+  metrics = read_metrics(out)
   assert metrics["recall@10"] > metrics["popular_recall@10"]
   assert metrics["precision@10"] > metrics["popular_precision@10"]
   assert metrics["brute_recall@10"] > metrics["popular_recall@10"]

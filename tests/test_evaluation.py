@@ -58,3 +58,26 @@ def test_full_ranking_report():
       users, items, truth=np.array([[3], [1]]), ks=(1, 2))
   assert report["recall@1"] == 0.0
   assert report["recall@2"] == 0.5
+
+
+def test_held_out_protocol_answer_key_and_report():
+  from retrieval_tf.datasets import splits
+  # Users 0 and 2 hold 4 events each; user 1 trains.
+  log = Interactions(user=np.array([0, 0, 0, 0, 1, 1, 2, 2, 2, 2]),
+                     item=np.array([5, 1, 2, 3, 4, 0, 6, 7, 8, 9]),
+                     timestamp=np.array([3, 0, 1, 2, 0, 1, 0, 1, 2, 3]))
+  split = splits.dr_split(log, 0, 2, seed=0, min_history=3)
+  protocol = evaluation.HeldOutProtocol.from_held_out(split.test, 10)
+  np.testing.assert_array_equal(protocol.users, [0, 2])
+  # Chronological halves: user 0 reads 1, 2 and must find 3, 5.
+  np.testing.assert_array_equal(protocol.truth, [[3, 5], [8, 9]])
+  np.testing.assert_array_equal(protocol.banned, [[1, 2], [6, 7]])
+  np.testing.assert_array_equal(protocol.exclude.toarray().nonzero()[1],
+                                [1, 2, 6, 7])
+  batch = next(iter(protocol.user_dataset(3, 4, batch_size=8)))
+  np.testing.assert_array_equal(batch["user_id"], [0, 2])
+  assert batch["history_mask"].numpy().sum(axis=1).tolist() == [2, 2]
+  report = protocol.report(np.array([[3, 4], [0, 1]]), ks=(2,), prefix="x_")
+  assert report == pytest.approx({"x_precision@2": 0.25,
+                                  "x_recall@2": 0.25,
+                                  "x_f@2": 0.25})

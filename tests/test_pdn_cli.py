@@ -1,21 +1,14 @@
 """`python -m pdn_tf.train` as a user runs it: flag errors before any work,
 and a short NCF ML-1M run that beats most-popular on HR@10."""
 
-import json
-import subprocess
-import sys
 
+import functools
 import numpy as np
 import pytest
 
-from conftest import dataset_dir
+from conftest import dataset_dir, read_metrics, run_module
 
-CLI = [sys.executable, "-m", "pdn_tf.train"]
-
-
-def _run(*args, timeout=900):
-  return subprocess.run(CLI + list(args), capture_output=True, text=True,
-                        timeout=timeout)
+_run = functools.partial(run_module, "pdn_tf.train")
 
 
 @pytest.mark.parametrize("args, message", [
@@ -42,7 +35,7 @@ def test_short_ml1m_run_beats_most_popular(data_root, tmp_path):
               "--batch_size=1024", "--index_k=50", "--num_cooccurring=100",
               "--num_neighbors=20", "--verbose=0")
   assert proc.returncode == 0, proc.stderr[-3000:]
-  metrics = json.loads((out / "metrics.json").read_text())
+  metrics = read_metrics(out)
   data = registry.leave_one_out(registry.load_rec_dataset("ncf-ml-1m",
                                                           str(ncf)))
   popular = MostPopular().fit(data.dataset.interactions,

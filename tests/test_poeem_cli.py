@@ -1,20 +1,15 @@
 """`python -m poeem_tf.train` as a user runs it."""
 
-import json
+import functools
 import subprocess
 import sys
 
 import numpy as np
 import pytest
 
-from conftest import dataset_dir
+from conftest import dataset_dir, read_metrics, run_module
 
-CLI = [sys.executable, "-m", "poeem_tf.train"]
-
-
-def _run(*args, timeout=600):
-  return subprocess.run(CLI + list(args), capture_output=True, text=True,
-                        timeout=timeout)
+_run = functools.partial(run_module, "poeem_tf.train")
 
 
 @pytest.mark.parametrize("args, message", [
@@ -39,7 +34,7 @@ def test_synthetic_run_exports_a_checked_servable(tmp_path):
               f"--export_dir={export}", "--epochs=2", "--num_test_users=100",
               "--warm_start_steps=30", "--save_embeddings", "--verbose=0")
   assert proc.returncode == 0, proc.stderr[-3000:]
-  metrics = json.loads((out / "metrics.json").read_text())
+  metrics = read_metrics(out)
   for key in ("recall@100", "precision@100", "adc_recall@100",
               "exact_recall@100", "popular_recall@100", "coarse_used",
               "index_build_seconds", "fresh_recall@100",
@@ -66,6 +61,6 @@ def test_a_small_ml1m_run_beats_most_popular(data_root, tmp_path):
               "--steps_per_epoch=300", "--warm_start_steps=300",
               "--verbose=0", timeout=900)
   assert proc.returncode == 0, proc.stderr[-3000:]
-  metrics = json.loads((out / "metrics.json").read_text())
+  metrics = read_metrics(out)
   assert metrics["recall@100"] > metrics["popular_recall@100"]
   assert metrics["precision@100"] > metrics["popular_precision@100"]

@@ -1,7 +1,7 @@
 """`python -m retrieval_tf.train` end to end, as a user runs it."""
 
+import functools
 import json
-import os
 import signal
 import subprocess
 import sys
@@ -10,19 +10,9 @@ import time
 import numpy as np
 import pytest
 
-from conftest import dataset_dir
+from conftest import dataset_dir, read_metrics, run_module
 
-CLI = [sys.executable, "-m", "retrieval_tf.train"]
-
-
-def _run(*args, timeout=300):
-  return subprocess.run(CLI + list(args), capture_output=True, text=True,
-                        timeout=timeout)
-
-
-def _metrics(output_dir):
-  with open(os.path.join(output_dir, "metrics.json")) as f:
-    return json.load(f)
+_run = functools.partial(run_module, "retrieval_tf.train")
 
 
 @pytest.mark.parametrize("args, message", [
@@ -38,6 +28,8 @@ def _metrics(output_dir):
     (["--num_subspaces=5"], "--num_subspaces=5 must divide"),
     (["--num_lists=4", "--nprobe=5"], "--nprobe must be <= --num_lists"),
     (["--rerank=-1"], "--rerank must be >= 0"),
+    (["--protocol=held_out_users", "--num_test_users=0"],
+     "--num_test_users must be >= 1"),
 ])
 def test_bad_flags_fail_before_any_work(tmp_path, args, message):
   out = tmp_path / "run"
@@ -53,8 +45,9 @@ def test_finished_run_is_kept_without_overwrite_and_resumes_after_a_kill(
   args = ["--model=two_tower", "--dataset=synthetic", f"--output_dir={out}",
           "--epochs=8", "--steps_per_epoch=25", "--batch_size=256",
           "--verbose=0"]
-  proc = subprocess.Popen(CLI + args, stdout=subprocess.DEVNULL,
-                          stderr=subprocess.PIPE, text=True)
+  proc = subprocess.Popen(
+      [sys.executable, "-m", "retrieval_tf.train", *args],
+      stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
   second_epoch = out / "checkpoints" / "epoch-002.index"
   deadline = time.time() + 240
   while not second_epoch.exists() and proc.poll() is None:
@@ -67,7 +60,7 @@ def test_finished_run_is_kept_without_overwrite_and_resumes_after_a_kill(
 
   resumed = _run(*args)
   assert resumed.returncode == 0, resumed.stderr[-3000:]
-  metrics = _metrics(out)
+  metrics = read_metrics(out)
   assert metrics["train_steps"] == 8 * 25
   assert metrics["resumed_from_epoch"] >= 2
   assert metrics["epochs_run"] == 8 - metrics["resumed_from_epoch"]
@@ -78,7 +71,7 @@ def test_finished_run_is_kept_without_overwrite_and_resumes_after_a_kill(
   again = _run(*args)
   assert again.returncode == 2
   assert "already holds a finished run" in again.stderr
-  assert _metrics(out) == metrics
+  assert read_metrics(out) == metrics
 
 
 def test_two_tower_exports_an_ivfpq_servable_and_its_embeddings(tmp_path):
@@ -89,7 +82,7 @@ def test_two_tower_exports_an_ivfpq_servable_and_its_embeddings(tmp_path):
               "--nprobe=4", "--rerank=50", "--save_embeddings", "--epochs=1",
               "--batch_size=512", "--verbose=0")
   assert proc.returncode == 0, proc.stderr[-3000:]
-  metrics = _metrics(out)
+  metrics = read_metrics(out)
   assert metrics["num_items"] == 3000
   items = np.load(out / "item_embeddings.npy")
   users = np.load(out / "user_embeddings.npy")
@@ -110,7 +103,7 @@ def test_floors_on_the_ncf_split(data_root, tmp_path):
     proc = _run(f"--model={model}", "--dataset=ncf-ml-1m",
                 f"--data_dir={ncf}", f"--output_dir={out}")
     assert proc.returncode == 0, proc.stderr[-3000:]
-    results[model] = _metrics(out)
+    results[model] = read_metrics(out)
   for metrics in results.values():
     assert metrics["num_test_users"] == 6040
     # Random ranking of 1 target among 100 gives HR@10 = 0.1.
@@ -126,6 +119,37 @@ def test_two_tower_learns_on_the_ncf_split(data_root, tmp_path):
               f"--data_dir={ncf}", f"--output_dir={out}", "--epochs=1",
               "--steps_per_epoch=150", "--verbose=0")
   assert proc.returncode == 0, proc.stderr[-3000:]
-  metrics = _metrics(out)
+  metrics = read_metrics(out)
   assert metrics["train_steps"] == 150
   assert metrics["hr@10"] > 0.3
+
+
+def test_held_out_users_protocol_scores_the_dr_split(tmp_path):
+  """The floors and the two-tower on held-out users: the split is the
+  DR one (`registry.held_out_split`) and the popular floor's figures equal
+  MostPopular scored directly on it."""
+  from retrieval_tf.baselines import MostPopular
+  from retrieval_tf.datasets import registry
+  from retrieval_tf.evaluation import HeldOutProtocol
+  flags = ["--dataset=synthetic", "--protocol=held_out_users",
+           "--num_test_users=200", "--min_user_events=4", "--seed=3",
+           "--verbose=0"]
+  results = {}
+  for model in ("most_popular", "two_tower"):
+    out = tmp_path / model
+    proc = _run(f"--model={model}", f"--output_dir={out}", "--epochs=1",
+                "--steps_per_epoch=60", "--batch_size=256", *flags)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    results[model] = read_metrics(out)
+  dataset = registry.load_rec_dataset("synthetic", seed=3)
+  split = registry.held_out_split(dataset, 200, 3, min_user_events=4)
+  protocol = HeldOutProtocol.from_held_out(split.test, dataset.num_items)
+  popular = MostPopular().fit(split.train, dataset.num_items)
+  expected = protocol.report(
+      popular.top_k(protocol.exclude, 50, exclude_history=True), (10, 50))
+  assert {k: results["most_popular"][k] for k in expected} == \
+      pytest.approx(expected)
+  tower = results["two_tower"]
+  assert tower["num_test_users"] == 200
+  assert tower["protocol"] == "held_out_users"
+  assert tower["recall@50"] > results["most_popular"]["recall@50"]

@@ -1,5 +1,6 @@
 """Datasets by name, as the `--dataset` flag of every CLI names them, and the
-leave-one-out protocol (NCF / PDN Table 2) on any of them.
+two protocols on any of them: leave-one-out (NCF / PDN Table 2) and held-out
+users (Deep Retrieval Sec. 4.1, used by DR, Poeem and the baselines).
 
 | name            | loader                                   | needs data_dir |
 |-----------------|------------------------------------------|----------------|
@@ -94,3 +95,20 @@ def leave_one_out(dataset: RecDataset, num_negatives: int = 99,
                                       exclude=dataset.interactions, seed=seed)
   return LeaveOneOut(dataclasses.replace(dataset, interactions=train), test,
                      negatives)
+
+
+def held_out_split(dataset: RecDataset, num_test_users: int, seed: int,
+                   min_user_events: int = 2,
+                   min_rating: float = 0) -> splits.DRSplit:
+  """The held-out-user (DR) split of `dataset`'s interactions.
+
+  Events rated below `min_rating` are dropped first (when the dataset has
+  ratings and `min_rating` > 0; the DR paper keeps ratings >= 4 on
+  MovieLens); then `splits.dr_split` holds out `num_test_users` users with
+  at least `min_user_events` events (no validation users).
+  """
+  log = dataset.interactions
+  if min_rating and log.rating is not None:
+    log = log.take(log.rating >= min_rating)
+  return splits.dr_split(log, 0, num_test_users, seed=seed,
+                         min_history=max(2, min_user_events))

@@ -35,7 +35,7 @@ from retrieval_tf.datasets.types import RecDataset, Vocabulary
 from retrieval_tf.index import build_index, index_parameters
 from retrieval_tf.models.two_tower import TwoTowerModel
 from retrieval_tf.serving.assets import (id_table, index_table, non_empty,
-                                         write_vocabulary)
+                                         request_k, write_vocabulary)
 
 
 class TwoTowerServable(tf.Module):
@@ -94,16 +94,7 @@ class TwoTowerServable(tf.Module):
     request = non_empty(dict(request, k=k))
     k = request.pop("k")
     vectors = self._user_vector(request)
-    tf.debugging.assert_equal(
-        tf.size(k), tf.shape(vectors)[0],
-        message="k must have one value per row")
-    k0 = k[0]
-    tf.debugging.assert_equal(
-        k, tf.fill(tf.shape(k), k0),
-        message="k must be the same for every row of a request")
-    tf.debugging.assert_greater_equal(k0, 1, message="k must be >= 1")
-    tf.debugging.assert_less_equal(
-        k0, self.max_k, message=f"k must be <= {self.max_k}")
+    k0 = request_k(k, tf.shape(vectors)[0], self.max_k)
     scores, indices = self.index(vectors, k0)
     return {"item_ids": self.item_ids.lookup(tf.cast(indices, tf.int64)),
             "scores": scores}

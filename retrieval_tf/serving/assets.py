@@ -1,6 +1,6 @@
 """What every servable does with its vocabularies and requests: id
-vocabularies written as asset files, looked up in the graph, and a check
-that a request has rows before any op indexes into it."""
+vocabularies written as asset files, looked up in the graph, a check that
+a request has rows before any op indexes into it, and the per-request k."""
 
 from __future__ import annotations
 
@@ -47,3 +47,21 @@ def non_empty(request: Dict[str, tf.Tensor],
   with tf.control_dependencies([tf.debugging.assert_positive(
       batch, message="empty batch: the request has no rows")]):
     return {name: tf.identity(value) for name, value in request.items()}
+
+
+def request_k(k: tf.Tensor, batch: tf.Tensor, max_k: int) -> tf.Tensor:
+  """The one k of a request: `k [batch]` must hold one value per row, the
+  same in every row, in 1..`max_k`; returns that scalar, computed only after
+  the checks pass (a bad k is an `InvalidArgumentError` naming the rule)."""
+  checks = [tf.debugging.assert_equal(
+      tf.size(k), batch, message="k must have one value per row")]
+  with tf.control_dependencies(checks):
+    k0 = tf.identity(k[0])
+  with tf.control_dependencies([
+      tf.debugging.assert_equal(
+          k, tf.fill(tf.shape(k), k0),
+          message="k must be the same for every row of a request"),
+      tf.debugging.assert_greater_equal(k0, 1, message="k must be >= 1"),
+      tf.debugging.assert_less_equal(k0, max_k,
+                                     message=f"k must be <= {max_k}")]):
+    return tf.identity(k0)
