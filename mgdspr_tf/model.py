@@ -97,7 +97,10 @@ def temperature_softmax_loss(user, positive, negatives, negative_mask,
   """Mean of -log y(i+ | q_u) with F = inner product over tau (Sec. 3.4).
 
   `negatives [B, M, d]` with `negative_mask [B, M]` (False: not a
-  negative), or `[M, d]` shared by every row.
+  negative), or `[M, d]` shared by every row. F is the inner product of
+  unnormalised vectors, as in the paper, so the loss at tau equals the loss
+  at tau = 1 with `user / tau`: a model can absorb tau into its norms, and
+  a larger tau mostly learns more slowly (see README, "Measured results").
   """
   pos = tf.reduce_sum(user * positive, -1, keepdims=True) / temperature
   neg = _negative_scores(user, negatives)

@@ -40,6 +40,30 @@ def test_temperature_softmax_equals_numpy(shared, tau):
                                                    mask, tau), rtol=1e-5)
 
 
+def test_temperature_is_absorbed_by_the_vectors_scale():
+  """F is an unnormalised inner product (Sec. 3.4), so the loss at tau
+  equals the loss at tau = 1 with the user vector scaled by 1 / tau: a
+  model can undo any tau by growing its norms, and tau changes what is
+  learnt only through the optimisation (README, "Measured results")."""
+  rng = np.random.default_rng(3)
+  user = rng.normal(size=(4, D)).astype(np.float32)
+  positive = rng.normal(size=(4, D)).astype(np.float32)
+  negatives = rng.normal(size=(4, 5, D)).astype(np.float32)
+  mask = rng.random((4, 5)) < 0.8
+  for tau in (0.5, 2.0, 4.0):
+    at_tau = model_lib.temperature_softmax_loss(user, positive, negatives,
+                                                mask, tau).numpy()
+    rescaled = model_lib.temperature_softmax_loss(user / tau, positive,
+                                                  negatives, mask,
+                                                  1.0).numpy()
+    np.testing.assert_allclose(at_tau, rescaled, rtol=1e-5)
+  soft = model_lib.temperature_softmax_loss(user, positive, negatives, mask,
+                                            2.0).numpy()
+  sharp = model_lib.temperature_softmax_loss(user, positive, negatives, mask,
+                                             1.0).numpy()
+  assert soft != pytest.approx(sharp)
+
+
 def test_hinge_equals_numpy():
   rng = np.random.default_rng(1)
   user, positive = (rng.normal(size=(4, D)).astype(np.float32)
