@@ -22,7 +22,12 @@ Tables 5/6 (latency, sharding) and Sec. 5.1.2 (compressed input).
   vectors stand in for the catalogue; brute force costs the same for any
   values): item-tower + index build time for 1M items, then query text ->
   top-1,000 p50/p99 on one thread through the loaded servable, unsharded and
-  per shard for N = 2, 4, and the in-process fan-out client.
+  per shard for N = 2, 4, and the in-process fan-out client. Then the same
+  unsharded servable with an IVF-PQ index (`export_dpsr(index="ivfpq")`,
+  `build_index` defaults for J, D, rerank; nprobe 32 and 16) over the same
+  vectors and over a clustered 1M catalogue: build time, p50/p99, and
+  recall of its top-1,000 against the exact servable's top-1,000 for the
+  same queries.
 * compressed: the 3 files vs the joined table (bytes) and the examples/s of
   both `tf.data` readers vs DPSR training examples/s.
 """
@@ -45,6 +50,11 @@ from benchmarks import harness, report
 RUNS = "runs/dpsr_bench"
 DATA = os.path.join(os.path.dirname(harness.REPO_ROOT), "shared", "data")
 EPOCHS = {"synthetic": 15, "crowdflower": 10}
+# nprobe of the IVF-PQ servables: with 2 heads, 2 x nprobe <= 64 probed
+# lists per one-row call keeps IVFPQIndex on its per-query look-up-table
+# path (its list_scan_from); build_index's default J / 16 (250 of 4,000
+# lists at 1M) would scan list by list, made for large batches.
+IVFPQ_NPROBE = (32, 16)
 KEYS = ("top1", "top10", "mrr", "auc", "p_good@100", "recall@100",
         "popularity@100")
 
@@ -280,6 +290,8 @@ def latency(num_items: int = 1_000_000, calls: int = 200) -> None:
                                    requests, 1000, calls)
       measured["index_fill_seconds"] = round(build, 2)
       per_shard.append(measured)
+      if shards == 1:
+        exact_ids = _top_ids(servable, requests["query"], 1000)
       del servable
     raw[f"shards_{shards}"] = per_shard
     rows.append([shards, num_items // shards,
@@ -289,6 +301,35 @@ def latency(num_items: int = 1_000_000, calls: int = 200) -> None:
                  per_shard[0]["index_fill_seconds"],
                  per_shard[0]["load_seconds"]])
   raw["fanout"] = _fanout_latency(folder, requests, calls)
+  # IVF-PQ on the same random vectors, and on a clustered catalogue
+  # (`benchmarks.vectors`, as the ANN benchmark) whose exact top-1,000
+  # comes from the exact servable in memory (its latency is the same).
+  from benchmarks.vectors import clustered_vectors  # pylint: disable=g-import-not-at-top
+  from dpsr_tf.servable import DPSRServable  # pylint: disable=g-import-not-at-top
+  clustered = clustered_vectors(num_items, 0)[0]
+  exact_clustered = _top_ids(
+      DPSRServable(model, clustered, np.arange(num_items), items_asset, {},
+                   1000, fingerprint), requests["query"], 1000)
+  raw["ivfpq"] = {
+      "random": _ivfpq_latency(model, vectors, items_asset, fingerprint,
+                               requests, exact_ids, folder, calls, "random"),
+      "clustered": _ivfpq_latency(model, clustered, items_asset,
+                                  fingerprint, requests, exact_clustered,
+                                  folder, calls, "clustered")}
+  exact = raw["shards_1"][0]
+  ann_rows = [["random / clustered", "exact (BruteForceIndex)", "-",
+               exact["p50_ms"], exact["p99_ms"],
+               round(1000 / exact["p50_ms"], 1), 1.0,
+               exact["index_fill_seconds"], exact["load_seconds"]]]
+  for catalogue, result in raw["ivfpq"].items():
+    for m in result["runs"]:
+      ann_rows.append([
+          catalogue, "IVF-PQ (IVFPQIndex)",
+          f"J={m['num_lists']} D={m['num_subspaces']} "
+          f"nprobe={m['nprobe']} rerank={m['rerank']}", m["p50_ms"],
+          m["p99_ms"], round(1000 / m["p50_ms"], 1),
+          round(m["recall_at_1000"], 4), result["build_seconds"],
+          m["load_seconds"]])
   raw["load_average_1min_after"] = os.getloadavg()[0]
   text = (
       "## DPSR: Tables 5/6 analogue (1M items, one servable, sharding)\n\n"
@@ -302,6 +343,22 @@ def latency(num_items: int = 1_000_000, calls: int = 200) -> None:
       "replica = 1000 / p50).\n\n" + report.markdown_table(
           ["shards", "items per shard", "p50 ms", "p99 ms",
            "QPS per replica", "index fill s", "load s"], rows) +
+      "\n\n**Exact vs IVF-PQ, unsharded** (the same servable, vectors and "
+      "queries; `export_dpsr(index=\"ivfpq\")`, J, D and rerank from "
+      "`build_index`'s defaults, nprobe <= 32 so that one-row calls "
+      "(2 heads) stay on the per-query look-up-table path; the union of "
+      "the heads' results is still cut by exact inner products). "
+      "Recall@1000: share of the exact servable's top-1,000 that the IVF-PQ "
+      f"servable returns, mean over {len(exact_ids)} queries. Index build "
+      "s: exact, filling the index; IVF-PQ, training the quantizers and "
+      "encoding all items, one thread. Catalogue: the random unit vectors "
+      "above (no cluster structure, the hard case for an inverted file) or "
+      f"{num_items:,} vectors of a 2,000-component Gaussian mixture "
+      "(`benchmarks.vectors.clustered_vectors`); the exact servable's "
+      "latency does not depend on the values.\n\n" +
+      report.markdown_table(
+          ["catalogue", "index", "parameters", "p50 ms", "p99 ms", "QPS", "recall@1000",
+           "index build s", "load s"], ann_rows) +
       "\n\nIn-process fan-out client over the shards on this 2-core box "
       "(all shards share the 2 cores; merge included): " +
       ", ".join(f"N={n}: p50 {v['p50_ms']:.1f} ms"
@@ -309,6 +366,56 @@ def latency(num_items: int = 1_000_000, calls: int = 200) -> None:
       f"box after the runs: {raw['load_average_1min_after']:.1f} (on 2 "
       "cores; above 1 the latencies include waiting for a core).")
   report.write_section("dpsr_latency", text, raw)
+
+
+def _top_ids(servable, queries, k: int, batch: int = 20) -> np.ndarray:
+  """`[len(queries), k]` item ids the in-memory servable returns."""
+  out = []
+  for s in range(0, len(queries), batch):
+    rows = queries[s:s + batch]
+    out.append(servable.serve({"query": np.asarray(rows, object)},
+                              np.full(len(rows), k, np.int32))
+               ["item_ids"].numpy())
+  return np.concatenate(out)
+
+
+def _ivfpq_latency(model, vectors, items_asset, fingerprint, requests,
+                   exact_ids, folder, calls, tag: str) -> Dict[str, Any]:
+  """IVF-PQ servables over the same vectors: one quantizer training
+  (`build_index`'s defaults for J, D and rerank), then one servable per
+  nprobe of `IVFPQ_NPROBE`."""
+  from retrieval_tf import export as export_lib  # pylint: disable=g-import-not-at-top
+  from retrieval_tf.index import IVFPQIndex, build_index  # pylint: disable=g-import-not-at-top
+  from dpsr_tf.servable import DPSRServable  # pylint: disable=g-import-not-at-top
+  num_items = len(vectors)
+  start = time.perf_counter()
+  trained = build_index(vectors, "ivfpq", max_k=1000, seed=0)
+  out: Dict[str, Any] = {"build_seconds": round(time.perf_counter() - start,
+                                                1), "runs": []}
+  for nprobe in IVFPQ_NPROBE:
+    config = dict(trained.get_config(), nprobe=nprobe)
+    config.pop("name")
+    index = IVFPQIndex.from_config(config)
+    index.set_weights(trained.get_weights())
+    servable = DPSRServable(model, vectors, np.arange(num_items),
+                            items_asset, {}, 1000, fingerprint, index=index)
+    found = _top_ids(servable, requests["query"], 1000)
+    recall = float(np.mean([len(set(a) & set(b)) / len(b)
+                            for a, b in zip(found, exact_ids)]))
+    target = os.path.join(folder, f"ivfpq_{tag}_nprobe{nprobe}")
+    export_lib.export_servable(
+        target, servable,
+        {"serving_default": servable.serve.get_concrete_function()},
+        {"model": "dpsr", "example_requests": {
+            "serving_default": dict(requests, k=[1000] * calls)}})
+    del servable, index
+    measured = _servable_latency(os.path.relpath(target, harness.REPO_ROOT),
+                                 requests, 1000, calls)
+    measured.update(num_lists=trained.num_lists, nprobe=nprobe,
+                    num_subspaces=trained.num_subspaces,
+                    rerank=trained.rerank, recall_at_1000=recall)
+    out["runs"].append(measured)
+  return out
 
 
 def _fanout_latency(folder: str, requests, calls: int) -> Dict[str, Any]:

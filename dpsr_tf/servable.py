@@ -13,12 +13,22 @@ index, so raw query text goes in and item ids come out in one call:
 * `query_embedding(... no k) -> {query_heads [B, m, d]}`.
 
 Retrieval as the paper describes it (Sec. 4.3): each of the m heads
-retrieves k items from the index (`BruteForceIndex`, exact inner product);
-the union is scored by each candidate's largest inner product with a head,
-de-duplicated and cut to k. The result is exactly the top-k of all items by
-max_i e_i^T g (an item in that top-k is in the top-k of its best head), so
-top-k lists of disjoint item shards merge into the unsharded answer; this
-is what `retrieval_tf.serving.fanout` relies on.
+retrieves k items from the index; the union is scored by each candidate's
+largest exact inner product with a head, de-duplicated and cut to k. With
+the default exact index (`BruteForceIndex`) the result is exactly the top-k
+of all items by max_i e_i^T g (an item in that top-k is in the top-k of its
+best head), so top-k lists of disjoint item shards merge into the unsharded
+answer; this is what `retrieval_tf.serving.fanout` relies on.
+
+`index="ivfpq"` serves from an approximate `IVFPQIndex` instead (the paper
+serves from an ANN index, Sec. 5.2.2), built by
+`retrieval_tf.index.build_index` with its `num_lists`, `num_subspaces`,
+`nprobe` and `rerank`. The union is still cut by exact inner products: the
+index's stored vectors (with `rerank` > 0, looked up through the inverse of
+its list order) or else a separate non-trainable copy of the item vectors.
+When the probed lists hold fewer than k items, the tail of a row is padded
+with item id "" and score -inf. With nprobe = num_lists and rerank >= the
+shard's items, the IVF-PQ servable gives the exact answer.
 
 `export_dpsr(..., num_shards=N)` splits the items into N contiguous ranges
 and writes N servables that share the query tower (`export_dir/
@@ -41,8 +51,9 @@ from typing import Dict, List, Mapping, Optional, Sequence
 import numpy as np
 
 from retrieval_tf import export as export_lib
-from retrieval_tf.compat import tf
-from retrieval_tf.index import BruteForceIndex, index_parameters
+from retrieval_tf.compat import keras, tf
+from retrieval_tf.index import (INDEX_KINDS, BruteForceIndex, IVFPQIndex,
+                                build_index, index_parameters)
 from retrieval_tf.serving.assets import (index_table, non_empty, request_k,
                                          write_vocabulary)
 
@@ -63,22 +74,48 @@ def model_fingerprint(model: DPSRModel) -> str:
 
 
 class DPSRServable(tf.Module):
-  """The query side of `model` + a `BruteForceIndex` over `item_vectors`
-  (the items `item_indices` of the catalogue, one shard or all)."""
+  """The query side of `model` + an index over `item_vectors` (the items
+  `item_indices` of the catalogue, one shard or all): by default an exact
+  `BruteForceIndex`, or the given filled `index` layer over the same
+  vectors in the same order (e.g. `build_index(..., kind="ivfpq")`)."""
 
   def __init__(self, model: DPSRModel, item_vectors: np.ndarray,
                item_indices: np.ndarray, items_asset: str,
                user_vocabularies: Mapping[str, str], max_k: int,
                fingerprint: str, shard: int = 0, num_shards: int = 1,
-               chunk_size: Optional[int] = None):
+               chunk_size: Optional[int] = None,
+               index: Optional[keras.layers.Layer] = None):
     super().__init__()
     self.model = model
     count = len(item_indices)
     self.max_k = int(max_k)
-    self.index = BruteForceIndex(
-        count, item_vectors.shape[1], max_k=min(self.max_k, count),
-        chunk_size=chunk_size or (262_144 if count > 262_144 else None))
-    self.index.set_embeddings(item_vectors)
+    if index is None:
+      index = BruteForceIndex(
+          count, item_vectors.shape[1], max_k=min(self.max_k, count),
+          chunk_size=chunk_size or (262_144 if count > 262_144 else None))
+      index.set_embeddings(item_vectors)
+    elif (index.num_items, index.dim) != (count, item_vectors.shape[1]):
+      raise ValueError(f"the index holds {index.num_items} x {index.dim} "
+                       f"vectors, the servable {count} x "
+                       f"{item_vectors.shape[1]}")
+    if getattr(index, "metric", "dot") != "dot":
+      raise ValueError("DPSR scores by inner product: the index metric must "
+                       f"be 'dot', got {index.metric!r}")
+    self.index = index
+    # Exact item vectors in item order, for the cut of the heads' union.
+    self.position = None
+    if isinstance(index, BruteForceIndex):
+      self.exact_vectors = index.embeddings
+    elif isinstance(index, IVFPQIndex) and index.store_vectors:
+      # The index stores them in list order: item i is at position[i].
+      self.exact_vectors = index.vectors
+      self.position = tf.Variable(
+          np.argsort(index.list_items.numpy()).astype(np.int32),
+          trainable=False, name="item_position")
+    else:
+      self.exact_vectors = tf.Variable(
+          np.asarray(item_vectors, np.float32), trainable=False,
+          name="item_vectors")
     self.global_index = tf.Variable(np.asarray(item_indices, np.int64),
                                     trainable=False, name="global_index")
     self.items_asset = tf.saved_model.Asset(items_asset)
@@ -146,8 +183,12 @@ class DPSRServable(tf.Module):
     _, found = self.index(tf.reshape(heads, [-1, self.model.output_dim]),
                           k_here)
     found = tf.reshape(found, [batch, m * k_here])
-    vectors = tf.gather(self.index.embeddings, found)  # [B, m k, d]
-    scores = tf.reduce_max(tf.einsum("bmd,bcd->bcm", heads, vectors), -1)
+    scores = tf.reduce_max(
+        tf.einsum("bmd,bcd->bcm", heads, self._vectors(found)), -1)
+    if not isinstance(self.index, BruteForceIndex):
+      # An approximate index pads short rows with -1: never returned.
+      scores = tf.where(found >= 0, scores,
+                        tf.constant(-np.inf, scores.dtype))
     # De-duplicate: sort by item, drop repeats of the previous entry.
     order = tf.argsort(found, axis=1, stable=True)
     found = tf.gather(found, order, batch_dims=1)
@@ -157,11 +198,51 @@ class DPSRServable(tf.Module):
     scores = tf.where(repeat, tf.constant(-np.inf, scores.dtype), scores)
     top_scores, top = tf.math.top_k(scores, k=k_here)
     local = tf.gather(found, top, batch_dims=1)
-    item_ids = self.item_ids.lookup(tf.gather(self.global_index, local))
+    global_index = tf.gather(self.global_index, tf.maximum(local, 0))
+    if not isinstance(self.index, BruteForceIndex):
+      # Padding (-inf) maps to -1, which the id table answers with "".
+      global_index = tf.where(tf.math.is_finite(top_scores), global_index,
+                              tf.constant(-1, tf.int64))
+    item_ids = self.item_ids.lookup(global_index)
     ones = tf.ones([batch], tf.int32)
     return {"item_ids": item_ids, "scores": top_scores,
             "model_fingerprint": tf.fill([batch], self.fingerprint),
             "shard": self.shard * ones, "num_shards": self.num_shards * ones}
+
+  def _vectors(self, found):
+    """Exact vectors `[B, C, d]` of the local item indices `found` (-1,
+    padding of an approximate index, reads item 0 and is masked later)."""
+    found = tf.maximum(found, 0)
+    if self.position is not None:
+      found = tf.gather(self.position, found)
+    return tf.gather(self.exact_vectors, found)
+
+
+def check_index_options(index: str, num_lists: Optional[int],
+                        num_subspaces: Optional[int], nprobe: Optional[int],
+                        rerank: int, dim: int) -> None:
+  """Raises ValueError for an index kind or IVF-PQ parameters that cannot
+  work (None: build_index's default)."""
+  if index not in INDEX_KINDS:
+    raise ValueError(f"index must be one of {INDEX_KINDS}, got {index!r}")
+  if index == "brute_force":
+    given = [n for n, v in (("num_lists", num_lists),
+                            ("num_subspaces", num_subspaces),
+                            ("nprobe", nprobe)) if v is not None]
+    if given:
+      raise ValueError(f"{', '.join(given)} only apply to index='ivfpq'")
+    return
+  for name, value in (("num_lists", num_lists),
+                      ("num_subspaces", num_subspaces), ("nprobe", nprobe)):
+    if value is not None and value < 1:
+      raise ValueError(f"{name} must be >= 1 (or None), got {value}")
+  if rerank < 0:
+    raise ValueError(f"rerank must be >= 0, got {rerank}")
+  if num_subspaces is not None and dim % num_subspaces:
+    raise ValueError(f"num_subspaces={num_subspaces} must divide the "
+                     f"embedding size {dim}")
+  if None not in (num_lists, nprobe) and nprobe > num_lists:
+    raise ValueError(f"nprobe={nprobe} must be <= num_lists={num_lists}")
 
 
 def example_request(fields: Sequence[str], personalization: str,
@@ -181,7 +262,11 @@ def export_dpsr(model: DPSRModel, item_vectors: np.ndarray,
                 user_vocabularies: Optional[Mapping[str, Sequence[str]]] = None,
                 num_shards: int = 1, max_k: int = 1000,
                 model_card: Optional[Mapping] = None,
-                only_shards: Optional[Sequence[int]] = None) -> List[str]:
+                only_shards: Optional[Sequence[int]] = None,
+                index: str = "brute_force", num_lists: Optional[int] = None,
+                num_subspaces: Optional[int] = None,
+                nprobe: Optional[int] = None, rerank: int = 100,
+                seed: int = 0) -> List[str]:
   """Exports the servable (`num_shards` = 1: `export_dir/<version>`) or N
   shards (`export_dir/shard-i-of-N/<version>`); returns the version paths.
 
@@ -192,14 +277,25 @@ def export_dpsr(model: DPSRModel, item_vectors: np.ndarray,
       DPSR-p/-h.
     only_shards: write only these shard numbers (e.g. the one a machine
       serves); all by default.
+    index: "brute_force" (exact, the default) or "ivfpq"; with "ivfpq",
+      each shard's index is trained on its own items by
+      `retrieval_tf.index.build_index` with `num_lists`, `num_subspaces`,
+      `nprobe` (None: its defaults from the shard's size), `rerank`
+      (candidates re-scored exactly) and `seed`.
   """
   item_vectors = np.asarray(item_vectors, np.float32)
+  check_index_options(index, num_lists, num_subspaces, nprobe, rerank,
+                      item_vectors.shape[1] if item_vectors.ndim == 2 else 0)
   if len(item_ids) != len(item_vectors) or len(item_ids) != model.num_items:
     raise ValueError(f"{len(item_ids)} item ids, {len(item_vectors)} "
                      f"vectors and a model of {model.num_items} items differ")
   if not 1 <= num_shards <= len(item_ids):
     raise ValueError(f"num_shards must be in 1..{len(item_ids)}, got "
                      f"{num_shards}")
+  smallest = len(item_ids) // num_shards
+  if index == "ivfpq" and num_lists is not None and num_lists > smallest:
+    raise ValueError(f"num_lists={num_lists} exceeds the {smallest} items "
+                     f"of the smallest of {num_shards} shard(s)")
   user_vocabularies = dict(user_vocabularies or {})
   missing = set(model.user_feature_sizes) - set(user_vocabularies)
   if missing:
@@ -218,9 +314,17 @@ def export_dpsr(model: DPSRModel, item_vectors: np.ndarray,
                                                  num_shards)):
     if only_shards is not None and shard not in only_shards:
       continue
+    layer = None
+    if index == "ivfpq":
+      # rerank > the shard's items means all of them.
+      layer = build_index(item_vectors[indices], "ivfpq",
+                          max_k=min(max_k, len(indices)),
+                          num_lists=num_lists, num_subspaces=num_subspaces,
+                          nprobe=nprobe, rerank=min(rerank, len(indices)),
+                          seed=seed)
     servable = DPSRServable(model, item_vectors[indices], indices,
                             items_asset, user_assets, max_k, fingerprint,
-                            shard, num_shards)
+                            shard, num_shards, index=layer)
     card = {"model": "dpsr", "paper": PAPER,
             "config": model.get_config(),
             "model_fingerprint": fingerprint,
