@@ -31,7 +31,6 @@ from typing import Any, Dict
 from absl import flags
 import numpy as np
 
-from retrieval_tf import index as index_lib
 from retrieval_tf import runner
 from retrieval_tf.compat import keras, tf
 from retrieval_tf.datasets.types import Vocabulary
@@ -70,15 +69,7 @@ flags.DEFINE_integer("num_random_items", 1024, "Top-k: random items per "
 flags.DEFINE_string("export_dir", None, "Export the servable here.")
 flags.DEFINE_integer("num_shards", 1, "Item shards of the export.")
 flags.DEFINE_integer("max_k", 1000, "Largest k the servable answers.")
-flags.DEFINE_enum("index", "brute_force", index_lib.INDEX_KINDS,
-                  "The servable's item index: exact, or IVF-PQ trained on "
-                  "each shard's item embeddings.")
-flags.DEFINE_integer("num_lists", 0, "IVF-PQ lists J (0: from the shard "
-                     "size).")
-flags.DEFINE_integer("num_subspaces", 0, "IVF-PQ sub-spaces D (0: dim / 4).")
-flags.DEFINE_integer("nprobe", 0, "IVF-PQ lists searched (0: J / 16).")
-flags.DEFINE_integer("rerank", 100, "IVF-PQ candidates re-scored exactly "
-                     "(0: none).")
+runner.define_index_flags("each shard's item embeddings")
 
 
 def build_model(task: data_lib.SearchTask, f: Dict[str, Any],
@@ -204,25 +195,20 @@ def run_experiment(ctx: runner.RunContext) -> Dict[str, Any]:
         max_k=f["max_k"],
         model_card={"dataset": f["dataset"], "flags": f,
                     "metrics": dict(metrics)},
-        seed=f["seed"], **index_options(f))
+        seed=f["seed"], **export_index_options(f))
     metrics["export_paths"] = ",".join(paths)
     print("exported the servable to " + ", ".join(paths))
   return metrics
 
 
-def index_options(values: Dict[str, Any]) -> Dict[str, Any]:
+def export_index_options(values: Dict[str, Any]) -> Dict[str, Any]:
   """`export_dpsr`'s index arguments from the flags (0: default)."""
-  if values["index"] == "brute_force":
-    return {"index": "brute_force"}
-  return {"index": "ivfpq", "num_lists": values["num_lists"] or None,
-          "num_subspaces": values["num_subspaces"] or None,
-          "nprobe": values["nprobe"] or None, "rerank": values["rerank"]}
+  options = runner.index_options(values)
+  return dict(options, index=options.pop("kind"))
 
 
 def validate_index_flags(values: Dict[str, Any]) -> None:
-  for name in ("num_lists", "num_subspaces", "nprobe", "rerank"):
-    if values[name] < 0:
-      raise runner.UsageError(f"--{name} must be >= 0, got {values[name]}")
+  runner.check_index_flags(values, values["embedding_dim"])
   if values["index"] == "brute_force":
     given = [f"--{n}" for n in ("num_lists", "num_subspaces", "nprobe")
              if values[n]]
@@ -232,14 +218,6 @@ def validate_index_flags(values: Dict[str, Any]) -> None:
   if not values["export_dir"]:
     raise runner.UsageError(f"--index={values['index']} is the servable's "
                             "index: it needs --export_dir")
-  if values["num_subspaces"] and \
-      values["embedding_dim"] % values["num_subspaces"]:
-    raise runner.UsageError(
-        f"--num_subspaces={values['num_subspaces']} must divide "
-        f"--embedding_dim={values['embedding_dim']}")
-  if values["num_lists"] and values["nprobe"] > values["num_lists"]:
-    raise runner.UsageError(f"--nprobe={values['nprobe']} must be <= "
-                            f"--num_lists={values['num_lists']}")
 
 
 def validate_flags(values: Dict[str, Any]) -> None:

@@ -38,6 +38,7 @@ from absl import logging
 from retrieval_tf.compat import keras, tf
 from retrieval_tf.datasets import synthetic
 from retrieval_tf.files import write_json_atomic
+from retrieval_tf.index import INDEX_KINDS
 import tensorflow_recommenders as tfrs  # pylint: disable=g-bad-import-order
 
 FLAGS = flags.FLAGS
@@ -137,6 +138,47 @@ def validate(values: Mapping[str, Any]) -> None:
   if not values["learning_rate"] > 0:
     raise UsageError(f"--learning_rate must be > 0, got "
                      f"{values['learning_rate']}")
+
+
+def define_index_flags(what: str = "the item embeddings") -> None:
+  """`--index`, `--num_lists`, `--num_subspaces`, `--nprobe`, `--rerank`:
+  the servable's item index (`retrieval_tf.index.build_index`; 0 means its
+  default), for every CLI that exports one. Check with
+  `check_index_flags`, pass on with `index_options`."""
+  flags.DEFINE_enum("index", "brute_force", INDEX_KINDS,
+                    f"The servable's item index: exact, or IVF-PQ trained "
+                    f"on {what}.")
+  flags.DEFINE_integer("num_lists", 0, "IVF-PQ lists J (0: from the number "
+                       "of items).")
+  flags.DEFINE_integer("num_subspaces", 0, "IVF-PQ sub-spaces D (0: the "
+                       "divisor of the dimension nearest dim / 4).")
+  flags.DEFINE_integer("nprobe", 0, "IVF-PQ lists searched (0: J / 16).")
+  flags.DEFINE_integer("rerank", 100, "IVF-PQ candidates re-scored exactly "
+                       "(0: none).")
+
+
+def check_index_flags(values: Mapping[str, Any], dim: int) -> None:
+  """UsageError for index flags that cannot work with embeddings of size
+  `dim`."""
+  for name in ("num_lists", "num_subspaces", "nprobe", "rerank"):
+    if values[name] < 0:
+      raise UsageError(f"--{name} must be >= 0, got {values[name]}")
+  if values["num_subspaces"] and dim % values["num_subspaces"]:
+    raise UsageError(f"--num_subspaces={values['num_subspaces']} must "
+                     f"divide --embedding_dim={dim}")
+  if values["num_lists"] and values["nprobe"] > values["num_lists"]:
+    raise UsageError(f"--nprobe={values['nprobe']} must be <= "
+                     f"--num_lists={values['num_lists']}")
+
+
+def index_options(values: Mapping[str, Any]) -> Dict[str, Any]:
+  """`build_index`'s keyword arguments from the index flags (0: None, its
+  default)."""
+  if values["index"] == "brute_force":
+    return {"kind": "brute_force"}
+  return {"kind": "ivfpq", "num_lists": values["num_lists"] or None,
+          "num_subspaces": values["num_subspaces"] or None,
+          "nprobe": values["nprobe"] or None, "rerank": values["rerank"]}
 
 
 def check_writable(path: str, flag: str) -> None:

@@ -69,15 +69,7 @@ flags.DEFINE_integer("eval_batch_size", 4096, "Batch size of evaluation.")
 flags.DEFINE_string("export_dir", None,
                     "two_tower only: export the servable (raw request -> "
                     "top-k item ids) as the next version of this folder.")
-flags.DEFINE_enum("index", "brute_force", index_lib.INDEX_KINDS,
-                  "The servable's item index: exact, or IVF-PQ trained on "
-                  "the item embeddings.")
-flags.DEFINE_integer("num_lists", 0, "IVF-PQ lists J (0: from the corpus "
-                     "size).")
-flags.DEFINE_integer("num_subspaces", 0, "IVF-PQ sub-spaces D (0: dim / 4).")
-flags.DEFINE_integer("nprobe", 0, "IVF-PQ lists searched (0: J / 16).")
-flags.DEFINE_integer("rerank", 100, "IVF-PQ candidates re-scored exactly "
-                     "(0: none).")
+runner.define_index_flags("the item embeddings")
 flags.DEFINE_bool("save_embeddings", False,
                   "two_tower only: write item_embeddings.npy and the test "
                   "users' user_embeddings.npy to --output_dir.")
@@ -189,10 +181,8 @@ def _save_and_export(ctx: runner.RunContext, model: TwoTowerModel, dataset,
     np.save(os.path.join(ctx.output_dir, "user_embeddings.npy"),
             user_vectors)
   if f["export_dir"]:
-    index = index_lib.build_index(
-        item_vectors, f["index"], num_lists=f["num_lists"] or None,
-        num_subspaces=f["num_subspaces"] or None, nprobe=f["nprobe"] or None,
-        rerank=f["rerank"], seed=f["seed"])
+    index = index_lib.build_index(item_vectors, seed=f["seed"],
+                                  **runner.index_options(f))
     path = export_two_tower(
         model, dataset, item_vectors, f["export_dir"],
         f["history_length"],
@@ -268,16 +258,7 @@ def validate_flags(values: Dict[str, Any]) -> None:
                "eval_batch_size", "num_test_users", "min_user_events"):
     if values[name] < 1:
       raise runner.UsageError(f"--{name} must be >= 1, got {values[name]}")
-  for name in ("num_lists", "num_subspaces", "nprobe", "rerank"):
-    if values[name] < 0:
-      raise runner.UsageError(f"--{name} must be >= 0, got {values[name]}")
-  if values["num_subspaces"] and \
-      values["embedding_dim"] % values["num_subspaces"]:
-    raise runner.UsageError(
-        f"--num_subspaces={values['num_subspaces']} must divide "
-        f"--embedding_dim={values['embedding_dim']}")
-  if values["num_lists"] and values["nprobe"] > values["num_lists"]:
-    raise runner.UsageError("--nprobe must be <= --num_lists")
+  runner.check_index_flags(values, values["embedding_dim"])
   if not values["temperature"] > 0:
     raise runner.UsageError("--temperature must be > 0")
 

@@ -26,7 +26,7 @@ _run = functools.partial(run_module, "retrieval_tf.train")
     (["--model=item_cf", "--save_embeddings"],
      "--save_embeddings works with --model=two_tower only"),
     (["--num_subspaces=5"], "--num_subspaces=5 must divide"),
-    (["--num_lists=4", "--nprobe=5"], "--nprobe must be <= --num_lists"),
+    (["--num_lists=4", "--nprobe=5"], "--nprobe=5 must be <= --num_lists=4"),
     (["--rerank=-1"], "--rerank must be >= 0"),
     (["--protocol=held_out_users", "--num_test_users=0"],
      "--num_test_users must be >= 1"),
