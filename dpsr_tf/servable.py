@@ -52,8 +52,8 @@ import numpy as np
 
 from retrieval_tf import export as export_lib
 from retrieval_tf.compat import keras, tf
-from retrieval_tf.index import (INDEX_KINDS, BruteForceIndex, IVFPQIndex,
-                                build_index, index_parameters)
+from retrieval_tf.index import (BruteForceIndex, IVFPQIndex, build_index,
+                                check_build_options, index_parameters)
 from retrieval_tf.serving.assets import (index_table, non_empty, request_k,
                                          write_vocabulary)
 
@@ -218,33 +218,6 @@ class DPSRServable(tf.Module):
     return tf.gather(self.exact_vectors, found)
 
 
-def check_index_options(index: str, num_lists: Optional[int],
-                        num_subspaces: Optional[int], nprobe: Optional[int],
-                        rerank: int, dim: int) -> None:
-  """Raises ValueError for an index kind or IVF-PQ parameters that cannot
-  work (None: build_index's default)."""
-  if index not in INDEX_KINDS:
-    raise ValueError(f"index must be one of {INDEX_KINDS}, got {index!r}")
-  if index == "brute_force":
-    given = [n for n, v in (("num_lists", num_lists),
-                            ("num_subspaces", num_subspaces),
-                            ("nprobe", nprobe)) if v is not None]
-    if given:
-      raise ValueError(f"{', '.join(given)} only apply to index='ivfpq'")
-    return
-  for name, value in (("num_lists", num_lists),
-                      ("num_subspaces", num_subspaces), ("nprobe", nprobe)):
-    if value is not None and value < 1:
-      raise ValueError(f"{name} must be >= 1 (or None), got {value}")
-  if rerank < 0:
-    raise ValueError(f"rerank must be >= 0, got {rerank}")
-  if num_subspaces is not None and dim % num_subspaces:
-    raise ValueError(f"num_subspaces={num_subspaces} must divide the "
-                     f"embedding size {dim}")
-  if None not in (num_lists, nprobe) and nprobe > num_lists:
-    raise ValueError(f"nprobe={nprobe} must be <= num_lists={num_lists}")
-
-
 def example_request(fields: Sequence[str], personalization: str,
                     user_values: Mapping[str, Sequence[str]],
                     item_ids: Sequence[str]) -> Dict[str, list]:
@@ -284,8 +257,9 @@ def export_dpsr(model: DPSRModel, item_vectors: np.ndarray,
       (candidates re-scored exactly) and `seed`.
   """
   item_vectors = np.asarray(item_vectors, np.float32)
-  check_index_options(index, num_lists, num_subspaces, nprobe, rerank,
-                      item_vectors.shape[1] if item_vectors.ndim == 2 else 0)
+  check_build_options(index, item_vectors.shape[1]
+                      if item_vectors.ndim == 2 else 0,
+                      num_lists, num_subspaces, nprobe, rerank)
   if len(item_ids) != len(item_vectors) or len(item_ids) != model.num_items:
     raise ValueError(f"{len(item_ids)} item ids, {len(item_vectors)} "
                      f"vectors and a model of {model.num_items} items differ")

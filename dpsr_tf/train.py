@@ -209,13 +209,7 @@ def export_index_options(values: Dict[str, Any]) -> Dict[str, Any]:
 
 def validate_index_flags(values: Dict[str, Any]) -> None:
   runner.check_index_flags(values, values["embedding_dim"])
-  if values["index"] == "brute_force":
-    given = [f"--{n}" for n in ("num_lists", "num_subspaces", "nprobe")
-             if values[n]]
-    if given:
-      raise runner.UsageError(f"{', '.join(given)} need --index=ivfpq")
-    return
-  if not values["export_dir"]:
+  if values["index"] != "brute_force" and not values["export_dir"]:
     raise runner.UsageError(f"--index={values['index']} is the servable's "
                             "index: it needs --export_dir")
 

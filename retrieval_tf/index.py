@@ -170,23 +170,19 @@ class IVFPQIndex(keras.layers.Layer):
                rotation: bool = False, list_scan_from: int = 64, **kwargs):
     super().__init__(**kwargs)
     _check_shape_and_metric(self, num_items, dim, metric, max_k)
-    if not 1 <= num_lists <= num_items:
+    check_build_options("ivfpq", dim, num_lists, num_subspaces, nprobe,
+                        rerank)
+    if num_lists > num_items:
       raise ValueError(f"num_lists must be in 1..num_items={num_items}, got "
                        f"{num_lists}")
-    if num_subspaces < 1 or dim % num_subspaces:
-      raise ValueError(f"num_subspaces={num_subspaces} must divide "
-                       f"dim={dim}")
     if not 1 <= num_codewords <= 256:
       raise ValueError(f"num_codewords must be in 1..256, got "
                        f"{num_codewords}")
     if nprobe is None:
       nprobe = min(8, num_lists)
-    if not 1 <= nprobe <= num_lists:
-      raise ValueError(f"nprobe must be in 1..num_lists={num_lists}, got "
-                       f"{nprobe}")
-    if rerank < 0 or (rerank and not store_vectors):
+    if rerank and not store_vectors:
       raise ValueError(f"rerank={rerank}: re-ranking needs "
-                       "store_vectors=True (and rerank >= 0)")
+                       "store_vectors=True")
     self.num_items, self.dim = int(num_items), int(dim)
     self.num_lists, self.num_subspaces = int(num_lists), int(num_subspaces)
     self.num_codewords, self.metric = int(num_codewords), metric
@@ -486,6 +482,41 @@ def _pad_columns(matrix, width, value):
 INDEX_KINDS = ("brute_force", "ivfpq")
 
 
+def check_build_options(kind: str, dim: int,
+                        num_lists: Optional[int] = None,
+                        num_subspaces: Optional[int] = None,
+                        nprobe: Optional[int] = None, rerank: int = 100,
+                        prefix: str = "") -> None:
+  """ValueError for `build_index` options that cannot work on `dim`-d
+  vectors (None: its default), so callers fail before any quantizer is
+  trained. `prefix` goes before each option's name in the messages ("--"
+  when they are command-line flags)."""
+  if kind not in INDEX_KINDS:
+    raise ValueError(f"{prefix}index must be one of {INDEX_KINDS}, got "
+                     f"{kind!r}")
+  if rerank < 0:
+    raise ValueError(f"{prefix}rerank must be >= 0, got {rerank}")
+  ivf_options = {"num_lists": num_lists, "num_subspaces": num_subspaces,
+                 "nprobe": nprobe}
+  if kind == "brute_force":
+    given = [prefix + name for name, value in ivf_options.items()
+             if value is not None]
+    if given:
+      raise ValueError(f"{', '.join(given)} only apply to "
+                       f"{prefix}index=ivfpq")
+    return
+  for name, value in ivf_options.items():
+    if value is not None and value < 1:
+      raise ValueError(f"{prefix}{name} must be >= 1 or the default, got "
+                       f"{value}")
+  if num_subspaces is not None and dim % num_subspaces:
+    raise ValueError(f"{prefix}num_subspaces={num_subspaces} must divide "
+                     f"the embedding size {dim}")
+  if None not in (num_lists, nprobe) and nprobe > num_lists:
+    raise ValueError(f"{prefix}nprobe={nprobe} must be <= "
+                     f"{prefix}num_lists={num_lists}")
+
+
 def build_index(item_vectors, kind: str = "brute_force", metric: str = "dot",
                 max_k: int = 1000, num_lists: Optional[int] = None,
                 num_subspaces: Optional[int] = None,
@@ -505,14 +536,13 @@ def build_index(item_vectors, kind: str = "brute_force", metric: str = "dot",
     raise ValueError(f"item_vectors must be a non-empty [N, d] array, got "
                      f"shape {item_vectors.shape}")
   count, dim = item_vectors.shape
+  check_build_options(kind, dim, num_lists, num_subspaces, nprobe, rerank)
   max_k = min(max_k, count)
   if kind == "brute_force":
     index = BruteForceIndex(count, dim, metric=metric, max_k=max_k,
                             chunk_size=262_144 if count > 262_144 else None)
     index.set_embeddings(item_vectors)
     return index
-  if kind != "ivfpq":
-    raise ValueError(f"index kind must be one of {INDEX_KINDS}, got {kind!r}")
   num_lists = num_lists or max(1, min(int(4 * np.sqrt(count)), count // 39))
   num_subspaces = num_subspaces or min(
       (s for s in range(1, dim + 1) if dim % s == 0),

@@ -38,7 +38,7 @@ from absl import logging
 from retrieval_tf.compat import keras, tf
 from retrieval_tf.datasets import synthetic
 from retrieval_tf.files import write_json_atomic
-from retrieval_tf.index import INDEX_KINDS
+from retrieval_tf.index import INDEX_KINDS, check_build_options
 import tensorflow_recommenders as tfrs  # pylint: disable=g-bad-import-order
 
 FLAGS = flags.FLAGS
@@ -159,24 +159,18 @@ def define_index_flags(what: str = "the item embeddings") -> None:
 
 def check_index_flags(values: Mapping[str, Any], dim: int) -> None:
   """UsageError for index flags that cannot work with embeddings of size
-  `dim`."""
-  for name in ("num_lists", "num_subspaces", "nprobe", "rerank"):
-    if values[name] < 0:
-      raise UsageError(f"--{name} must be >= 0, got {values[name]}")
-  if values["num_subspaces"] and dim % values["num_subspaces"]:
-    raise UsageError(f"--num_subspaces={values['num_subspaces']} must "
-                     f"divide --embedding_dim={dim}")
-  if values["num_lists"] and values["nprobe"] > values["num_lists"]:
-    raise UsageError(f"--nprobe={values['nprobe']} must be <= "
-                     f"--num_lists={values['num_lists']}")
+  `dim` (`retrieval_tf.index.check_build_options`)."""
+  try:
+    check_build_options(dim=dim, prefix="--", **index_options(values))
+  except ValueError as error:
+    raise UsageError(str(error)) from None
 
 
 def index_options(values: Mapping[str, Any]) -> Dict[str, Any]:
   """`build_index`'s keyword arguments from the index flags (0: None, its
   default)."""
-  if values["index"] == "brute_force":
-    return {"kind": "brute_force"}
-  return {"kind": "ivfpq", "num_lists": values["num_lists"] or None,
+  return {"kind": values["index"],
+          "num_lists": values["num_lists"] or None,
           "num_subspaces": values["num_subspaces"] or None,
           "nprobe": values["nprobe"] or None, "rerank": values["rerank"]}
 

@@ -131,7 +131,7 @@ def test_sharded_ivfpq_export(setup):
 
 @pytest.mark.parametrize("options, message", [
     ({"index": "hnsw"}, "index must be one of"),
-    ({"nprobe": 4}, "only apply to index='ivfpq'"),
+    ({"nprobe": 4}, "only apply to index=ivfpq"),
     ({"index": "ivfpq", "num_subspaces": 5}, "must divide"),
     ({"index": "ivfpq", "num_lists": 4, "nprobe": 8}, "nprobe=8 must be <="),
     ({"index": "ivfpq", "num_lists": 0}, "num_lists must be >= 1"),
@@ -146,10 +146,10 @@ def test_export_rejects_bad_index_options(setup, options, message):
 
 
 @pytest.mark.parametrize("flags, message", [
-    (["--nprobe=4"], "--nprobe need --index=ivfpq"),
+    (["--nprobe=4"], "--nprobe only apply to --index=ivfpq"),
     (["--index=ivfpq"], "needs --export_dir"),
     (["--index=ivfpq", "--export_dir={tmp}/e", "--num_subspaces=5"],
-     "--num_subspaces=5 must divide --embedding_dim=64"),
+     "--num_subspaces=5 must divide the embedding size 64"),
     (["--index=ivfpq", "--export_dir={tmp}/e", "--num_lists=4",
       "--nprobe=8"], "--nprobe=8 must be <= --num_lists=4"),
     (["--index=ivfpq", "--export_dir={tmp}/e", "--rerank=-1"],

@@ -296,8 +296,16 @@ def test_build_index_defaults_by_corpus_size():
   _, ids = approx(vectors[:3].astype(np.float32), 5, nprobe=51, rerank=2000)
   _, want = exact(vectors[:3].astype(np.float32), 5)
   np.testing.assert_array_equal(ids.numpy(), want.numpy())
-  with pytest.raises(ValueError, match="index kind"):
-    build_index(vectors, "hnsw")
+  for kind, options, message in [
+      ("hnsw", {}, "index must be one of"),
+      ("brute_force", {"nprobe": 2}, "nprobe only apply to index=ivfpq"),
+      ("ivfpq", {"num_subspaces": 5}, "must divide the embedding size 12"),
+      ("ivfpq", {"num_lists": 4, "nprobe": 5},
+       "nprobe=5 must be <= num_lists=4"),
+      ("ivfpq", {"num_lists": 0}, "num_lists must be >= 1"),
+      ("ivfpq", {"rerank": -1}, "rerank must be >= 0")]:
+    with pytest.raises(ValueError, match=message):
+      build_index(vectors, kind, **options)
   with pytest.raises(ValueError, match="non-empty"):
     build_index(np.zeros((0, 4)))
 
