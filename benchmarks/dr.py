@@ -9,7 +9,8 @@
   DR with reranking, DR alone (path order), brute force over the same
   softmax embeddings, the shared two-tower baseline
   (`retrieval_tf.train --protocol=held_out_users`: the same held-out users
-  and truth, the same step budget) and most-popular, mean and standard
+  and truth, the same step budget; with and without the datasets' user and
+  item fields, which DR does not use) and most-popular, mean and standard
   deviation over seeds; recall@10 against the beam size B from the same
   models (`--eval_beam_sizes`).
 * `sensitivity` (section `dr_sensitivity`): one ML-1M run per setting of
@@ -46,6 +47,8 @@ DATASETS = {"ml-1m": "ml-1m", "amazon-beauty": "amazon-beauty"}
 METHODS = (("DR + rerank", ""), ("DR alone (path order)", "norerank_"),
            ("brute force, same softmax embeddings", "brute_"),
            ("two-tower baseline (retrieval_tf, same users)", "two_tower_"),
+           ("two-tower, history only (--noside_features)",
+            "two_tower_ids_"),
            ("most popular", "popular_"))
 EVAL_BEAMS = ("5", "10", "50", "100")
 
@@ -67,15 +70,21 @@ def _two_tower(dataset: str, seed: int, common: List[str]) -> Dict:
   """The shared two-tower baseline (`retrieval_tf.train`) on the same
   held-out users and truth as `dr_tf.train --seed=seed` (same split flags,
   history length 69), with the DR runs' step budget and batch size; its
-  metrics under the `two_tower_` prefix."""
+  metrics under the `two_tower_` prefix, and those of the same model
+  without the dataset's user and item fields (DR's information: the
+  history only) under `two_tower_ids_`."""
   budget = [flag for flag in common if flag.startswith(
       ("--epochs=", "--steps_per_epoch=", "--batch_size="))]
-  metrics = _train(
-      f"{dataset}_two_tower_s{seed}", dataset,
-      ["--model=two_tower", "--protocol=held_out_users", f"--seed={seed}",
-       "--min_rating=4", "--min_user_events=10", "--num_test_users=1000",
-       "--history_length=69"], budget, module="retrieval_tf.train")
-  return {f"two_tower_{key}": value for key, value in metrics.items()}
+  flags = ["--model=two_tower", "--protocol=held_out_users",
+           f"--seed={seed}", "--min_rating=4", "--min_user_events=10",
+           "--num_test_users=1000", "--history_length=69"]
+  metrics = {}
+  for prefix, extra in (("two_tower", []),
+                        ("two_tower_ids", ["--noside_features"])):
+    run = _train(f"{dataset}_{prefix}_s{seed}", dataset, flags + extra,
+                 budget, module="retrieval_tf.train")
+    metrics.update({f"{prefix}_{key}": value for key, value in run.items()})
+  return metrics
 
 
 def _mean_std(values):

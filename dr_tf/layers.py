@@ -15,8 +15,8 @@
 * `PathScoreEstimator`: the streaming top-S estimate of
   s[v, c] = sum_{i: y_i = v} p(c | x_i) (Sec. 3, "Remark on estimating
   s[v, c] with streaming training", decay eta).
-* `SoftmaxReranker`: the sampled-softmax model of Sec. 2.3 that reranks the
-  items of the retrieved paths.
+* `SoftmaxReranker`: the softmax model of Sec. 2.3 that reranks the items
+  of the retrieved paths, trained by sampled or in-batch softmax.
 
 A path c = (c_1, ..., c_D), c_d in [0, K), is also written as one integer id
 sum_d c_d K^(D-d) (`path_ids` / `path_codes`); K^D must fit in int32.
@@ -30,6 +30,8 @@ import numpy as np
 
 from retrieval_tf.compat import keras, tf
 from retrieval_tf.layers import masked_lookup
+
+import tensorflow_recommenders as tfrs  # pylint: disable=g-bad-import-order
 
 _PACKAGE = "dr_tf"
 _INT32_MAX = np.iinfo(np.int32).max
@@ -484,14 +486,20 @@ class PathScoreEstimator(keras.layers.Layer):
 
 @keras.utils.register_keras_serializable(package=_PACKAGE)
 class SoftmaxReranker(keras.layers.Layer):
-  """The softmax model p_softmax(y | x) over V items (Sec. 2.3), trained by
-  sampled softmax; its logit u . w_y + b_y reranks the retrieved items and
-  is what brute force ranks all items by.
+  """The softmax model p_softmax(y | x) over V items (Sec. 2.3); its logit
+  u . w_y + b_y reranks the retrieved items and is what brute force ranks
+  all items by.
 
-  `loss(query, labels, log_q, num_sampled)`: sampled softmax with
-  `num_sampled` negatives drawn (with replacement) from the distribution
-  `exp(log_q)` and the logQ correction of `tf.nn.sampled_softmax_loss`
-  (accidental hits removed).
+  Two estimators of the full softmax, both corrected by log Q (the
+  probability of drawing an item as a negative) and with accidental hits
+  removed:
+
+  * `sampled_loss(query, labels, log_q, num_sampled)`: the paper's sampled
+    softmax, `num_sampled` negatives drawn (with replacement) from
+    `exp(log_q)` through `tf.nn.sampled_softmax_loss`;
+  * `in_batch_loss(query, labels, log_q)`: the other positives of the batch
+    are the negatives (Yi et al., RecSys'19), through
+    `tfrs.tasks.Retrieval`; `log_q` is then the items' unigram frequency.
   """
 
   def __init__(self, num_items: int, dim: int, **kwargs):
@@ -506,6 +514,12 @@ class SoftmaxReranker(keras.layers.Layer):
     self.item_bias = self.add_weight(name="item_bias",
                                      shape=(self.num_items,),
                                      initializer="zeros")
+    # Per-example losses (reduction NONE): the mean is taken here, so the
+    # loss has the scale of `sampled_loss` under any distribution strategy.
+    self._in_batch_task = tfrs.tasks.Retrieval(
+        loss=keras.losses.CategoricalCrossentropy(
+            from_logits=True, reduction=keras.losses.Reduction.NONE),
+        remove_accidental_hits=True)
 
   def call(self, query, items):
     """Logits of `items [N, M]` (ids >= 0) for `query [N, dim]`."""
@@ -518,7 +532,8 @@ class SoftmaxReranker(keras.layers.Layer):
     return tf.matmul(query, self.item_weights,
                      transpose_b=True) + self.item_bias
 
-  def loss(self, query, labels, log_q, num_sampled: int):
+  def sampled_loss(self, query, labels, log_q, num_sampled: int):
+    """Mean sampled-softmax loss of `labels [N]` for `query [N, dim]`."""
     labels = tf.cast(tf.reshape(labels, [-1, 1]), tf.int64)
     sampled = tf.random.categorical(log_q[tf.newaxis, :], num_sampled,
                                     dtype=tf.int64)[0]
@@ -530,6 +545,21 @@ class SoftmaxReranker(keras.layers.Layer):
         self.num_items, num_true=1,
         sampled_values=(sampled, expected_true, expected_sampled),
         remove_accidental_hits=True))
+
+  def in_batch_loss(self, query, labels, log_q):
+    """Mean in-batch softmax loss of `labels [N]` for `query [N, dim]`:
+    row i's logits are u_i . w_{y_j} + b_{y_j} - log Q(y_j) over the batch's
+    items y_j; an item equal to y_i elsewhere in the batch is not a
+    negative. The bias rides in the dot product as a constant-1 column."""
+    labels = tf.reshape(labels, [-1])
+    candidates = tf.concat(
+        [tf.gather(self.item_weights, labels),
+         tf.gather(self.item_bias, labels)[:, tf.newaxis]], axis=1)
+    query = tf.concat([query, tf.ones_like(query[:, :1])], axis=1)
+    return tf.reduce_mean(self._in_batch_task(
+        query, candidates,
+        candidate_sampling_probability=tf.exp(tf.gather(log_q, labels)),
+        candidate_ids=labels, compute_metrics=False))
 
   def get_config(self):
     config = super().get_config()

@@ -1,5 +1,5 @@
 """`DeepRetrievalModel`: the DR structure model trained jointly with a
-sampled-softmax reranker (Sec. 2.3), retrieval by beam search + rerank.
+softmax reranker (Sec. 2.3), retrieval by beam search + rerank.
 
     h = GRU(behaviour sequence)                      (Sec. 4.1)
     emb(x) = W_s h      -> StructureModel, p(c | x)  (Sec. 2.1)
@@ -7,7 +7,8 @@ sampled-softmax reranker (Sec. 2.3), retrieval by beam search + rerank.
 
 Training objective (maximised): Q = Q_pen + Q_softmax; Q_pen's penalty term
 does not depend on theta, so the gradient step minimises
--mean log sum_j p(pi_j(y) | x) + softmax_weight * sampled-softmax loss.
+-mean log sum_j p(pi_j(y) | x) + softmax_weight * softmax loss, the softmax
+loss estimated by the paper's sampled softmax or by in-batch negatives.
 Each step also streams the examples' top-S beam-search paths into the
 score estimator used by the M-step (`dr_tf.em`).
 
@@ -28,6 +29,8 @@ from retrieval_tf.compat import keras, tf
 from dr_tf import layers as dr_layers
 from dr_tf.layers import NO_SCORE
 
+SOFTMAX_ESTIMATORS = ("sampled", "in_batch")
+
 
 @keras.utils.register_keras_serializable(package="dr_tf")
 class DeepRetrievalModel(keras.Model):
@@ -44,6 +47,10 @@ class DeepRetrievalModel(keras.Model):
     user_dim: size of emb(x); code_dim: of a code embedding.
     hidden_units: each structure layer's MLP.
     rerank_dim: size of the reranker's vectors.
+    softmax: how Q_softmax is estimated: "sampled" (the paper's sampled
+      softmax over `num_sampled` negatives drawn from the sampling
+      distribution) or "in_batch" (the batch's other items are the
+      negatives); both logQ-corrected.
     num_sampled: sampled-softmax negatives; softmax_weight: weight of
       Q_softmax in Q.
     seed: seed of the random initial pi.
@@ -55,14 +62,17 @@ class DeepRetrievalModel(keras.Model):
                embedding_dim: int = 64, gru_units: int = 64,
                user_dim: int = 64, code_dim: Optional[int] = None,
                hidden_units: Sequence[int] = (128,), rerank_dim: int = 64,
-               num_sampled: int = 200, softmax_weight: float = 1.0,
-               seed: int = 0, **kwargs):
+               softmax: str = "in_batch", num_sampled: int = 200,
+               softmax_weight: float = 1.0, seed: int = 0, **kwargs):
     super().__init__(**kwargs)
     dr_layers.check_structure(num_nodes, depth, num_paths, beam_size)
     if score_paths and not num_paths <= score_paths <= num_nodes ** depth:
       raise ValueError(f"S (score paths) must be 0 or in J..K^D = "
                        f"{num_paths}..{num_nodes ** depth}, got "
                        f"{score_paths}")
+    if softmax not in SOFTMAX_ESTIMATORS:
+      raise ValueError(f"softmax must be one of {SOFTMAX_ESTIMATORS}, got "
+                       f"{softmax!r}")
     if num_sampled < 1 or num_sampled >= num_items:
       raise ValueError(f"num_sampled must be in 1..V-1 = {num_items - 1}, "
                        f"got {num_sampled}")
@@ -73,11 +83,13 @@ class DeepRetrievalModel(keras.Model):
         embedding_dim=int(embedding_dim), gru_units=int(gru_units),
         user_dim=int(user_dim), code_dim=code_dim,
         hidden_units=[int(u) for u in hidden_units],
-        rerank_dim=int(rerank_dim), num_sampled=int(num_sampled),
+        rerank_dim=int(rerank_dim), softmax=softmax,
+        num_sampled=int(num_sampled),
         softmax_weight=float(softmax_weight), seed=int(seed))
     self.num_items, self.beam_size = int(num_items), int(beam_size)
     self.num_nodes, self.depth = int(num_nodes), int(depth)
-    self.num_sampled, self.softmax_weight = num_sampled, softmax_weight
+    self.softmax, self.num_sampled = softmax, num_sampled
+    self.softmax_weight = softmax_weight
     self.encoder = dr_layers.BehaviorEncoder(num_items, embedding_dim,
                                              gru_units, name="encoder")
     self.user_projection = keras.layers.Dense(user_dim,
@@ -93,7 +105,7 @@ class DeepRetrievalModel(keras.Model):
     self.score_estimator = (dr_layers.PathScoreEstimator(
         num_items, score_paths, score_decay, name="score_estimator")
                             if score_paths else None)
-    # log Q of the sampled-softmax negatives (uniform until set).
+    # log Q of the softmax negatives (uniform until set).
     self.sampling_log_q = self.add_weight(
         name="sampling_log_q", shape=(num_items,), trainable=False,
         initializer=keras.initializers.Constant(-np.log(num_items)))
@@ -101,7 +113,9 @@ class DeepRetrievalModel(keras.Model):
 
   def set_sampling_distribution(self, counts: np.ndarray,
                                 power: float = 1.0) -> None:
-    """Negatives ~ (counts + 1)^power (normalised)."""
+    """log Q ~ (counts + 1)^power (normalised): the sampled softmax draws
+    its negatives from it; for the in-batch softmax it should be the
+    training examples' item frequency (power 1)."""
     weights = (np.asarray(counts, np.float64) + 1.0) ** power
     self.sampling_log_q.assign(np.log(weights / weights.sum()))
 
@@ -124,14 +138,19 @@ class DeepRetrievalModel(keras.Model):
 
   def losses_of(self, features, training=False) -> Dict[str, tf.Tensor]:
     """The negated objectives: `structure_nll` = -mean Q_str per example,
-    `softmax_loss` = the sampled-softmax loss, `user` = emb(x)."""
+    `softmax_loss` = the (sampled or in-batch) softmax loss, `user` =
+    emb(x)."""
     user, query = self.encode(features, training=training)
     items = features["item_id"]
     paths = self.assignment.paths_of(items)
     structure_nll = -tf.reduce_mean(
         self.structure.multi_path_log_likelihood(user, paths))
-    softmax_loss = self.reranker.loss(query, items, self.sampling_log_q,
-                                      self.num_sampled)
+    if self.softmax == "in_batch":
+      softmax_loss = self.reranker.in_batch_loss(query, items,
+                                                 self.sampling_log_q)
+    else:
+      softmax_loss = self.reranker.sampled_loss(
+          query, items, self.sampling_log_q, self.num_sampled)
     return {"structure_nll": structure_nll, "softmax_loss": softmax_loss,
             "user": user}
 

@@ -45,7 +45,7 @@ from retrieval_tf.evaluation import HeldOutProtocol, top_k_items
 from dr_tf import em
 from dr_tf.em import path_size_stats
 from dr_tf.layers import check_structure
-from dr_tf.model import DeepRetrievalModel
+from dr_tf.model import SOFTMAX_ESTIMATORS, DeepRetrievalModel
 from dr_tf import servable
 
 DATASETS = {name: needs for name, needs in registry.REC_DATASETS.items()
@@ -73,6 +73,11 @@ flags.DEFINE_integer("freeze_epoch", 2, "Epoch (0-based) from which the "
                      "softmax item embeddings are frozen (Sec. 4.1; >= "
                      "--epochs: never).")
 flags.DEFINE_float("softmax_weight", 1.0, "Weight of Q_softmax in Q.")
+flags.DEFINE_enum("softmax", "in_batch", list(SOFTMAX_ESTIMATORS),
+                  "How the reranker's softmax is trained: 'sampled' (the "
+                  "paper: --num_sampled negatives drawn by item frequency) "
+                  "or 'in_batch' (the batch's other items); both "
+                  "logQ-corrected.")
 flags.DEFINE_integer("num_sampled", 200, "Sampled-softmax negatives.")
 flags.DEFINE_integer("embedding_dim", 64, "Item embedding size of the GRU "
                      "input, user embedding and reranker size.")
@@ -116,7 +121,8 @@ def run_experiment(ctx: runner.RunContext) -> Dict[str, Any]:
         score_paths=f["score_paths"], score_decay=f["score_decay"],
         embedding_dim=f["embedding_dim"], gru_units=f["gru_units"],
         user_dim=f["embedding_dim"], rerank_dim=f["embedding_dim"],
-        num_sampled=f["num_sampled"], softmax_weight=f["softmax_weight"],
+        softmax=f["softmax"], num_sampled=f["num_sampled"],
+        softmax_weight=f["softmax_weight"],
         seed=f["seed"])
     model.set_sampling_distribution(counts)
     model.compile(optimizer=keras.optimizers.Adam(f["learning_rate"]))

@@ -63,6 +63,9 @@ flags.DEFINE_integer("history_length", 50,
                      "Behaviour-history window of the user tower.")
 flags.DEFINE_integer("embedding_dim", 64, "Embedding and tower size.")
 flags.DEFINE_float("temperature", 0.05, "Softmax temperature (cosine).")
+flags.DEFINE_bool("side_features", True, "two_tower: embed the dataset's "
+                  "categorical user and item fields (--noside_features: "
+                  "item ids and the history only).")
 flags.DEFINE_integer("num_negatives", 99,
                      "Sampled negatives per test user (NCF: 99).")
 flags.DEFINE_integer("eval_batch_size", 4096, "Batch size of evaluation.")
@@ -93,7 +96,7 @@ def run_experiment(ctx: runner.RunContext) -> Dict[str, Any]:
     metrics.update(fit_metrics)
     user_vectors = _embed(model.user_embedding, pipeline.user_eval_dataset(
         test_users, pipeline.HistoryIndex.from_interactions(train),
-        f["history_length"], _categorical(dataset.user_features, dataset),
+        f["history_length"], _categorical(f, dataset, "user"),
         batch_size=f["eval_batch_size"]))
     score = lambda rows, items: np.einsum(
         "nd,ncd->nc", user_vectors[rows], item_vectors[items])
@@ -142,7 +145,7 @@ def _held_out_users(ctx: runner.RunContext, dataset) -> Dict[str, Any]:
     metrics.update(fit_metrics)
     user_vectors = _embed(model.user_embedding, protocol.user_dataset(
         dataset.num_users, f["history_length"],
-        _categorical(dataset.user_features, dataset),
+        _categorical(f, dataset, "user"),
         batch_size=f["eval_batch_size"]))
     top = evaluation.top_k_items(user_vectors, item_vectors, k,
                                  protocol.exclude)
@@ -197,8 +200,8 @@ def _train_two_tower(ctx: runner.RunContext, dataset,
   """Trains on `dataset.interactions`; (model, item vectors, fit metrics)."""
   f = ctx.flags
   train = dataset.interactions
-  user_features = _categorical(dataset.user_features, dataset)
-  item_features = _categorical(dataset.item_features, dataset)
+  user_features = _categorical(f, dataset, "user")
+  item_features = _categorical(f, dataset, "item")
   user_sizes = {k: len(dataset.feature_vocabularies[k]) for k in user_features}
   item_sizes = {k: len(dataset.feature_vocabularies[k]) for k in item_features}
   dataset_fn = pipeline.distributed_dataset_fn(
@@ -236,8 +239,12 @@ def _train_two_tower(ctx: runner.RunContext, dataset,
   return model, item_vectors, fit_metrics
 
 
-def _categorical(features, dataset):
-  """The categorical side features (those with a vocabulary)."""
+def _categorical(f, dataset, side: str):
+  """The `side` ("user" / "item") categorical fields (those with a
+  vocabulary) the two-tower gets; none without `--side_features`."""
+  if not f["side_features"]:
+    return {}
+  features = getattr(dataset, f"{side}_features")
   return {k: v for k, v in features.items()
           if k in dataset.feature_vocabularies}
 

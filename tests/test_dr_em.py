@@ -136,8 +136,8 @@ def test_em_recovers_a_planted_structure():
   model = DeepRetrievalModel(
       num_items, num_nodes=4, depth=2, num_paths=1, beam_size=4,
       score_paths=4, score_decay=0.999, embedding_dim=16, gru_units=16,
-      user_dim=16, rerank_dim=16, hidden_units=(32,), num_sampled=10,
-      seed=0)
+      user_dim=16, rerank_dim=16, hidden_units=(32,), softmax="sampled",
+      num_sampled=10, seed=0)
   counts = np.bincount(log.item, minlength=num_items)
   model.set_sampling_distribution(counts)
   model.compile(optimizer=keras.optimizers.Adam(0.01))

@@ -7,7 +7,7 @@ import itertools
 import numpy as np
 import pytest
 
-from retrieval_tf.compat import tf
+from retrieval_tf.compat import keras, tf
 from dr_tf import layers as dr
 from dr_tf.model import DeepRetrievalModel
 
@@ -238,3 +238,48 @@ def test_pi_and_index_are_saved_with_the_model(tmp_path):
   for name in ("index_keys", "index_offsets", "index_items"):
     np.testing.assert_array_equal(getattr(other.assignment, name).numpy(),
                                   getattr(model.assignment, name).numpy())
+
+
+def test_in_batch_softmax_equals_a_numpy_reference():
+  """Row i: logits u_i . w_{y_j} + b_{y_j} - log Q(y_j) over the batch,
+  the other copies of y_i masked out, cross-entropy on the diagonal."""
+  tf.random.set_seed(3)
+  reranker = dr.SoftmaxReranker(12, 4)
+  reranker.item_bias.assign(np.linspace(-1, 1, 12).astype(np.float32))
+  query = tf.random.normal([6, 4], seed=4)
+  labels = tf.constant([5, 2, 5, 9, 0, 2])     # 5 and 2 repeat
+  counts = np.arange(1, 13, dtype=np.float64)
+  log_q = tf.constant(np.log(counts / counts.sum()), tf.float32)
+  got = reranker.in_batch_loss(query, labels, log_q).numpy()
+
+  w = reranker.item_weights.numpy()[labels.numpy()]
+  b = reranker.item_bias.numpy()[labels.numpy()]
+  logits = (query.numpy() @ w.T + b[None, :] -
+            log_q.numpy()[labels.numpy()][None, :])
+  same = labels.numpy()[:, None] == labels.numpy()[None, :]
+  logits[same & ~np.eye(6, dtype=bool)] = -np.inf
+  log_softmax = logits - np.log(np.exp(logits).sum(axis=1, keepdims=True))
+  expected = -np.mean(np.diag(log_softmax))
+  assert got == pytest.approx(expected, rel=1e-4)
+
+
+def test_in_batch_softmax_trains_and_bad_estimator_fails():
+  kwargs = dict(num_nodes=3, depth=2, num_paths=1, beam_size=2,
+                score_paths=2, num_sampled=5, embedding_dim=8, gru_units=8,
+                user_dim=8, rerank_dim=8, hidden_units=(8,))
+  with pytest.raises(ValueError, match="softmax must be one of"):
+    DeepRetrievalModel(30, softmax="full", **kwargs)
+  model = DeepRetrievalModel(30, softmax="in_batch", **kwargs)
+  assert DeepRetrievalModel.from_config(
+      model.get_config()).softmax == "in_batch"
+  model.compile(optimizer=keras.optimizers.Adam(0.05))
+  rng = np.random.default_rng(0)
+  features = {"history": tf.constant(rng.integers(0, 30, (32, 4))),
+              "history_mask": tf.ones([32, 4], tf.bool),
+              "item_id": tf.constant(rng.integers(0, 30, 32))}
+  first = model.train_on_batch(features, return_dict=True)
+  for _ in range(20):
+    last = model.train_on_batch(features, return_dict=True)
+  assert np.isfinite(last["softmax_loss"])
+  assert last["softmax_loss"] < first["softmax_loss"]
+

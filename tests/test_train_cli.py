@@ -98,6 +98,22 @@ def test_two_tower_exports_an_ivfpq_servable_and_its_embeddings(tmp_path):
           card["index"]["rerank"]) == (16, 4, 50)
 
 
+def test_two_tower_without_side_features(tmp_path):
+  """--noside_features: ids and history only, in the model and in the
+  servable's signature."""
+  out, export = tmp_path / "run", tmp_path / "export"
+  proc = _run("--model=two_tower", "--dataset=synthetic", "--noside_features",
+              f"--output_dir={out}", f"--export_dir={export}", "--epochs=1",
+              "--steps_per_epoch=30", "--batch_size=256", "--verbose=0")
+  assert proc.returncode == 0, proc.stderr[-3000:]
+  config = json.loads((out / "model" / "config.json").read_text())
+  assert config["user_features"] == {} and config["item_features"] == {}
+  card = json.loads((export / "1" / "assets.extra" /
+                     "model_card.json").read_text())
+  assert set(card["example_requests"]["serving_default"]) == {
+      "history", "user_id", "k"}
+
+
 def test_floors_on_the_ncf_split(data_root, tmp_path):
   ncf = dataset_dir(data_root, "ncf-ml-1m")
   results = {}
