@@ -44,8 +44,9 @@ Real data (`--part=real`), a reduced ablation per dataset of `--datasets`:
   no MGS row: there is no query text; no relevance control).
 
 Rows: base two-tower, + MGS (query datasets), + behaviour attention with
-the zero vector at tau = 1 (behaviour datasets), full MGDSPR (tau = 2,
-mixed hard negatives), full with hinge loss. Per-dataset training flags in
+the zero vector at tau = 1 (behaviour datasets), the full model without
+hard negatives (tau = 2), full MGDSPR (tau = 2, mixed hard negatives),
+full with hinge loss. Per-dataset training flags in
 `--crowdflower_flags` / `--amazon_beauty_flags`, chosen from learning
 curves (see `mgdspr_tf/README.md`). Writes the `mgdspr_real` section of
 `RESULTS.md` and `results/mgdspr_real.json`.
@@ -224,7 +225,9 @@ def real_ablation(dataset: str) -> List:
     rows.append(("+ MGS", ["--nobehaviour"] + REAL_BASE))
   if has_behaviour:
     rows.append(("+ behaviour attention, zero vector (tau 1)", REAL_BASE))
-  rows += [(REAL_FULL, []), ("full MGDSPR, hinge loss", ["--loss=hinge"])]
+  rows += [("full without hard negatives (tau 2, no I_mix)",
+            ["--num_hard=0"]),
+           (REAL_FULL, []), ("full MGDSPR, hinge loss", ["--loss=hinge"])]
   return rows
 
 
