@@ -384,6 +384,9 @@ class IVFPQIndex(keras.layers.Layer):
     flat_codebooks = tf.reshape(self.codebooks, [-1, self.codebooks.shape[2]])
     code_offsets = tf.range(self.num_subspaces) * self.num_codewords
     offsets = tf.convert_to_tensor(self.list_offsets)
+    # A list contributes at most its length: memory is pairs x min(width,
+    # longest list), not pairs x width (rerank can be far above a list).
+    list_width = tf.minimum(width, tf.reduce_max(offsets[1:] - offsets[:-1]))
 
     def scan(i, found_scores, found_positions):
       pairs = order[ends[i] - counts[i]:ends[i]]
@@ -398,9 +401,9 @@ class IVFPQIndex(keras.layers.Layer):
       if exclude is not None:
         scores = self._mask_excluded(scores, tf.gather(exclude, rows),
                                      positions)
-      best, top = tf.math.top_k(scores, k=tf.minimum(width, end - start))
-      best = _pad_columns(best, width, -np.inf)
-      top = _pad_columns(tf.gather(positions, top), width, -1)
+      best, top = tf.math.top_k(scores, k=tf.minimum(list_width, end - start))
+      best = _pad_columns(best, list_width, -np.inf)
+      top = _pad_columns(tf.gather(positions, top), list_width, -1)
       return (i + 1, found_scores.write(i, best),
               found_positions.write(i, top))
 
@@ -412,10 +415,12 @@ class IVFPQIndex(keras.layers.Layer):
         lambda i, *_: i < tf.size(lists), scan, (0,) + arrays)
     # Rows come out grouped by list; put them back in (query, probe) order.
     unsort = tf.math.invert_permutation(order)
-    scores = tf.reshape(tf.gather(found_scores.concat(), unsort),
-                        [batch, nprobe * width])
-    positions = tf.reshape(tf.gather(found_positions.concat(), unsort),
-                           [batch, nprobe * width])
+    scores = _pad_columns(tf.reshape(
+        tf.gather(found_scores.concat(), unsort),
+        [batch, nprobe * list_width]), width, -np.inf)
+    positions = _pad_columns(tf.reshape(
+        tf.gather(found_positions.concat(), unsort),
+        [batch, nprobe * list_width]), width, -1)
     top_scores, top = tf.math.top_k(scores, k=width)
     return top_scores, tf.gather(positions, top, batch_dims=1)
 
@@ -521,7 +526,8 @@ def build_index(item_vectors, kind: str = "brute_force", metric: str = "dot",
                 max_k: int = 1000, num_lists: Optional[int] = None,
                 num_subspaces: Optional[int] = None,
                 nprobe: Optional[int] = None, rerank: int = 100,
-                seed: int = 0) -> keras.layers.Layer:
+                seed: int = 0, request_rows: Optional[int] = None
+                ) -> keras.layers.Layer:
   """The index a servable ships, filled with `item_vectors [N, d]`.
 
   `brute_force` is exact (chunked above 262,144 items so memory stays
@@ -529,7 +535,11 @@ def build_index(item_vectors, kind: str = "brute_force", metric: str = "dot",
   the corpus size: J = min(4 sqrt(N), N / 39) lists (Faiss' guidance), the
   divisor of d nearest d / 4 as sub-spaces (4-d sub-spaces, one byte each),
   nprobe = J / 16 (at least 1), and the best max(rerank, k) candidates
-  re-scored exactly.
+  re-scored exactly. `request_rows`: the query rows one request searches
+  (e.g. a multi-head query tower's heads); a request of that many rows is
+  scanned query by query (`IVFPQIndex.list_scan_from` = request_rows x
+  nprobe, at least the default 64), which is far faster for single
+  requests than the list-by-list scan made for large batches.
   """
   item_vectors = np.asarray(item_vectors, np.float32)
   if item_vectors.ndim != 2 or not len(item_vectors):
@@ -543,15 +553,18 @@ def build_index(item_vectors, kind: str = "brute_force", metric: str = "dot",
                             chunk_size=262_144 if count > 262_144 else None)
     index.set_embeddings(item_vectors)
     return index
+  if request_rows is not None and request_rows < 1:
+    raise ValueError(f"request_rows must be >= 1, got {request_rows}")
   num_lists = num_lists or max(1, min(int(4 * np.sqrt(count)), count // 39))
   num_subspaces = num_subspaces or min(
       (s for s in range(1, dim + 1) if dim % s == 0),
       key=lambda s: abs(s - dim / 4))
+  nprobe = nprobe or max(1, num_lists // 16)
   return IVFPQIndex.from_embeddings(
       item_vectors, num_lists, num_subspaces,
       num_codewords=min(256, count), seed=seed, metric=metric, max_k=max_k,
-      nprobe=nprobe or max(1, num_lists // 16), rerank=rerank,
-      store_vectors=rerank > 0)
+      nprobe=nprobe, rerank=rerank, store_vectors=rerank > 0,
+      list_scan_from=max(64, (request_rows or 0) * nprobe))
 
 
 def index_parameters(index: keras.layers.Layer) -> dict:

@@ -12,10 +12,13 @@ data, calls `ctx.fit(...)` and evaluates. The runner owns everything else:
   (`TF_CONFIG`) and `parameter_server` (`TF_CONFIG`, `model.fit` with a
   `DatasetCreator`);
 * callbacks: Keras progress bar, TensorBoard in `output_dir/logs`, backups in
-  `output_dir/backup`, weights in `output_dir/checkpoints`, and a hard stop with
-  a clear error on a NaN or infinite loss;
+  `output_dir/backup`, weights in `output_dir/checkpoints` (the last
+  `--keep_checkpoints` epochs), and a hard stop with a clear error on a NaN or
+  infinite loss;
 * `config.json` and `metrics.json` (flat `{"hr@10": ...}` plus dataset and
-  timing), written atomically.
+  timing), written atomically;
+* exit status 2 with `error: ...` on a bad flag or bad data (`DataError`), 3
+  on a non-finite loss.
 """
 
 from __future__ import annotations
@@ -37,6 +40,7 @@ from absl import logging
 
 from retrieval_tf.compat import keras, tf
 from retrieval_tf.datasets import synthetic
+from retrieval_tf.datasets.errors import DataError
 from retrieval_tf.files import write_json_atomic
 from retrieval_tf.index import INDEX_KINDS, check_build_options
 import tensorflow_recommenders as tfrs  # pylint: disable=g-bad-import-order
@@ -87,12 +91,15 @@ def define_common_flags(datasets: Mapping[str, bool],
   flags.DEFINE_bool("overwrite", False,
                     "Replace a finished run in --output_dir.")
   flags.DEFINE_integer("verbose", 1, "Keras progress output (0, 1 or 2).")
+  flags.DEFINE_integer("keep_checkpoints", 3,
+                       "Epoch checkpoints kept in output_dir/checkpoints, the "
+                       "newest (0: keep every epoch's).")
 
 
 _DATASETS: Dict[str, bool] = {}
 
 # Flags that do not change what a run computes: a resumed run may differ here.
-_NON_CONFIG_FLAGS = ("overwrite", "verbose", "export_dir")
+_NON_CONFIG_FLAGS = ("overwrite", "verbose", "export_dir", "keep_checkpoints")
 
 
 def synthetic_config(values: Mapping[str, Any]):
@@ -138,6 +145,9 @@ def validate(values: Mapping[str, Any]) -> None:
   if not values["learning_rate"] > 0:
     raise UsageError(f"--learning_rate must be > 0, got "
                      f"{values['learning_rate']}")
+  if values.get("keep_checkpoints", 0) < 0:
+    raise UsageError(f"--keep_checkpoints must be >= 0, got "
+                     f"{values['keep_checkpoints']}")
 
 
 def define_index_flags(what: str = "the item embeddings") -> None:
@@ -300,6 +310,28 @@ class StopOnNonFiniteBatchLoss(StopOnNonFiniteLoss):
                 f"at step {batch} of epoch {self._epoch + 1}")
 
 
+class KeepLastCheckpoints(keras.callbacks.Callback):
+  """Deletes all but the newest `keep` epoch checkpoints (`epoch-NNN.*`,
+  written by the `ModelCheckpoint` before it) of `folder` after each epoch:
+  a long run no longer fills the disk with one set of weights per epoch."""
+
+  def __init__(self, folder: str, keep: int):
+    super().__init__()
+    if keep < 1:
+      raise ValueError(f"keep must be >= 1, got {keep}")
+    self.folder, self.keep = folder, int(keep)
+
+  def on_epoch_end(self, epoch, logs=None):
+    if not os.path.isdir(self.folder):
+      return
+    epochs = sorted({name.split(".")[0] for name in os.listdir(self.folder)
+                     if name.startswith("epoch-")})
+    stale = set(epochs[:-self.keep])
+    for name in os.listdir(self.folder):
+      if name.split(".")[0] in stale:
+        os.remove(os.path.join(self.folder, name))
+
+
 class _EpochCounter(keras.callbacks.Callback):
   """Counts the epochs this process ran (fewer than asked when resumed)."""
 
@@ -362,13 +394,16 @@ class RunContext:
                                 max(1, math.ceil(num_examples /
                                                  self.flags["batch_size"]))),
                batch_size=self.flags["batch_size"],
-               callbacks=callbacks, verbose=self.flags.get("verbose", 1))
+               callbacks=callbacks, verbose=self.flags.get("verbose", 1),
+               keep_checkpoints=self.flags.get("keep_checkpoints", 0))
 
 
 def fit(build_model, dataset_fn, *, strategy, output_dir: str, epochs: int,
         steps_per_epoch: int, batch_size: int,
-        callbacks=None, verbose: int = 1) -> FitResult:
-  """`model.fit` under `strategy` with the runner's callbacks (see module)."""
+        callbacks=None, verbose: int = 1,
+        keep_checkpoints: int = 0) -> FitResult:
+  """`model.fit` under `strategy` with the runner's callbacks (see module);
+  `keep_checkpoints` > 0 keeps only that many epoch checkpoints."""
   with strategy.scope():
     model = build_model()
     _build_on_sample(model, dataset_fn)
@@ -380,6 +415,8 @@ def fit(build_model, dataset_fn, *, strategy, output_dir: str, epochs: int,
       keras.callbacks.ModelCheckpoint(
           os.path.join(output_dir, "checkpoints", "epoch-{epoch:03d}"),
           save_weights_only=True),
+  ] + ([KeepLastCheckpoints(os.path.join(output_dir, "checkpoints"),
+                            keep_checkpoints)] if keep_checkpoints else []) + [
       (StopOnNonFiniteLoss() if _is_parameter_server(strategy)
        else StopOnNonFiniteBatchLoss()),
       counter,
@@ -451,6 +488,9 @@ def run(experiment: Callable[[RunContext], Dict[str, Any]],
     start = time.perf_counter()
     try:
       metrics = experiment(ctx)
+    except DataError as e:  # malformed files, unknown ids or fields
+      sys.stderr.write(f"error: {e}\n")
+      return 2
     except NonFiniteLossError as e:
       sys.stderr.write(f"error: {e}\n")
       return 3

@@ -162,8 +162,11 @@ def test_ivfpq_equals_numpy_adc(rotation, metric, list_scan_from):
                                list_scan_from=list_scan_from)
   queries = np.random.default_rng(4).normal(size=(7, 8)).astype(np.float32)
   exclude = np.random.default_rng(5).integers(-1, 300, (7, 5))
+  # rerank 150 / 120 exceed every list (~50 items): the by-list scan keeps
+  # at most a list's length per (query, list) and pads the row after.
   for nprobe, ban, rerank in [(1, None, 0), (2, exclude, 0), (6, None, 0),
-                              (3, exclude, 40), (6, None, 25), (4, None, 7)]:
+                              (3, exclude, 40), (6, None, 25), (4, None, 7),
+                              (6, None, 150), (2, exclude, 120)]:
     scores, ids = index(queries, 20, nprobe=nprobe, rerank=rerank,
                         exclude=ban)
     want_scores, want_ids = _reference_adc(queries, parts, 20, nprobe, ban,
@@ -293,6 +296,10 @@ def test_build_index_defaults_by_corpus_size():
   assert isinstance(approx, IVFPQIndex)
   assert (approx.num_lists, approx.num_subspaces) == (51, 3)
   assert approx.nprobe == 3 and approx.store_vectors
+  assert approx.list_scan_from == 64  # the index's default
+  wide = build_index(vectors, "ivfpq", num_lists=51, nprobe=40, rerank=0,
+                     request_rows=2)
+  assert wide.list_scan_from == 80  # 2 rows x 40 lists: query by query
   _, ids = approx(vectors[:3].astype(np.float32), 5, nprobe=51, rerank=2000)
   _, want = exact(vectors[:3].astype(np.float32), 5)
   np.testing.assert_array_equal(ids.numpy(), want.numpy())
@@ -303,7 +310,8 @@ def test_build_index_defaults_by_corpus_size():
       ("ivfpq", {"num_lists": 4, "nprobe": 5},
        "nprobe=5 must be <= num_lists=4"),
       ("ivfpq", {"num_lists": 0}, "num_lists must be >= 1"),
-      ("ivfpq", {"rerank": -1}, "rerank must be >= 0")]:
+      ("ivfpq", {"rerank": -1}, "rerank must be >= 0"),
+      ("ivfpq", {"request_rows": 0}, "request_rows must be >= 1")]:
     with pytest.raises(ValueError, match=message):
       build_index(vectors, kind, **options)
   with pytest.raises(ValueError, match="non-empty"):

@@ -35,6 +35,7 @@ def test_validate_accepts_good_flags(tmp_path):
     ({"batch_size": -4}, "--batch_size must be >= 1"),
     ({"learning_rate": 0.0}, "--learning_rate must be > 0"),
     ({"steps_per_epoch": 0}, "--steps_per_epoch must be >= 1"),
+    ({"keep_checkpoints": -1}, "--keep_checkpoints must be >= 0"),
 ])
 def test_validate_names_the_bad_flag(tmp_path, overrides, message):
   with pytest.raises(runner.UsageError, match=message):
@@ -104,9 +105,10 @@ def test_write_json_atomic_leaves_no_partial_file(tmp_path):
   assert [p.name for p in tmp_path.iterdir()] == ["m.json"]
 
 
-def test_nan_loss_stops_training_with_a_clear_error(tmp_path):
+def _fit_linear(output_dir, epochs, targets=None, keep_checkpoints=0):
+  """`runner.fit` of a linear model on 32 rows of ones (targets: ones)."""
   x = np.ones((32, 2), np.float32)
-  y = np.full((32, 1), np.nan, np.float32)
+  y = x[:, :1] if targets is None else targets
 
   def build():
     model = keras.Sequential([keras.layers.Dense(1)])
@@ -117,10 +119,33 @@ def test_nan_loss_stops_training_with_a_clear_error(tmp_path):
     del context
     return tf.data.Dataset.from_tensor_slices((x, y)).batch(8).repeat()
 
+  return runner.fit(build, dataset_fn, strategy=tf.distribute.get_strategy(),
+                    output_dir=str(output_dir), epochs=epochs,
+                    steps_per_epoch=4, batch_size=8, verbose=0,
+                    keep_checkpoints=keep_checkpoints)
+
+
+def test_nan_loss_stops_training_with_a_clear_error(tmp_path):
   with pytest.raises(runner.NonFiniteLossError, match="became nan at step 0"):
-    runner.fit(build, dataset_fn, strategy=tf.distribute.get_strategy(),
-               output_dir=str(tmp_path), epochs=2, steps_per_epoch=4,
-               batch_size=8, verbose=0)
+    _fit_linear(tmp_path, 2, targets=np.full((32, 1), np.nan, np.float32))
+
+
+def _epochs_on_disk(folder):
+  return sorted({p.name.split(".")[0] for p in folder.iterdir()
+                 if p.name.startswith("epoch-")})
+
+
+def test_only_the_newest_checkpoints_are_kept(tmp_path):
+  _fit_linear(tmp_path / "keep2", 5, keep_checkpoints=2)
+  folder = tmp_path / "keep2" / "checkpoints"
+  assert _epochs_on_disk(folder) == ["epoch-004", "epoch-005"]
+  # What is left still loads, and is the newest.
+  assert tf.train.latest_checkpoint(str(folder)).endswith("epoch-005")
+  _fit_linear(tmp_path / "all", 3, keep_checkpoints=0)
+  assert _epochs_on_disk(tmp_path / "all" / "checkpoints") == [
+      "epoch-001", "epoch-002", "epoch-003"]
+  with pytest.raises(ValueError, match="keep must be >= 1"):
+    runner.KeepLastCheckpoints(str(folder), 0)
 
 
 def test_make_strategy_rejects_parameter_server_without_cluster(monkeypatch):
