@@ -3,7 +3,8 @@ Tables 5/6 (latency, sharding) and Sec. 5.1.2 (compressed input).
 
     python -m benchmarks.dpsr                 # everything
     python -m benchmarks.dpsr --only=table2   # one part: table2, figure7,
-                                              # latency, compressed
+                                              # latency, ivfpq_sweep,
+                                              # compressed
 
 * table2: on the synthetic world and CrowdFlower, DPSR (2 heads), DPSR
   1-head, DSSM (unclicked negatives), BM25 (unigrams; unigrams + bigrams),
@@ -28,6 +29,10 @@ Tables 5/6 (latency, sharding) and Sec. 5.1.2 (compressed input).
   vectors and over a clustered 1M catalogue: build time, p50/p99, and
   recall of its top-1,000 against the exact servable's top-1,000 for the
   same queries.
+* ivfpq_sweep: the same unsharded servable over the clustered 1M catalogue
+  with IVF-PQ indexes of J in `IVFPQ_SWEEP` and, per J, several (nprobe,
+  rerank): p50/p99 against recall@1000 of the exact top-1,000 (the
+  recall / latency frontier; section `dpsr_ivfpq_sweep`).
 * compressed: the 3 files vs the joined table (bytes) and the examples/s of
   both `tf.data` readers vs DPSR training examples/s.
 """
@@ -55,6 +60,11 @@ EPOCHS = {"synthetic": 15, "crowdflower": 10}
 # path (its list_scan_from); build_index's default J / 16 (250 of 4,000
 # lists at 1M) would scan list by list, made for large batches.
 IVFPQ_NPROBE = (32, 16)
+# The recall / latency sweep (`--only=ivfpq_sweep`): J -> (nprobe, rerank)
+# pairs; list_scan_from is raised so one-row calls stay query by query.
+IVFPQ_SWEEP = {1000: ((16, 1000), (32, 1000), (32, 4000), (64, 4000)),
+               4000: ((32, 1000), (64, 4000), (128, 4000), (128, 10000),
+                      (256, 4000))}
 KEYS = ("top1", "top10", "mrr", "auc", "p_good@100", "recall@100",
         "popularity@100")
 
@@ -224,17 +234,15 @@ def figure7() -> None:
   report.write_section("dpsr_figure7", text, raw)
 
 
-def latency(num_items: int = 1_000_000, calls: int = 200) -> None:
-  """See the module docstring."""
-  harness.pin_threads()
-  from retrieval_tf import export as export_lib  # pylint: disable=g-import-not-at-top
+def _latency_model():
+  """The query side of the latency parts: a 2-head DPSR model trained 50
+  steps on the synthetic world (latency does not depend on how well it is
+  trained), with its task and title token table."""
   from retrieval_tf.compat import keras, tf  # pylint: disable=g-import-not-at-top
-  from retrieval_tf.serving.assets import write_vocabulary  # pylint: disable=g-import-not-at-top
   from retrieval_tf.text import Tokenizer, padded_ids  # pylint: disable=g-import-not-at-top
   from dpsr_tf import data as data_lib  # pylint: disable=g-import-not-at-top
   from dpsr_tf.model import DPSRModel  # pylint: disable=g-import-not-at-top
-  from dpsr_tf.servable import DPSRServable, model_fingerprint  # pylint: disable=g-import-not-at-top
-
+  keras.utils.set_random_seed(0)  # the same model, hence queries, every run
   task = data_lib.load_task("synthetic")
   tok = Tokenizer()
   titles = padded_ids(tok, task.item_text)
@@ -246,6 +254,32 @@ def latency(num_items: int = 1_000_000, calls: int = 200) -> None:
       {"query": task.train["query"].astype(str),
        "item": task.train["item"]}).repeat().batch(64, drop_remainder=True)
   model.fit(ds, steps_per_epoch=50, epochs=1, verbose=0)
+  return task, model, titles
+
+
+def _serving_setup(task, model, name: str, num_items: int, calls: int):
+  """A fresh `RUNS/name` folder with the item-id asset of `num_items`
+  items, the model's fingerprint, and the first `calls` test queries as
+  requests."""
+  from retrieval_tf.serving.assets import write_vocabulary  # pylint: disable=g-import-not-at-top
+  from dpsr_tf.servable import model_fingerprint  # pylint: disable=g-import-not-at-top
+  folder = os.path.join(harness.REPO_ROOT, RUNS, name)
+  shutil.rmtree(folder, ignore_errors=True)
+  os.makedirs(folder)
+  items_asset = write_vocabulary(folder, "items",
+                                  [f"item{i}" for i in range(num_items)])
+  requests = {"query": [str(q) for q in task.test["query"][:calls]]}
+  return folder, items_asset, model_fingerprint(model), requests
+
+
+def latency(num_items: int = 1_000_000, calls: int = 200) -> None:
+  """See the module docstring."""
+  harness.pin_threads()
+  from retrieval_tf import export as export_lib  # pylint: disable=g-import-not-at-top
+  from retrieval_tf.compat import tf  # pylint: disable=g-import-not-at-top
+  from dpsr_tf.servable import DPSRServable  # pylint: disable=g-import-not-at-top
+
+  task, model, titles = _latency_model()
   # Index build: the item tower over 1M items (the world's rows tiled) and
   # filling the index.
   embed = tf.function(lambda f: model.item_tower(f, training=False))
@@ -262,13 +296,8 @@ def latency(num_items: int = 1_000_000, calls: int = 200) -> None:
   rng = np.random.default_rng(0)
   vectors = rng.normal(size=vectors.shape).astype(np.float32)
   vectors /= np.linalg.norm(vectors, axis=1, keepdims=True)
-  folder = os.path.join(harness.REPO_ROOT, RUNS, "latency")
-  shutil.rmtree(folder, ignore_errors=True)
-  os.makedirs(folder)
-  items_asset = write_vocabulary(folder, "items",
-                                  [f"item{i}" for i in range(num_items)])
-  fingerprint = model_fingerprint(model)
-  requests = {"query": [str(q) for q in task.test["query"][:calls]]}
+  folder, items_asset, fingerprint, requests = _serving_setup(
+      task, model, "latency", num_items, calls)
   raw: Dict[str, Any] = {"num_items": num_items,
                          "item_tower_seconds": round(tower_seconds, 2)}
   rows = []
@@ -368,6 +397,61 @@ def latency(num_items: int = 1_000_000, calls: int = 200) -> None:
   report.write_section("dpsr_latency", text, raw)
 
 
+def ivfpq_sweep(num_items: int = 1_000_000, calls: int = 200) -> None:
+  """The recall / latency frontier of the unsharded IVF-PQ servable on the
+  clustered 1M catalogue: J lists in `IVFPQ_SWEEP`, and for each J the
+  (nprobe, rerank) pairs listed there."""
+  harness.pin_threads()
+  from benchmarks.vectors import clustered_vectors  # pylint: disable=g-import-not-at-top
+  from dpsr_tf.servable import DPSRServable  # pylint: disable=g-import-not-at-top
+
+  task, model, _ = _latency_model()
+  folder, items_asset, fingerprint, requests = _serving_setup(
+      task, model, "ivfpq_sweep", num_items, calls)
+  vectors = clustered_vectors(num_items, 0)[0]
+  exact_ids = _top_ids(
+      DPSRServable(model, vectors, np.arange(num_items), items_asset, {},
+                   1000, fingerprint), requests["query"], 1000)
+  raw: Dict[str, Any] = {"num_items": num_items, "queries": calls,
+                         "by_num_lists": {}}
+  rows = []
+  for num_lists, settings in IVFPQ_SWEEP.items():
+    result = _ivfpq_latency(model, vectors, items_asset, fingerprint,
+                            requests, exact_ids, folder, calls, "clustered",
+                            settings=settings, num_lists=num_lists,
+                            keep_exports=False)
+    raw["by_num_lists"][str(num_lists)] = result
+    for m in result["runs"]:
+      rows.append([m["num_lists"], m["num_subspaces"], m["nprobe"],
+                   m["rerank"], round(m["candidates_per_head"]),
+                   m["p50_ms"], m["p99_ms"], round(m["recall_at_1000"], 4),
+                   result["build_seconds"]])
+  raw["load_average_1min_after"] = os.getloadavg()[0]
+  text = (
+      "## DPSR: IVF-PQ recall / latency frontier at 1M items\n\n"
+      "`python -m benchmarks.dpsr --only=ivfpq_sweep` on " +
+      report.machine() + ". The servable of the Tables 5/6 analogue (query "
+      "text -> 2-head query tower -> each head's top-1,000 -> union cut to "
+      f"1,000 by exact inner products) over {num_items:,} vectors of the "
+      "2,000-component Gaussian mixture (`benchmarks.vectors."
+      "clustered_vectors`), with an `IVFPQIndex` of J lists and D "
+      "sub-spaces: nprobe lists per head, the best max(rerank, 1,000) "
+      "candidates by ADC re-scored exactly. Candidates per head: items in "
+      "the probed lists (mean). p50 / p99: one request at a time through "
+      "the loaded servable, one intra-op and one inter-op thread "
+      f"(`benchmarks.servable_latency`, {calls} queries). Recall@1000: share "
+      "of the exact servable's top-1,000 returned, mean over the same "
+      "queries. Build s: training the quantizers and encoding all items, "
+      "one thread. The exact servable on the same box: see the Tables 5/6 "
+      "analogue.\n\n" + report.markdown_table(
+          ["J", "D", "nprobe", "rerank", "candidates per head", "p50 ms",
+           "p99 ms", "recall@1000", "build s"], rows) +
+      f"\n\nLoad average of the box after the runs: "
+      f"{raw['load_average_1min_after']:.1f} (on 2 cores).")
+  report.write_section("dpsr_ivfpq_sweep", text, raw)
+  print(text)
+
+
 def _top_ids(servable, queries, k: int, batch: int = 20) -> np.ndarray:
   """`[len(queries), k]` item ids the in-memory servable returns."""
   out = []
@@ -380,29 +464,45 @@ def _top_ids(servable, queries, k: int, batch: int = 20) -> np.ndarray:
 
 
 def _ivfpq_latency(model, vectors, items_asset, fingerprint, requests,
-                   exact_ids, folder, calls, tag: str) -> Dict[str, Any]:
+                   exact_ids, folder, calls, tag: str,
+                   settings=tuple((n, None) for n in IVFPQ_NPROBE),
+                   num_lists=None, keep_exports: bool = True
+                   ) -> Dict[str, Any]:
   """IVF-PQ servables over the same vectors: one quantizer training
-  (`build_index`'s defaults for J, D and rerank), then one servable per
-  nprobe of `IVFPQ_NPROBE`."""
+  (`build_index`'s defaults for D and rerank, and for J unless `num_lists`
+  is given), then one servable per (nprobe, rerank) of `settings` (rerank
+  None: the trained default). `list_scan_from` is raised to the probes of
+  a one-row call (heads x nprobe) so that such calls stay on the per-query
+  look-up-table path; `_top_ids`' batched calls may scan by list (same
+  scores)."""
   from retrieval_tf import export as export_lib  # pylint: disable=g-import-not-at-top
+  from retrieval_tf.compat import tf  # pylint: disable=g-import-not-at-top
   from retrieval_tf.index import IVFPQIndex, build_index  # pylint: disable=g-import-not-at-top
   from dpsr_tf.servable import DPSRServable  # pylint: disable=g-import-not-at-top
   num_items = len(vectors)
   start = time.perf_counter()
-  trained = build_index(vectors, "ivfpq", max_k=1000, seed=0)
+  trained = build_index(vectors, "ivfpq", max_k=1000, num_lists=num_lists,
+                        seed=0)
   out: Dict[str, Any] = {"build_seconds": round(time.perf_counter() - start,
                                                 1), "runs": []}
-  for nprobe in IVFPQ_NPROBE:
-    config = dict(trained.get_config(), nprobe=nprobe)
+  for nprobe, rerank in settings:
+    config = dict(trained.get_config(), nprobe=nprobe,
+                  list_scan_from=max(64, model.num_heads * nprobe))
+    if rerank is not None:
+      config["rerank"] = rerank
     config.pop("name")
     index = IVFPQIndex.from_config(config)
     index.set_weights(trained.get_weights())
+    scanned = float(np.mean(index.candidates_scanned(
+        model.query_heads({"query": tf.constant(requests["query"])})
+        .numpy().reshape(-1, vectors.shape[1])).numpy()))
     servable = DPSRServable(model, vectors, np.arange(num_items),
                             items_asset, {}, 1000, fingerprint, index=index)
     found = _top_ids(servable, requests["query"], 1000)
     recall = float(np.mean([len(set(a) & set(b)) / len(b)
                             for a, b in zip(found, exact_ids)]))
-    target = os.path.join(folder, f"ivfpq_{tag}_nprobe{nprobe}")
+    target = os.path.join(folder, f"ivfpq_{tag}_j{trained.num_lists}_"
+                          f"nprobe{nprobe}_rerank{index.rerank}")
     export_lib.export_servable(
         target, servable,
         {"serving_default": servable.serve.get_concrete_function()},
@@ -411,9 +511,12 @@ def _ivfpq_latency(model, vectors, items_asset, fingerprint, requests,
     del servable, index
     measured = _servable_latency(os.path.relpath(target, harness.REPO_ROOT),
                                  requests, 1000, calls)
+    if not keep_exports:
+      shutil.rmtree(target)
     measured.update(num_lists=trained.num_lists, nprobe=nprobe,
                     num_subspaces=trained.num_subspaces,
-                    rerank=trained.rerank, recall_at_1000=recall)
+                    rerank=config["rerank"], recall_at_1000=recall,
+                    candidates_per_head=scanned)
     out["runs"].append(measured)
   return out
 
@@ -496,12 +599,13 @@ def compressed() -> None:
 def main():
   parser = argparse.ArgumentParser()
   parser.add_argument("--only", choices=("table2", "figure7", "latency",
-                                         "compressed"))
+                                         "ivfpq_sweep", "compressed"))
   parser.add_argument("--latency_items", type=int, default=1_000_000)
   args = parser.parse_args()
   parts = {"table2": table2, "figure7": figure7,
            "compressed": compressed,
-           "latency": lambda: latency(args.latency_items)}
+           "latency": lambda: latency(args.latency_items),
+           "ivfpq_sweep": lambda: ivfpq_sweep(args.latency_items)}
   for name, fn in parts.items():
     if args.only in (None, name):
       fn()

@@ -11,7 +11,9 @@ them), `items` int `[n, C]` the candidates of each row. A *retriever* is
 * `auc`: ROC AUC of the scores of the test queries' labelled pairs;
 * synthetic world: `p_good@100` (share of the top 100 with ground-truth
   grade >= 2) and `recall@100` (share of the query's grade >= 2 items in
-  the top 100), computed with `SyntheticWorld.relevance`.
+  the top 100), computed with `SyntheticWorld.relevance`;
+* `head_win_share_<i>` (models with several heads): the share of test
+  positives whose best head is head i (collapse shows as one share at 1).
 """
 
 from __future__ import annotations
@@ -154,6 +156,26 @@ def popularity_metric(retrieve: Retriever, test: Mapping[str, np.ndarray],
   top = np.concatenate([retrieve(_rows(test, take[s:s + 256]), k)
                         for s in range(0, len(take), 256)])
   return {f"popularity@{k}": float(percentile[top].mean())}
+
+
+def head_usage(scorer: "ModelScorer", test: Mapping[str, np.ndarray],
+               max_rows: int = 20000, batch_size: int = 256
+               ) -> Dict[str, float]:
+  """Which head serves the positives: `head_win_share_<i>`, the share of
+  the test rows (at most `max_rows`, the first) whose positive item has its
+  largest inner product with head i. A share of 1.0 means the other heads
+  never win, i.e. the heads collapsed into one."""
+  n = min(len(test["item"]), max_rows)
+  wins = []
+  for s in range(0, n, batch_size):
+    part = _rows(test, slice(s, min(s + batch_size, n)))
+    heads = scorer.heads(part)
+    items = tf.gather(scorer.vectors, tf.constant(part["item"], tf.int32))
+    wins.append(tf.argmax(tf.einsum("bmd,bd->bm", heads, items),
+                          axis=1).numpy())
+  wins = np.concatenate(wins)
+  shares = np.bincount(wins, minlength=scorer.model.num_heads) / len(wins)
+  return {f"head_win_share_{i}": float(v) for i, v in enumerate(shares)}
 
 
 def polysemy_metrics(scorer: "ModelScorer", world, k: int = 100

@@ -295,7 +295,7 @@ def export_dpsr(model: DPSRModel, item_vectors: np.ndarray,
                           max_k=min(max_k, len(indices)),
                           num_lists=num_lists, num_subspaces=num_subspaces,
                           nprobe=nprobe, rerank=min(rerank, len(indices)),
-                          seed=seed)
+                          seed=seed, request_rows=model.num_heads)
     servable = DPSRServable(model, item_vectors[indices], indices,
                             items_asset, user_assets, max_k, fingerprint,
                             shard, num_shards, index=layer)

@@ -128,6 +128,9 @@ def evaluate(scorer, task: data_lib.SearchTask, f: Dict[str, Any]
   out = evaluation.top_k_metrics(scorer, task.test, task.num_items,
                                  f["num_random_items"], seed=f["seed"])
   out.update(evaluation.auc_metric(scorer, task.judged))
+  if isinstance(scorer, evaluation.ModelScorer) and \
+      scorer.model.num_heads > 1:
+    out.update(evaluation.head_usage(scorer, task.test))
   if task.world is not None:
     out.update(evaluation.relevance_metrics(scorer.retrieve, task.test,
                                             task.world, seed=f["seed"]))

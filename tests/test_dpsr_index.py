@@ -106,6 +106,13 @@ def test_model_card_records_the_index(setup):
   assert full["type"] == "IVFPQIndex"
   assert (full["num_lists"], full["nprobe"], full["num_subspaces"],
           full["rerank"]) == (LISTS, LISTS, 4, len(setup["ids"]))
+  # A one-query request (2 heads x nprobe lists) stays on the per-query
+  # scan: list_scan_from grows with nprobe past the index's default 64.
+  assert full["list_scan_from"] == 64
+  wide = setup["export"](str(setup["root"] / "wide"), index="ivfpq",
+                         num_lists=40, num_subspaces=4, nprobe=40,
+                         rerank=0)[0]
+  assert card(wide)["list_scan_from"] == 2 * 40
 
 
 def test_ivfpq_export_passes_the_checker(setup):

@@ -18,6 +18,7 @@ from retrieval_tf.serving.fanout import (FanoutClient, InProcessShard,
 from retrieval_tf.text import Tokenizer, padded_ids
 
 from dpsr_tf import data as data_lib
+from dpsr_tf import evaluation
 from dpsr_tf.evaluation import ModelScorer
 from dpsr_tf.model import DPSRModel, all_item_embeddings
 from dpsr_tf.servable import export_dpsr
@@ -237,3 +238,18 @@ def test_export_rejects_bad_arguments(setup):
                 setup["task"].user_vocabularies)
   with pytest.raises(ValueError, match="user vocabularies"):
     export_dpsr(model, vectors, ids, str(setup["root"] / "x"), {})
+
+
+def test_head_usage_counts_each_positives_best_head(setup):
+  task, model = setup["task"], setup["model"]
+  scorer = ModelScorer(model, setup["vectors"])
+  test_rows = {k: v[:40] for k, v in task.test.items()}
+  usage = evaluation.head_usage(scorer, test_rows, batch_size=16)
+  heads = scorer.heads(test_rows).numpy()
+  best = np.einsum("bmd,bd->bm", heads,
+                   setup["vectors"][test_rows["item"]]).argmax(1)
+  assert sorted(usage) == [f"head_win_share_{i}"
+                           for i in range(model.num_heads)]
+  for i in range(model.num_heads):
+    assert usage[f"head_win_share_{i}"] == pytest.approx(np.mean(best == i))
+  assert sum(usage.values()) == pytest.approx(1.0)
