@@ -42,13 +42,23 @@ Real data (`--part=real`), a reduced ablation per dataset of `--datasets`:
 * `amazon-beauty`: leave-one-out over the time-ordered sequences with an
   empty query, so only the behaviour encoders carry signal (recall only;
   no MGS row: there is no query text; no relevance control).
+* `bestbuy`: the catalogue's popular queries with derived judgments
+  (`retrieval_tf.datasets.bestbuy`: grade = category facet levels matched);
+  pairs of grade >= 2 are the clicks, query-disjoint split, P_good@k from
+  the same grades. The one real catalogue with structured fields (brand,
+  category levels), hence the one with relevance control: the full model's
+  top-50 filtered by the query's recognised intents of every field, and
+  by its brand intents only (`--rc_fields=brand`, a second training run
+  of the full model), reported as on the synthetic world.
 
-Rows: base two-tower, + MGS (query datasets), + behaviour attention with
-the zero vector at tau = 1 (behaviour datasets), the full model without
-hard negatives (tau = 2), full MGDSPR (tau = 2, mixed hard negatives),
-full with hinge loss. Per-dataset training flags in
-`--crowdflower_flags` / `--amazon_beauty_flags`, chosen from learning
-curves (see `mgdspr_tf/README.md`). Writes the `mgdspr_real` section of
+Rows: base two-tower, + MGS (query datasets), + MGS with tau = 2 and then
+also the mixed hard negatives without the behaviour branch (query datasets
+without users, where that branch only ever sees empty sequences), +
+behaviour attention with the zero vector at tau = 1 (behaviour datasets),
+the full model without hard negatives (tau = 2), full MGDSPR (tau = 2,
+mixed hard negatives), full with hinge loss. Per-dataset training flags in
+`--crowdflower_flags` / `--amazon_beauty_flags` / `--bestbuy_flags`, chosen
+from learning curves (see `mgdspr_tf/README.md`). Writes the `mgdspr_real` section of
 `RESULTS.md` and `results/mgdspr_real.json`.
 """
 
@@ -104,6 +114,11 @@ flags.DEFINE_list("amazon_beauty_flags", [
     "--num_heads=2", "--num_buckets=8192", "--max_real=10",
     "--max_short=20", "--max_long=20", "--max_test=25000", "--ks=10,50",
     "--rc_k=50", "--verbose=0"], "Flags of every Amazon Beauty run.")
+flags.DEFINE_list("bestbuy_flags", [
+    "--epochs=12", "--batch_size=128", "--embedding_dim=32",
+    "--num_heads=2", "--num_buckets=8192", "--max_real=10",
+    "--max_short=20", "--max_long=20", "--ks=10,50", "--rc_k=50",
+    "--verbose=0"], "Flags of every Best Buy run.")
 flags.DEFINE_list("dataset_seeds", [], "name:count pairs overriding "
                   "--seeds for that dataset of --part=real.")
 FLAGS = flags.FLAGS
@@ -165,6 +180,20 @@ def _mean_std(runs: List[Dict], key: str) -> str:
   return f"{np.mean(values):.4f} ± {np.std(values):.4f}"
 
 
+def _control_table(variants: Dict[str, List[Dict]]) -> str:
+  """Relevance control on the full model's top-`rc_k` (mean ± std), one
+  row per `{intents: runs}`."""
+  return report.markdown_table(
+      ["intents", "removal rate", "removal rate (queries with an intent)",
+       "queries with an intent", "fallback rate", "relevant@50 before",
+       "relevant@50 after"],
+      [[label] + [_mean_std(runs, k) for k in
+                  ("rc_removal_rate", "rc_removal_rate_with_intent",
+                   "rc_intent_rate", "rc_fallback_rate", "relevant@50",
+                   "rc_relevant@50")]
+       for label, runs in variants.items()])
+
+
 def latency_requests(seed: int, path: str, control: int) -> None:
   """The world's test requests (raw strings) as a request body file."""
   from mgdspr_tf import data as data_lib  # pylint: disable=g-import-not-at-top
@@ -207,7 +236,10 @@ def measure_latency(export_dir: str, seed: int) -> Dict[str, Dict]:
 
 # Real datasets: folder under --data_root, has query text, has behaviour.
 REAL = {"crowdflower": ("crowdflower-search", True, False),
-        "amazon-beauty": ("amazon-beauty", False, True)}
+        "amazon-beauty": ("amazon-beauty", False, True),
+        "bestbuy": ("bestbuy-products", True, False)}
+# Relevance control with the intents of some fields only (full model).
+RC_VARIANTS = {"bestbuy": [("brand intents only", ["--rc_fields=brand"])]}
 REAL_BASE = ["--temperature=1", "--num_hard=0"]
 REAL_FULL = "full MGDSPR (tau 2, mixed hard negatives)"
 REAL_COLUMNS = ["recall@10", "recall@50", "p_good@10", "p_good@50"]
@@ -223,6 +255,12 @@ def real_ablation(dataset: str) -> List:
   rows = [("base two-tower", ["--nomgs", "--nobehaviour"] + REAL_BASE)]
   if has_query:
     rows.append(("+ MGS", ["--nobehaviour"] + REAL_BASE))
+  if has_query and not has_behaviour:
+    # tau and I_mix without the (empty) behaviour branch the full rows carry.
+    rows += [("+ MGS, tau 2 (no behaviour branch)",
+              ["--nobehaviour", "--num_hard=0"]),
+             ("+ MGS, tau 2, mixed hard negatives (no behaviour branch)",
+              ["--nobehaviour"])]
   if has_behaviour:
     rows.append(("+ behaviour attention, zero vector (tau 1)", REAL_BASE))
   rows += [("full without hard negatives (tau 2, no I_mix)",
@@ -256,8 +294,15 @@ def main_real() -> None:
           "products, so there P_good@k = hits / k and recall@k = hits / "
           "|relevant|: the two move together. Amazon Beauty: "
           "leave-one-out over the time-ordered sequences, empty query, "
-          "recall only. Relevance control: neither dataset has the "
-          "structured fields it needs (not run)."]
+          "recall only. Best Buy: clicks = (query, product) pairs whose "
+          "category path matches at least two of the query's category "
+          "facet levels (derived judgments, `retrieval_tf.datasets."
+          "bestbuy`), query-disjoint split, P_good@k = share of the top-k "
+          "with derived grade >= 2. Relevance control runs only on Best "
+          "Buy, the one catalogue with structured fields (brand, category "
+          "levels): intents recognised in the query filter the top-50; its "
+          "category part and the derived judgments both come from "
+          "categories, so they are not independent."]
   for dataset in FLAGS.datasets:
     seeds = list(range(counts[dataset]))
     rows = real_ablation(dataset)
@@ -267,6 +312,25 @@ def main_real() -> None:
                                 "seeds": seeds, "rows": runs}
     columns = [c for c in REAL_COLUMNS
                if any(c in r for v in runs.values() for r in v)]
+    table = [[name] + [_mean_std(v, c) for c in columns] +
+             [f"{np.mean([r['train_seconds'] for r in v]):.0f}"]
+             for name, v in runs.items()]
+    full = runs[REAL_FULL]
+    # Relevance control variants: the full model's top-50 filtered by the
+    # intents of every field, or of the fields of RC_VARIANTS[dataset].
+    controls = {}
+    if any("rc_removal_rate" in r for r in full):
+      controls["all fields"] = full
+      for label, extra in RC_VARIANTS.get(dataset, []):
+        controls[label] = [train(f"{REAL_FULL}, {label}", extra, s,
+                                 dataset=dataset) for s in seeds]
+      raw["datasets"][dataset]["relevance_control"] = controls
+    for label, variant in controls.items():
+      cells = {"recall@50": _mean_std(variant, "rc_recall"),
+               "p_good@50": _mean_std(variant, "rc_p_good")}
+      table.insert(len(table) - 1, [
+          f"full MGDSPR + relevance control, {label} (top-50 filtered)"] +
+          [cells.get(c, "-") for c in columns] + ["-"])
     first = runs[rows[0][0]][0]
     minutes = sum(r.get("total_seconds", 0) for v in runs.values()
                   for r in v) / 60
@@ -277,10 +341,11 @@ def main_real() -> None:
              f"`{' '.join(real_flags(dataset))}`. Total training + "
              f"evaluation time {minutes:.1f} min.", "",
              report.markdown_table(
-                 ["configuration"] + columns + ["train s"],
-                 [[name] + [_mean_std(v, c) for c in columns] +
-                  [f"{np.mean([r['train_seconds'] for r in v]):.0f}"]
-                  for name, v in runs.items()])]
+                 ["configuration"] + columns + ["train s"], table)]
+    if controls:
+      text += ["", "Relevance control on the full model's top-50 (its "
+               "recognised intents: every field, or one field only):", "",
+               _control_table(controls)]
   report.write_section("mgdspr_real", "\n".join(text), raw)
   print("\n".join(text))
 
@@ -325,13 +390,7 @@ def main(argv):
       "+ relevance control (top-50 filtered)", "-",
       _mean_std(full, "rc_recall"), "-", _mean_std(full, "rc_p_good"), "-",
       "-"])
-  control = report.markdown_table(
-      ["removal rate", "removal rate (queries with an intent)",
-       "queries with an intent", "fallback rate", "relevant@50 before",
-       "relevant@50 after"],
-      [[_mean_std(full, k) for k in
-        ("rc_removal_rate", "rc_removal_rate_with_intent", "rc_intent_rate",
-         "rc_fallback_rate", "relevant@50", "rc_relevant@50")]])
+  control = _control_table({"all fields": full})
   taus = report.markdown_table(
       ["tau", "recall@50", "p_good@10", "p_good@50"],
       [[t] + [_mean_std(raw["tau"][t], c) for c in

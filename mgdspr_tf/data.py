@@ -62,6 +62,18 @@ class Examples:
     return Examples(**{f.name: getattr(self, f.name)[rows]
                        for f in dataclasses.fields(self)})
 
+  def first_searches(self, count: Optional[int]) -> "Examples":
+    """The rows of the first `count` distinct searches (in order of first
+    appearance), every row of each: a cap on test searches that never
+    cuts one search's clicked items short. None: all rows."""
+    if count is None:
+      return self
+    _, first = np.unique(self.search, return_index=True)
+    if len(first) <= count:
+      return self
+    kept = self.search[np.sort(first)[:count]]
+    return self.take(np.isin(self.search, kept))
+
   def features(self, with_item: bool = True) -> Dict[str, np.ndarray]:
     out = {"query": self.query.astype(str).astype(object),
            "history_query": self.history_query.astype(str).astype(object),
@@ -93,6 +105,25 @@ class MGDSPRData:
   # bool [len(test)]: the test user's real-time and short-term behaviour
   # shares no mid category with the query (the zero-vector slice).
   unrelated: Optional[np.ndarray] = None
+
+
+def with_intent_fields(data: MGDSPRData, names: Sequence[str]
+                       ) -> MGDSPRData:
+  """`data` whose relevance control recognises only the item fields `names`
+  in queries (e.g. brands but not categories); empty: `data` unchanged.
+  Raises DataError naming the catalogue's fields for an unknown name."""
+  if not names:
+    return data
+  known = list(data.intent_fields)
+  unknown = [n for n in names if n not in known]
+  if unknown:
+    raise DataError(f"{data.name}: no item field {', '.join(unknown)} for "
+                    f"relevance control; its fields are "
+                    f"{', '.join(known) or 'none'}")
+  columns = [known.index(n) for n in names]
+  return dataclasses.replace(
+      data, intent_fields={n: data.intent_fields[n] for n in names},
+      item_fields=data.item_fields[:, columns])
 
 
 def behaviour_windows(event_user, event_item, event_time, target_user,
@@ -159,8 +190,7 @@ def from_synthetic(world, lengths=(50, 100, 100), history_queries: int = 5,
   cut = np.quantile(world.search_time, 1.0 - test_fraction)
   test_rows = time >= cut
   test = examples.take(test_rows)
-  if max_test is not None and len(test) > max_test:
-    test = test.take(np.arange(max_test))
+  test = test.first_searches(max_test)
   dataset = world.to_search_dataset()
   vocabs = dataset.feature_vocabularies
   attributes = {n: dataset.item_features[n].astype(np.int32)
@@ -214,8 +244,7 @@ def from_search_dataset(dataset, lengths=(50, 100, 100),
   train_mask, test_mask = splits.query_disjoint_split(queries, test_fraction,
                                                       seed)
   test = examples.take(test_mask)
-  if max_test is not None and len(test) > max_test:
-    test = test.take(np.arange(max_test))
+  test = test.first_searches(max_test)
   num_items = dataset.num_items
   grade_keys = (judgments.query.astype(np.int64) * num_items +
                 judgments.item)
@@ -263,8 +292,7 @@ def from_rec_dataset(dataset, lengths=(50, 100, 100),
                       np.arange(n, dtype=np.int64))
   has_history = windows[0][:, 0] >= 0
   test = examples.take(last & has_history)
-  if max_test is not None and len(test) > max_test:
-    test = test.take(np.arange(max_test))
+  test = test.first_searches(max_test)
   titles = (dataset.item_titles if dataset.item_titles is not None
             else np.full(dataset.num_items, "", object))
   return MGDSPRData(

@@ -67,6 +67,11 @@ flags.DEFINE_integer("max_long", 100, "Long-term sequence maximum.")
 flags.DEFINE_float("clipnorm", 3.0, "Global gradient clipping norm.")
 flags.DEFINE_list("ks", ["10", "100"], "Cut-offs of recall@k and p_good@k.")
 flags.DEFINE_integer("rc_k", 100, "Top-k that relevance control filters.")
+flags.DEFINE_list("rc_fields", [], "Item fields whose values relevance "
+                  "control recognises in queries (default: all the "
+                  "catalogue has; synthetic: leaf_category, brand, colour, "
+                  "size; bestbuy: brand, category_lvl0, category_lvl1, "
+                  "category_lvl2).")
 flags.DEFINE_integer("max_test", 2000, "Test searches evaluated at most.")
 flags.DEFINE_string("export_dir", None, "Export the servable (raw query + "
                     "behaviour -> item ids) as the next version here.")
@@ -213,7 +218,7 @@ def evaluate(model: MGDSPRModel, data: data_lib.MGDSPRData, ks,
 
 def run_experiment(ctx: runner.RunContext) -> Dict[str, Any]:
   f = ctx.flags
-  data = load_data(f)
+  data = data_lib.with_intent_fields(load_data(f), f["rc_fields"])
   if len(data.train) < f["batch_size"]:
     raise DataError(f"{data.name}: {len(data.train)} training examples, "
                     f"fewer than one batch of {f['batch_size']}")

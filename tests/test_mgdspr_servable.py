@@ -134,3 +134,14 @@ def test_cli_rejects_bad_flags(tmp_path):
       cwd=root, capture_output=True, text=True, timeout=300)
   assert proc.returncode == 2
   assert "mix_low" in proc.stderr
+  # A relevance-control field the catalogue lacks: a clear error before
+  # training (exit 2), naming the fields it has.
+  proc = subprocess.run(
+      [sys.executable, "-m", "mgdspr_tf.train", "--dataset=synthetic",
+       "--synthetic_items=200", f"--output_dir={tmp_path}/run2",
+       "--rc_fields=brand,nope"],
+      cwd=root, capture_output=True, text=True, timeout=300)
+  assert proc.returncode == 2, proc.stderr[-2000:]
+  assert "error: " in proc.stderr and "no item field nope" in proc.stderr
+  assert "leaf_category, brand, colour, size" in proc.stderr
+  assert not os.path.exists(f"{tmp_path}/run2/metrics.json")
