@@ -55,13 +55,11 @@ from benchmarks import harness, report
 RUNS = "runs/dpsr_bench"
 DATA = os.path.join(os.path.dirname(harness.REPO_ROOT), "shared", "data")
 EPOCHS = {"synthetic": 15, "crowdflower": 10}
-# nprobe of the IVF-PQ servables: with 2 heads, 2 x nprobe <= 64 probed
-# lists per one-row call keeps IVFPQIndex on its per-query look-up-table
-# path (its list_scan_from); build_index's default J / 16 (250 of 4,000
-# lists at 1M) would scan list by list, made for large batches.
+# nprobe of the Tables 5/6 analogue's IVF-PQ servables (larger nprobe:
+# the sweep below).
 IVFPQ_NPROBE = (32, 16)
 # The recall / latency sweep (`--only=ivfpq_sweep`): J -> (nprobe, rerank)
-# pairs; list_scan_from is raised so one-row calls stay query by query.
+# pairs.
 IVFPQ_SWEEP = {1000: ((16, 1000), (32, 1000), (32, 4000), (64, 4000)),
                4000: ((32, 1000), (64, 4000), (128, 4000), (128, 10000),
                       (256, 4000))}
@@ -374,9 +372,9 @@ def latency(num_items: int = 1_000_000, calls: int = 200) -> None:
            "QPS per replica", "index fill s", "load s"], rows) +
       "\n\n**Exact vs IVF-PQ, unsharded** (the same servable, vectors and "
       "queries; `export_dpsr(index=\"ivfpq\")`, J, D and rerank from "
-      "`build_index`'s defaults, nprobe <= 32 so that one-row calls "
-      "(2 heads) stay on the per-query look-up-table path; the union of "
-      "the heads' results is still cut by exact inner products). "
+      "`build_index`'s defaults, nprobe 32 and 16 (larger nprobe: the "
+      "IVF-PQ frontier section); the union of the heads' results is still "
+      "cut by exact inner products). "
       "Recall@1000: share of the exact servable's top-1,000 that the IVF-PQ "
       f"servable returns, mean over {len(exact_ids)} queries. Index build "
       "s: exact, filling the index; IVF-PQ, training the quantizers and "
@@ -471,13 +469,13 @@ def _ivfpq_latency(model, vectors, items_asset, fingerprint, requests,
   """IVF-PQ servables over the same vectors: one quantizer training
   (`build_index`'s defaults for D and rerank, and for J unless `num_lists`
   is given), then one servable per (nprobe, rerank) of `settings` (rerank
-  None: the trained default). `list_scan_from` is raised to the probes of
-  a one-row call (heads x nprobe) so that such calls stay on the per-query
+  None: the trained default). `list_scan_from` is the export's
+  (`list_scan_from_for` the heads), so one-row calls stay on the per-query
   look-up-table path; `_top_ids`' batched calls may scan by list (same
   scores)."""
   from retrieval_tf import export as export_lib  # pylint: disable=g-import-not-at-top
   from retrieval_tf.compat import tf  # pylint: disable=g-import-not-at-top
-  from retrieval_tf.index import IVFPQIndex, build_index  # pylint: disable=g-import-not-at-top
+  from retrieval_tf.index import IVFPQIndex, build_index, list_scan_from_for  # pylint: disable=g-import-not-at-top
   from dpsr_tf.servable import DPSRServable  # pylint: disable=g-import-not-at-top
   num_items = len(vectors)
   start = time.perf_counter()
@@ -487,7 +485,7 @@ def _ivfpq_latency(model, vectors, items_asset, fingerprint, requests,
                                                 1), "runs": []}
   for nprobe, rerank in settings:
     config = dict(trained.get_config(), nprobe=nprobe,
-                  list_scan_from=max(64, model.num_heads * nprobe))
+                  list_scan_from=list_scan_from_for(model.num_heads, nprobe))
     if rerank is not None:
       config["rerank"] = rerank
     config.pop("name")

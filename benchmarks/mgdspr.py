@@ -240,7 +240,6 @@ REAL = {"crowdflower": ("crowdflower-search", True, False),
         "bestbuy": ("bestbuy-products", True, False)}
 # Relevance control with the intents of some fields only (full model).
 RC_VARIANTS = {"bestbuy": [("brand intents only", ["--rc_fields=brand"])]}
-REAL_BASE = ["--temperature=1", "--num_hard=0"]
 REAL_FULL = "full MGDSPR (tau 2, mixed hard negatives)"
 REAL_COLUMNS = ["recall@10", "recall@50", "p_good@10", "p_good@50"]
 
@@ -252,9 +251,9 @@ def real_flags(dataset: str) -> List[str]:
 def real_ablation(dataset: str) -> List:
   """The rows that `dataset` can inform (see the module docstring)."""
   _, has_query, has_behaviour = REAL[dataset]
-  rows = [("base two-tower", ["--nomgs", "--nobehaviour"] + REAL_BASE)]
+  rows = [("base two-tower", ["--nomgs", "--nobehaviour"] + BASE)]
   if has_query:
-    rows.append(("+ MGS", ["--nobehaviour"] + REAL_BASE))
+    rows.append(("+ MGS", ["--nobehaviour"] + BASE))
   if has_query and not has_behaviour:
     # tau and I_mix without the (empty) behaviour branch the full rows carry.
     rows += [("+ MGS, tau 2 (no behaviour branch)",
@@ -262,7 +261,7 @@ def real_ablation(dataset: str) -> List:
              ("+ MGS, tau 2, mixed hard negatives (no behaviour branch)",
               ["--nobehaviour"])]
   if has_behaviour:
-    rows.append(("+ behaviour attention, zero vector (tau 1)", REAL_BASE))
+    rows.append(("+ behaviour attention, zero vector (tau 1)", BASE))
   rows += [("full without hard negatives (tau 2, no I_mix)",
             ["--num_hard=0"]),
            (REAL_FULL, []), ("full MGDSPR, hinge loss", ["--loss=hinge"])]

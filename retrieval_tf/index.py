@@ -111,6 +111,19 @@ class BruteForceIndex(keras.layers.Layer):
     return config
 
 
+
+# IVFPQIndex scans query by query up to this many probed (query, list) pairs
+# in one call, list by list above it.
+LIST_SCAN_FROM = 64
+
+
+def list_scan_from_for(request_rows: int, nprobe: int) -> int:
+  """The `IVFPQIndex.list_scan_from` that keeps a request of `request_rows`
+  query rows, each probing `nprobe` lists, on the per-query scan (never
+  below the default `LIST_SCAN_FROM`)."""
+  return max(LIST_SCAN_FROM, request_rows * nprobe)
+
+
 @keras.utils.register_keras_serializable(package="retrieval_tf")
 class IVFPQIndex(keras.layers.Layer):
   """Inverted file + product quantization, searched by asymmetric distance
@@ -167,7 +180,8 @@ class IVFPQIndex(keras.layers.Layer):
                metric: str = "dot", max_k: int = 1000,
                nprobe: Optional[int] = None,
                rerank: int = 0, store_vectors: bool = False,
-               rotation: bool = False, list_scan_from: int = 64, **kwargs):
+               rotation: bool = False,
+               list_scan_from: int = LIST_SCAN_FROM, **kwargs):
     super().__init__(**kwargs)
     _check_shape_and_metric(self, num_items, dim, metric, max_k)
     check_build_options("ivfpq", dim, num_lists, num_subspaces, nprobe,
@@ -537,9 +551,9 @@ def build_index(item_vectors, kind: str = "brute_force", metric: str = "dot",
   nprobe = J / 16 (at least 1), and the best max(rerank, k) candidates
   re-scored exactly. `request_rows`: the query rows one request searches
   (e.g. a multi-head query tower's heads); a request of that many rows is
-  scanned query by query (`IVFPQIndex.list_scan_from` = request_rows x
-  nprobe, at least the default 64), which is far faster for single
-  requests than the list-by-list scan made for large batches.
+  scanned query by query (`IVFPQIndex.list_scan_from` from
+  `list_scan_from_for`), which is far faster for single requests than the
+  list-by-list scan made for large batches.
   """
   item_vectors = np.asarray(item_vectors, np.float32)
   if item_vectors.ndim != 2 or not len(item_vectors):
@@ -564,7 +578,7 @@ def build_index(item_vectors, kind: str = "brute_force", metric: str = "dot",
       item_vectors, num_lists, num_subspaces,
       num_codewords=min(256, count), seed=seed, metric=metric, max_k=max_k,
       nprobe=nprobe, rerank=rerank, store_vectors=rerank > 0,
-      list_scan_from=max(64, (request_rows or 0) * nprobe))
+      list_scan_from=list_scan_from_for(request_rows or 0, nprobe))
 
 
 def index_parameters(index: keras.layers.Layer) -> dict:

@@ -324,11 +324,14 @@ class KeepLastCheckpoints(keras.callbacks.Callback):
   def on_epoch_end(self, epoch, logs=None):
     if not os.path.isdir(self.folder):
       return
-    epochs = sorted({name.split(".")[0] for name in os.listdir(self.folder)
-                     if name.startswith("epoch-")})
+    files = [name for name in os.listdir(self.folder)
+             if name.startswith("epoch-")]
+    # By epoch number, not by name: "epoch-1000" sorts before "epoch-999".
+    epochs = sorted({int(name.split(".")[0][len("epoch-"):])
+                     for name in files})
     stale = set(epochs[:-self.keep])
-    for name in os.listdir(self.folder):
-      if name.split(".")[0] in stale:
+    for name in files:
+      if int(name.split(".")[0][len("epoch-"):]) in stale:
         os.remove(os.path.join(self.folder, name))
 
 
@@ -408,15 +411,17 @@ def fit(build_model, dataset_fn, *, strategy, output_dir: str, epochs: int,
     model = build_model()
     _build_on_sample(model, dataset_fn)
   counter = _EpochCounter()
+  checkpoints = os.path.join(output_dir, "checkpoints")
   all_callbacks = [
       keras.callbacks.BackupAndRestore(os.path.join(output_dir, "backup")),
       keras.callbacks.TensorBoard(os.path.join(output_dir, "logs"),
                                   update_freq="epoch"),
       keras.callbacks.ModelCheckpoint(
-          os.path.join(output_dir, "checkpoints", "epoch-{epoch:03d}"),
-          save_weights_only=True),
-  ] + ([KeepLastCheckpoints(os.path.join(output_dir, "checkpoints"),
-                            keep_checkpoints)] if keep_checkpoints else []) + [
+          os.path.join(checkpoints, "epoch-{epoch:03d}"),
+          save_weights_only=True)]
+  if keep_checkpoints:  # after the ModelCheckpoint that writes the newest
+    all_callbacks.append(KeepLastCheckpoints(checkpoints, keep_checkpoints))
+  all_callbacks += [
       (StopOnNonFiniteLoss() if _is_parameter_server(strategy)
        else StopOnNonFiniteBatchLoss()),
       counter,

@@ -146,6 +146,16 @@ def test_only_the_newest_checkpoints_are_kept(tmp_path):
       "epoch-001", "epoch-002", "epoch-003"]
   with pytest.raises(ValueError, match="keep must be >= 1"):
     runner.KeepLastCheckpoints(str(folder), 0)
+  # Past epoch 999 the newest is still kept (by number, not by name).
+  long_run = tmp_path / "long"
+  long_run.mkdir()
+  for epoch in ("epoch-998", "epoch-999", "epoch-1000"):
+    for suffix in (".index", ".data-00000-of-00001"):
+      (long_run / (epoch + suffix)).write_text("")
+  (long_run / "checkpoint").write_text("")
+  runner.KeepLastCheckpoints(str(long_run), 2).on_epoch_end(999)
+  assert _epochs_on_disk(long_run) == ["epoch-1000", "epoch-999"]
+  assert (long_run / "checkpoint").exists()
 
 
 def test_make_strategy_rejects_parameter_server_without_cluster(monkeypatch):
