@@ -289,6 +289,9 @@ class PDNModel(keras.Model):
     direct_units, direct_dim: Direct Net towers and p_u, q_i size k.
     bias_units: Bias Net hidden layers.
     use_direct, use_bias: the ablation switches (Table 2).
+    direct_item_id: the Direct Net's item tower reads the item id besides
+      the item's other features (the paper's x_i; False: only the other
+      features, the variant measured in the README).
     use_rating: behaviour field includes the rating of the trigger.
     bias_time: Bias Net reads hour and weekday of the event's timestamp
       (Unix seconds) besides the history-length (position) bucket.
@@ -304,7 +307,8 @@ class PDNModel(keras.Model):
                direct_units: Sequence[int] = (64,), direct_dim: int = 32,
                bias_units: Sequence[int] = (16,), use_direct: bool = True,
                use_bias: bool = True, use_rating: bool = True,
-               bias_time: bool = True, num_negatives: int = 4, **kwargs):
+               bias_time: bool = True, num_negatives: int = 4,
+               direct_item_id: bool = True, **kwargs):
     super().__init__(**kwargs)
     self.config = dict(
         num_users=int(num_users), num_items=int(num_items),
@@ -319,7 +323,8 @@ class PDNModel(keras.Model):
         direct_dim=int(direct_dim), bias_units=[int(u) for u in bias_units],
         use_direct=bool(use_direct), use_bias=bool(use_bias),
         use_rating=bool(use_rating), bias_time=bool(bias_time),
-        num_negatives=int(num_negatives))
+        num_negatives=int(num_negatives),
+        direct_item_id=bool(direct_item_id))
     c = self.config
     self.num_users, self.num_items = c["num_users"], c["num_items"]
     self.user_feature_names = sorted(c["user_features"])
@@ -352,11 +357,20 @@ class PDNModel(keras.Model):
     self.similarity_net = pdn_layers.SimilarityNet(c["similarity_units"],
                                                    name="similarity_net")
     if self.use_direct:
+      direct_item_sizes = dict(item_sizes)
+      if not c["direct_item_id"]:
+        del direct_item_sizes["id"]
+        if not direct_item_sizes:
+          raise DataError("direct_item_id=False leaves the Direct Net's "
+                           "item tower without features: the items have "
+                           "none besides the id")
       # "another set of user and item embeddings" (Sec. 4.4)
       self.direct_user_field = CategoricalFields(user_sizes, dim,
                                                  name="direct_user_field")
-      self.direct_item_field = CategoricalFields(item_sizes, dim, multi,
-                                                 name="direct_item_field")
+      self.direct_item_field = CategoricalFields(
+          direct_item_sizes, dim,
+          [k for k in multi if k in direct_item_sizes],
+          name="direct_item_field")
       self.direct_net = pdn_layers.DirectNet(c["direct_units"],
                                              c["direct_dim"],
                                              name="direct_net")

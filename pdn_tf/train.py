@@ -70,6 +70,9 @@ flags.DEFINE_list("similarity_units", ["64", "32"], "SimNet hidden layers.")
 flags.DEFINE_integer("direct_dim", 32, "Direct Net p_u / q_i size.")
 flags.DEFINE_bool("direct_net", True, "Use the Direct Net (ablation: "
                   "--nodirect_net).")
+flags.DEFINE_bool("direct_item_id", True, "The Direct Net's item tower reads "
+                  "the item id (--nodirect_item_id: only the item's other "
+                  "features).")
 flags.DEFINE_bool("bias_net", True, "Use the Bias Net in training "
                   "(ablation: --nobias_net).")
 flags.DEFINE_integer("index_k", 100, "Targets kept per trigger in the I2I "
@@ -148,7 +151,8 @@ def run_experiment(ctx: runner.RunContext) -> Dict[str, Any]:
         trigger_units=_int_list(f["trigger_units"]),
         similarity_units=_int_list(f["similarity_units"]),
         direct_dim=f["direct_dim"], use_direct=f["direct_net"],
-        use_bias=f["bias_net"], num_negatives=f["num_negatives"])
+        direct_item_id=f["direct_item_id"], use_bias=f["bias_net"],
+        num_negatives=f["num_negatives"])
     model.compile(optimizer=keras.optimizers.Adam(f["learning_rate"]))
     return model
 
@@ -158,6 +162,7 @@ def run_experiment(ctx: runner.RunContext) -> Dict[str, Any]:
       "num_users": dataset.num_users, "num_items": dataset.num_items,
       "num_train_examples": len(train), "num_test_users": len(data.test),
       "direct_net": int(f["direct_net"]), "bias_net": int(f["bias_net"]),
+      "direct_item_id": int(f["direct_item_id"]),
       "cooccurrence_pairs": cooccurrence.nnz,
       "train_seconds": round(result.train_seconds, 3),
       "train_examples_per_second": round(result.examples_per_second, 1),

@@ -3,6 +3,8 @@ shapes, training, leaving the user's own pair out of c_ji, serialization,
 ablations, and export -> check -> servable equals in-memory retrieval with
 no Bias Net (and no SimNet or training tables) inside."""
 
+import dataclasses
+
 import numpy as np
 import pytest
 
@@ -112,6 +114,32 @@ def test_ablations_drop_their_nets(world):
   for absent in ("direct_net", "direct_user_field", "direct_item_field",
                  "bias_net", "bias_field"):
     assert absent not in names
+
+
+def test_direct_item_tower_without_the_item_id(world):
+  """--nodirect_item_id: q_i depends on the item's features only, so items
+  with identical features get identical Direct Net vectors."""
+  dataset, cooc = world
+  model = build_pdn_model(dataset, cooc, embedding_dim=4, trigger_units=[4],
+                          similarity_units=[4], direct_item_id=False)
+  assert "id" not in model.direct_item_field.sizes
+  assert "id" in model.item_field.sizes  # SimNet / TrigNet keep it
+  columns = [dataset.item_features[k].reshape(dataset.num_items, -1)
+             for k in sorted(model.direct_item_field.sizes)]
+  rows = np.concatenate(columns, axis=1)
+  _, group, counts = np.unique(rows, axis=0, return_inverse=True,
+                               return_counts=True)
+  twins = np.flatnonzero(group.ravel() == np.flatnonzero(counts > 1)[0])
+  assert len(twins) >= 2
+  vectors = model.direct_item_vector(tf.constant(twins)).numpy()
+  np.testing.assert_allclose(vectors[0], vectors[1], rtol=1e-6)
+  others = model.direct_item_vector(tf.range(20)).numpy()
+  assert np.ptp(others, axis=0).max() > 0  # features still matter
+  restored = PDNModel.from_config(model.get_config())
+  assert "id" not in restored.direct_item_field.sizes
+  featureless = dataclasses.replace(dataset, item_features={})
+  with pytest.raises(DataError, match="none besides the id"):
+    build_pdn_model(featureless, cooc, direct_item_id=False)
 
 
 def test_bad_tables_fail_clearly(world):
