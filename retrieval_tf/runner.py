@@ -85,6 +85,12 @@ def define_common_flags(datasets: Mapping[str, bool],
                        "--dataset=synthetic only: items of the generated "
                        "world (0: the default 2,000; other sizes scale users,"
                        " categories and queries with it).")
+  flags.DEFINE_list("synthetic_config", [],
+                    "--dataset=synthetic only: SyntheticConfig fields as "
+                    "name=value, e.g. polysemous_search_rate=1.0,"
+                    "result_relevance=0.3 (see retrieval_tf.datasets."
+                    "synthetic; seed and size come from --seed and "
+                    "--synthetic_items).")
   flags.DEFINE_enum("strategy", "default", STRATEGIES,
                     "tf.distribute strategy; multi_worker and "
                     "parameter_server read the cluster from TF_CONFIG.")
@@ -102,13 +108,39 @@ _DATASETS: Dict[str, bool] = {}
 _NON_CONFIG_FLAGS = ("overwrite", "verbose", "export_dir", "keep_checkpoints")
 
 
+def synthetic_overrides(pairs) -> Dict[str, Any]:
+  """`--synthetic_config` name=value pairs -> typed `SyntheticConfig`
+  fields; a `UsageError` names an unknown field or a bad value."""
+  defaults = synthetic.SyntheticConfig()
+  names = sorted(f.name for f in dataclasses.fields(defaults)
+                 if f.name not in ("seed", "num_items"))
+  out: Dict[str, Any] = {}
+  for pair in pairs or ():
+    name, sep, text = (part.strip() for part in pair.partition("="))
+    if not sep or name not in names:
+      raise UsageError(f"--synthetic_config: {pair!r} is not name=value "
+                       f"with name one of {', '.join(names)}")
+    default = getattr(defaults, name)
+    try:
+      out[name] = float(text) if isinstance(default, float) else int(text)
+    except ValueError:
+      kind = "a number" if isinstance(default, float) else "an integer"
+      raise UsageError(f"--synthetic_config: {name} must be {kind}, got "
+                       f"{text!r}") from None
+  return out
+
+
 def synthetic_config(values: Mapping[str, Any]):
-  """The synthetic world's configuration from `--seed` and
-  `--synthetic_items` (None: the default world)."""
-  if not values.get("synthetic_items"):
+  """The synthetic world's configuration from `--seed`, `--synthetic_items`
+  and `--synthetic_config` (None: the default world)."""
+  items = values.get("synthetic_items")
+  overrides = synthetic_overrides(values.get("synthetic_config"))
+  if not items and not overrides:
     return None
-  return synthetic.SyntheticConfig.scaled(values["synthetic_items"],
-                                          seed=values["seed"])
+  if items:
+    return synthetic.SyntheticConfig.scaled(items, seed=values["seed"],
+                                            **overrides)
+  return synthetic.SyntheticConfig(seed=values["seed"], **overrides)
 
 
 class UsageError(ValueError):
@@ -127,13 +159,18 @@ def validate(values: Mapping[str, Any]) -> None:
                        "with its files)")
     if not os.path.exists(values["data_dir"]):
       raise UsageError(f"--data_dir={values['data_dir']!r} does not exist")
-  if values.get("synthetic_items"):
-    if dataset != "synthetic":
-      raise UsageError("--synthetic_items works with --dataset=synthetic "
-                       "only")
-    if values["synthetic_items"] < 100:
-      raise UsageError(f"--synthetic_items must be >= 100, got "
-                       f"{values['synthetic_items']}")
+  for name in ("synthetic_items", "synthetic_config"):
+    if values.get(name) and dataset != "synthetic":
+      raise UsageError(f"--{name} works with --dataset=synthetic only")
+  if values.get("synthetic_items") and values["synthetic_items"] < 100:
+    raise UsageError(f"--synthetic_items must be >= 100, got "
+                     f"{values['synthetic_items']}")
+  try:
+    synthetic_config(values)
+  except ValueError as e:
+    if isinstance(e, UsageError):
+      raise
+    raise UsageError(f"--synthetic_config: {e}") from None
   if not values.get("output_dir"):
     raise UsageError("--output_dir is required")
   check_writable(values["output_dir"], "--output_dir")

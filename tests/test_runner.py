@@ -42,6 +42,21 @@ def test_validate_names_the_bad_flag(tmp_path, overrides, message):
     runner.validate(_flags(tmp_path, **overrides))
 
 
+def test_synthetic_config_overrides_typed_fields():
+  assert runner.synthetic_config({"seed": 3}) is None
+  config = runner.synthetic_config(
+      {"seed": 3, "synthetic_config": ["polysemous_search_rate=0.5",
+                                       "num_users=500"]})
+  assert (config.seed, config.polysemous_search_rate, config.num_users) == (
+      3, 0.5, 500)
+  assert isinstance(config.num_users, int)
+  scaled = runner.synthetic_config(
+      {"seed": 1, "synthetic_items": 50_000,
+       "synthetic_config": ["result_relevance=0.3"]})
+  assert (scaled.num_items, scaled.result_relevance) == (50_000, 0.3)
+  assert scaled.num_brands == 50_000 // 200  # the rest still scales
+
+
 def test_validate_rejects_unwritable_output_dir(tmp_path):
   blocker = tmp_path / "file"
   blocker.write_text("x")

@@ -156,6 +156,27 @@ def test_polysemous_words_span_two_roots(world):
   assert apple >= 2
 
 
+def test_polysemous_search_rate_sends_meanings_to_the_bare_word(world):
+  busy = synthetic.generate(
+      dataclasses.replace(CONFIG, polysemous_search_rate=1.0))
+  words = world.polysemous_words()
+  bare = [list(world.query_strings).index(w) for w in words]
+  before = np.isin(world.search_query, bare).sum()
+  after = np.isin(busy.search_query, bare).sum()
+  assert after > 2 * before > 0
+  # The string is ambiguous, the intent stays one meaning of the word.
+  for word, roots in words.items():
+    searches = busy.search_query == list(busy.query_strings).index(word)
+    seeds = busy.intent_item[busy.search_intent[searches]]
+    assert set(busy.root_names[busy.item_root[seeds]]) <= set(roots), word
+  # Only the searches change: catalogue, users, events and queries do not.
+  mine, theirs = _digests(world), _digests(busy)
+  for name in mine:
+    if name.startswith(("item_", "user_", "event_", "query_", "intent_")):
+      assert theirs[name] == mine[name], name
+  assert theirs["search_query"] != mine["search_query"]
+
+
 def test_queries_have_typos_and_synonyms(world):
   typo = world.query_has_typo
   synonym = world.query_has_synonym
@@ -281,7 +302,8 @@ def test_config_validation():
          dict(num_brands=3), dict(noise_rate=1.5),
          dict(session_focus=0.95, noise_rate=0.1), dict(seed=-1),
          dict(num_interests=500), dict(mean_session_length=0.5),
-         dict(zipf_exponent=float("nan")), dict(num_users=2.5)]
+         dict(zipf_exponent=float("nan")), dict(num_users=2.5),
+         dict(polysemous_search_rate=1.5)]
   for kwargs in bad:
     with pytest.raises(ValueError):
       synthetic.SyntheticConfig(**kwargs)

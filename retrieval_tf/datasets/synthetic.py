@@ -203,8 +203,8 @@ _TITLE_SLOTS = 5  # brand, colour, size, adjective, noun
 _SESSION_GAP_S = 60
 
 # Independent random streams, one per part of the world.
-_WORDS, _CATALOGUE, _USERS, _EVENTS, _QUERIES, _SEARCH, _JUDGMENTS = range(
-    1, 8)
+(_WORDS, _CATALOGUE, _USERS, _EVENTS, _QUERIES, _SEARCH, _JUDGMENTS,
+ _POLYSEMY) = range(1, 9)
 
 
 def _rng(seed: int, part: int) -> np.random.Generator:
@@ -237,7 +237,10 @@ class SyntheticConfig:
   Search: `mean_searches_per_user`, `results_per_search`, `result_relevance`
   (share of result slots drawn from the query intent's items),
   `position_bias`, `popularity_click_boost`, `typo_rate`, `synonym_rate`,
-  `judged_per_query`, `judged_related`, `judged_random`.
+  `polysemous_search_rate` (share of the searches for a meaning of a
+  polysemous word that type the bare word, e.g. "apple" for apples or for
+  Apple phones; 0: only when the query drawn is that row), `judged_per_query`,
+  `judged_related`, `judged_random`.
   """
 
   seed: int = 0
@@ -270,6 +273,7 @@ class SyntheticConfig:
   popularity_click_boost: float = 1.0
   typo_rate: float = 0.1
   synonym_rate: float = 0.3
+  polysemous_search_rate: float = 0.0
   judged_per_query: int = 30
   judged_related: int = 10
   judged_random: int = 10
@@ -291,7 +295,7 @@ class SyntheticConfig:
                          f"{value}")
     for name in ("session_focus", "favourite_leaf_rate", "price_affinity",
                  "noise_rate", "purchase_rate", "result_relevance",
-                 "typo_rate", "synonym_rate"):
+                 "typo_rate", "synonym_rate", "polysemous_search_rate"):
       value = getattr(self, name)
       if not 0.0 <= value <= 1.0:
         raise ValueError(f"SyntheticConfig.{name} is a probability, got "
@@ -1239,6 +1243,25 @@ def _grade(world: _World, leaf: np.ndarray, brand: np.ndarray,
 # ---------------------------------------------------------------------------
 # 7. Search sessions (6, relevance, is `_grade`).
 
+
+def _bare_word_rows(world: _Draft, row: np.ndarray, rate: float
+                    ) -> np.ndarray:
+  """Searches whose query row is seeded in a meaning of a polysemous word
+  (its leaf, or its brand) switch, with probability `rate`, to that
+  meaning's bare-word row: the string becomes ambiguous ("apple"), the
+  intent (what the user clicks) stays the meaning. The bare-word rows are
+  the first intent rows, in `_word_meanings` order (step 5)."""
+  _, p_leaf, p_brand, _ = _word_meanings(world)
+  seed = world.intent_item[row]
+  meaning = np.full(len(row), -1, dtype=np.int64)
+  for j in range(len(p_leaf) - 1, -1, -1):  # the first match wins
+    match = (world.item_leaf[seed] == p_leaf[j] if p_leaf[j] >= 0 else
+             world.item_brand[seed] == p_brand[j])
+    meaning = np.where(match, j, meaning)
+  rng = _rng(world.config.seed, _POLYSEMY)
+  switch = (meaning >= 0) & (rng.random(len(row)) < rate)
+  return np.where(switch, meaning, row)
+
 # Share of searches whose intent is the anchor leaf of the browsing session
 # they follow.
 _SEARCH_IN_SESSION = 0.8
@@ -1279,6 +1302,8 @@ def _searches(world: _Draft, lb_index: _PopularityIndex,
   hi = np.where(in_leaf, starts[leaf] + counts[leaf],
                 np.where(in_interest, int_hi, len(home)))
   row = by_home[lo + (rng.random(s) * (hi - lo)).astype(np.int64)]
+  if config.polysemous_search_rate > 0:
+    row = _bare_word_rows(world, row, config.polysemous_search_rate)
   query = world.intent_query[row]
 
   # The result list: each slot from a random intent of the query string.
