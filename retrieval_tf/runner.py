@@ -167,9 +167,9 @@ def validate(values: Mapping[str, Any]) -> None:
                      f"{values['synthetic_items']}")
   try:
     synthetic_config(values)
-  except ValueError as e:
-    if isinstance(e, UsageError):
-      raise
+  except UsageError:
+    raise
+  except ValueError as e:  # SyntheticConfig's own checks
     raise UsageError(f"--synthetic_config: {e}") from None
   if not values.get("output_dir"):
     raise UsageError("--output_dir is required")
