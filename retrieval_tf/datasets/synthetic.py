@@ -239,8 +239,8 @@ class SyntheticConfig:
   `position_bias`, `popularity_click_boost`, `typo_rate`, `synonym_rate`,
   `polysemous_search_rate` (share of the searches for a meaning of a
   polysemous word that type the bare word, e.g. "apple" for apples or for
-  Apple phones; 0: only when the query drawn is that row), `judged_per_query`,
-  `judged_related`, `judged_random`.
+  Apple phones; 0: the bare word is drawn like any other query row of its
+  leaf), `judged_per_query`, `judged_related`, `judged_random`.
   """
 
   seed: int = 0
@@ -1261,6 +1261,7 @@ def _bare_word_rows(world: _Draft, row: np.ndarray, rate: float
   rng = _rng(world.config.seed, _POLYSEMY)
   switch = (meaning >= 0) & (rng.random(len(row)) < rate)
   return np.where(switch, meaning, row)
+
 
 # Share of searches whose intent is the anchor leaf of the browsing session
 # they follow.
