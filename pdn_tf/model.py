@@ -367,10 +367,8 @@ class PDNModel(keras.Model):
       # "another set of user and item embeddings" (Sec. 4.4)
       self.direct_user_field = CategoricalFields(user_sizes, dim,
                                                  name="direct_user_field")
-      self.direct_item_field = CategoricalFields(
-          direct_item_sizes, dim,
-          [k for k in multi if k in direct_item_sizes],
-          name="direct_item_field")
+      self.direct_item_field = CategoricalFields(  # "id" is never multi
+          direct_item_sizes, dim, multi, name="direct_item_field")
       self.direct_net = pdn_layers.DirectNet(c["direct_units"],
                                              c["direct_dim"],
                                              name="direct_net")

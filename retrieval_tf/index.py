@@ -111,7 +111,6 @@ class BruteForceIndex(keras.layers.Layer):
     return config
 
 
-
 # IVFPQIndex scans query by query up to this many probed (query, list) pairs
 # in one call, list by list above it.
 LIST_SCAN_FROM = 64

@@ -361,14 +361,13 @@ class KeepLastCheckpoints(keras.callbacks.Callback):
   def on_epoch_end(self, epoch, logs=None):
     if not os.path.isdir(self.folder):
       return
-    files = [name for name in os.listdir(self.folder)
-             if name.startswith("epoch-")]
     # By epoch number, not by name: "epoch-1000" sorts before "epoch-999".
-    epochs = sorted({int(name.split(".")[0][len("epoch-"):])
-                     for name in files})
-    stale = set(epochs[:-self.keep])
-    for name in files:
-      if int(name.split(".")[0][len("epoch-"):]) in stale:
+    epoch_of = {name: int(name.split(".")[0][len("epoch-"):])
+                for name in os.listdir(self.folder)
+                if name.startswith("epoch-")}
+    stale = set(sorted(set(epoch_of.values()))[:-self.keep])
+    for name, epoch in epoch_of.items():
+      if epoch in stale:
         os.remove(os.path.join(self.folder, name))
 
 
