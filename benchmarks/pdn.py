@@ -3,6 +3,7 @@
     python -m benchmarks.pdn [--seeds=0,1,2,3,4] [--epochs=1]
         [--steps_per_epoch=500] [--parallel] [--reuse]
         [--sections=table2,table4,latency] [--latency_items=1000000]
+        [--table4_datasets=ncf-ml-1m,amazon-beauty] [--beauty_epochs=2]
 
 * Table 2 (NCF ML-1M, target + 99 negatives): PDN, PDN w/o Bias Net, PDN
   w/o Direct Net (`python -m pdn_tf.train`), the shared two-tower baseline,
@@ -13,7 +14,12 @@
   recall@50/@300 (two-tower: exact top-k of its embeddings).
 * Table 4: PDN (first seed) against the two-tower by the user's number of
   training interactions n: HR@10 (1 + 99) and full-corpus recall@300, with
-  the relative gain.
+  the relative gain, on each of `--table4_datasets`. NCF ML-1M reuses the
+  Table 2 runs; every ML-1M user has at least 20 ratings, so the paper's
+  short-history buckets (n <= 15) only exist on Amazon Beauty (5-core),
+  which gets its own PDN and two-tower runs (`--beauty_epochs`, full
+  passes) in the paper's buckets (n <= 15, 15-30, 30-45, > 45), the
+  first one split further.
 * Latency: `benchmarks.servable_latency` (a TensorFlow-only process, one
   thread) on the ML-1M PDN export and on a PDN servable over a
   `--latency_items` synthetic world, raw request -> top-500. The large world
@@ -52,12 +58,20 @@ flags.DEFINE_list("sections", ["table2", "table4", "latency"],
                   "What to run.")
 flags.DEFINE_integer("latency_items", 1000000, "Items of the synthetic "
                      "latency world (0: skip it).")
+flags.DEFINE_list("table4_datasets", ["ncf-ml-1m", "amazon-beauty"],
+                  "Datasets of the Table 4 analogue.")
+flags.DEFINE_integer("beauty_epochs", 2, "PDN epochs of the Amazon Beauty "
+                     "Table 4 run (full passes).")
 flags.DEFINE_integer("threads", 2, "TF threads of the training runs.")
 flags.DEFINE_bool("reuse", False, "Keep a training run whose output folder "
                   "already holds metrics.json from the same command instead "
                   "of rerunning it (to resume an interrupted benchmark).")
 
 DATA = "../shared/data/ncf-ml-1m"
+BEAUTY = "../shared/data/amazon-beauty"
+# Table 4 history-length bucket edges (training interactions n) per dataset.
+TABLE4_EDGES = {"ncf-ml-1m": [0, 50, 100, 200, 400, np.inf],
+                "amazon-beauty": [0, 5, 10, 15, 30, 45, np.inf]}
 OUT = "runs/benchmarks/pdn"
 VARIANTS = {"PDN": [], "PDN w/o Bias Net": ["--nobias_net"],
             "PDN w/o Direct Net": ["--nodirect_net"]}
@@ -74,23 +88,35 @@ def _slug(name: str) -> str:
   return name.lower().replace(" ", "_").replace("/", "")
 
 
-def pdn_command(variant: str, seed: int, export: bool) -> List[str]:
-  cmd = ["python", "-m", "pdn_tf.train", "--dataset=ncf-ml-1m",
-         f"--data_dir={DATA}", f"--output_dir={OUT}/{_slug(variant)}-s{seed}",
+def _run_dir(name: str, seed: int, dataset: str) -> str:
+  """A training run's output folder (Table 2's NCF runs keep their names)."""
+  prefix = "" if dataset == "ncf-ml-1m" else f"{dataset}/"
+  return f"{OUT}/{prefix}{name}-s{seed}"
+
+
+def pdn_command(variant: str, seed: int, export: bool,
+                dataset: str = "ncf-ml-1m") -> List[str]:
+  ncf = dataset == "ncf-ml-1m"
+  cmd = ["python", "-m", "pdn_tf.train", f"--dataset={dataset}",
+         f"--data_dir={DATA if ncf else BEAUTY}",
+         f"--output_dir={_run_dir(_slug(variant), seed, dataset)}",
          "--overwrite", "--verbose=2", f"--seed={seed}",
-         f"--epochs={FLAGS.epochs}", "--save_scores"] + VARIANTS[variant]
-  if FLAGS.steps_per_epoch:
+         f"--epochs={FLAGS.epochs if ncf else FLAGS.beauty_epochs}",
+         "--save_scores"] + VARIANTS[variant]
+  if FLAGS.steps_per_epoch and ncf:
     cmd.append(f"--steps_per_epoch={FLAGS.steps_per_epoch}")
   if export:
     cmd.append(f"--export_dir={OUT}/export-ml1m")
   return cmd
 
 
-def baseline_command(model: str, seed: int) -> List[str]:
+def baseline_command(model: str, seed: int,
+                     dataset: str = "ncf-ml-1m") -> List[str]:
   cmd = ["python", "-m", "retrieval_tf.train", f"--model={model}",
-         "--dataset=ncf-ml-1m", f"--data_dir={DATA}",
-         f"--output_dir={OUT}/{model}-s{seed}", "--overwrite", "--verbose=2",
-         f"--seed={seed}"]
+         f"--dataset={dataset}",
+         f"--data_dir={DATA if dataset == 'ncf-ml-1m' else BEAUTY}",
+         f"--output_dir={_run_dir(model, seed, dataset)}", "--overwrite",
+         "--verbose=2", f"--seed={seed}"]
   if model == "two_tower":
     cmd += [f"--epochs={FLAGS.two_tower_epochs}", "--save_embeddings"]
   return cmd
@@ -121,9 +147,13 @@ def _run_all(cmds: List[List[str]]) -> List[str]:
     return list(pool.map(_run, cmds))
 
 
-def _ncf_split():
+def _split(dataset: str = "ncf-ml-1m", seed: int = 0):
+  """The leave-one-out split the training CLIs use for `dataset` and
+  `seed` (NCF ML-1M: the predefined one)."""
   from retrieval_tf.datasets import registry  # pylint: disable=g-import-not-at-top
-  return registry.leave_one_out(registry.load_rec_dataset("ncf-ml-1m", DATA))
+  path = DATA if dataset == "ncf-ml-1m" else BEAUTY
+  return registry.leave_one_out(
+      registry.load_rec_dataset(dataset, path, seed=seed), seed=seed)
 
 
 def _two_tower_scores(run_dir: str, data):
@@ -167,7 +197,7 @@ def _mean_std(values) -> str:
 
 
 def table2(seeds, commands, raw) -> str:
-  data = _ncf_split()
+  data = _split()
   rows: Dict[str, Dict[str, list]] = {}
 
   def add(name, key, value):
@@ -215,18 +245,29 @@ def table2(seeds, commands, raw) -> str:
   return report.markdown_table(header, table)
 
 
-def table4(seeds, raw) -> str:
-  data = _ncf_split()
+def table4(dataset: str, seeds, commands, raw) -> str:
+  """PDN against the two-tower by training history length on `dataset`."""
   seed = seeds[0]
-  saved = np.load(os.path.join(harness.REPO_ROOT, OUT,
-                               f"pdn-s{seed}", "scores.npz"))
-  personal, i2i, top = _two_tower_scores(f"{OUT}/two_tower-s{seed}", data)
+  data = _split(dataset, seed)
+  if dataset != "ncf-ml-1m":  # NCF ML-1M reuses the Table 2 runs
+    commands.extend(_run_all([pdn_command("PDN", seed, False, dataset),
+                              baseline_command("two_tower", seed, dataset)]))
+  saved = np.load(os.path.join(harness.REPO_ROOT,
+                               _run_dir("pdn", seed, dataset), "scores.npz"))
+  if not (np.array_equal(saved["targets"], data.test.item) and
+          np.array_equal(saved["negatives"], data.negatives)):
+    raise ValueError(f"{dataset}: the PDN run's test split differs from "
+                     "this benchmark's; rerun it without --reuse")
+  personal, _, top = _two_tower_scores(_run_dir("two_tower", seed, dataset),
+                                       data)
   lengths = np.bincount(data.dataset.interactions.user,
                         minlength=data.dataset.num_users)[data.test.user]
-  edges = [0, 50, 100, 200, 400, np.inf]
+  edges = TABLE4_EDGES[dataset]
   table, out = [], []
   for lo, hi in zip(edges[:-1], edges[1:]):
     rows = np.flatnonzero((lengths > lo) & (lengths <= hi))
+    if not len(rows):
+      continue
     pdn = _sampled(saved["personal"], data, rows)["hr@10"]
     tt = _sampled(personal, data, rows)["hr@10"]
     pdn_r = _recall(saved["top"][rows], data.test.item[rows], 300)
@@ -238,7 +279,7 @@ def table4(seeds, raw) -> str:
     out.append({"bucket": label, "users": int(len(rows)),
                 "two_tower_hr@10": tt, "pdn_hr@10": pdn,
                 "two_tower_recall@300": tt_r, "pdn_recall@300": pdn_r})
-  raw["table4"] = out
+  raw.setdefault("table4", {})[dataset] = out
   return report.markdown_table(
       ["training interactions n", "users", "two-tower HR@10", "PDN HR@10",
        "gain", "two-tower recall@300", "PDN recall@300", "gain"], table)
@@ -302,7 +343,7 @@ def synthetic_servable(num_items: int, export_dir: str, index_k: int = 100,
 
 def latency(seeds, raw) -> str:
   from pdn_tf import servable  # pylint: disable=g-import-not-at-top
-  data = _ncf_split()
+  data = _split()
   rows, out = [], {}
   export = os.path.join(harness.REPO_ROOT, OUT, "export-ml1m")
   users = np.arange(0, data.dataset.num_users, 30)[:200]
@@ -338,8 +379,10 @@ def main(unused_argv):
     parts.append("### Table 2 analogue: NCF ML-1M leave-one-out (1 + 99)\n\n"
                  + table2(seeds, commands, raw))
   if "table4" in FLAGS.sections:
-    parts.append("### Table 4 analogue: by training history length "
-                 "(first seed)\n\n" + table4(seeds, raw))
+    for dataset in FLAGS.table4_datasets:
+      parts.append(f"### Table 4 analogue: by training history length, "
+                   f"{dataset} (first seed)\n\n"
+                   + table4(dataset, seeds, commands, raw))
   if "latency" in FLAGS.sections:
     parts.append("### Servable latency: raw request -> top-500, one thread"
                  "\n\n" + latency(seeds, raw))

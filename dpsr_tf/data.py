@@ -62,6 +62,7 @@ class SearchTask:
   item_popularity: Optional[np.ndarray] = None
   world: Optional[synthetic.SyntheticWorld] = None
   test_query_ids: Optional[np.ndarray] = None  # synthetic: world query ids
+  item_titles: Optional[np.ndarray] = None  # object [N]: titles alone
 
   @property
   def num_items(self) -> int:
@@ -147,7 +148,8 @@ def _judged_task(ds, seed: int, test_fraction: float, relevant: float,
                     sizes, train, test, judged, unclicked,
                     item_popularity=(popularity if popularity.any() else
                                      np.bincount(train["item"],
-                                                 minlength=ds.num_items)))
+                                                 minlength=ds.num_items)),
+                    item_titles=ds.item_titles.astype(object))
 
 
 SYNTHETIC_ITEM_COLUMNS = ("top_category", "mid_category", "leaf_category",
@@ -192,7 +194,7 @@ def _synthetic_task(world: synthetic.SyntheticWorld, seed: int,
       train, test, judged, unclicked,
       user_vocabularies={c: list(vocabs[c].ids) for c in USER_COLUMNS},
       item_popularity=world.item_popularity, world=world,
-      test_query_ids=test_query_ids)
+      test_query_ids=test_query_ids, item_titles=ds.item_titles.astype(object))
 
 
 def browsing_history(world: synthetic.SyntheticWorld, users: np.ndarray,
@@ -258,23 +260,46 @@ def _lines(numbers: List[int]) -> str:
       ", ..." if len(numbers) > 10 else "")
 
 
+def _append_positives(train: Dict[str, np.ndarray], query: np.ndarray,
+                      item: np.ndarray) -> Dict[str, np.ndarray]:
+  """`train` with (query, item) positives appended; their other columns
+  (user profile, history, hard negatives) are -1: no user, nothing
+  labelled."""
+  extra = {"query": np.asarray(query, object),
+           "item": np.asarray(item, np.int32)}
+  n = len(extra["item"])
+  for key, value in train.items():
+    if key not in extra:
+      extra[key] = np.full((n,) + value.shape[1:], -1, value.dtype)
+  return {k: np.concatenate([v, extra[k].astype(v.dtype)])
+          for k, v in train.items()}
+
+
+def add_title_positives(task: SearchTask, train: Dict[str, np.ndarray]
+                        ) -> Dict[str, np.ndarray]:
+  """Catalogue self-supervision (not in the paper): `train` plus one
+  positive per item whose query is the item's title (items without a
+  title are skipped). It teaches the towers the catalogue's vocabulary
+  when there are too few training queries to learn it from (CrowdFlower:
+  209), as the paper's human supervision pairs (Sec. 4.5) teach cases the
+  clicks miss."""
+  if task.item_titles is None:
+    raise ValueError(f"the {task.name} task has no item titles")
+  titles = np.asarray([" ".join(str(t).split()) for t in task.item_titles],
+                      object)
+  keep = np.flatnonzero(titles != "")
+  return _append_positives(train, titles[keep], keep)
+
+
 def add_supervision(task: SearchTask, pairs: Dict[str, np.ndarray],
                     width: int = UNCLICKED_WIDTH, seed: int = 0) -> Dict[
                         str, np.ndarray]:
   """Training examples with the supervision: positives appended (no user:
   profile -1, empty history) and `hard_negatives [n, width]`: for each
   example, up to `width` negatives labelled for its (normalised) query."""
-  train = dict(task.train)
   good = pairs["label"]
-  extra = {"query": pairs["query"][good], "item": pairs["item"][good]}
-  n = int(good.sum())
-  for key, value in train.items():
-    if key in extra:
-      continue
-    shape = (n,) + value.shape[1:]
-    extra[key] = np.full(shape, -1, value.dtype)
-  train = {k: np.concatenate([v, extra[k].astype(v.dtype)])
-           for k, v in train.items()}
+  train = _append_positives(task.train, pairs["query"][good],
+                            pairs["item"][good])
   norm = np.asarray([splits.normalize_query(q) for q in train["query"]],
                     object)
   bad_query = np.asarray([splits.normalize_query(q)

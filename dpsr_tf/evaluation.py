@@ -12,6 +12,10 @@ them), `items` int `[n, C]` the candidates of each row. A *retriever* is
 * synthetic world: `p_good@100` (share of the top 100 with ground-truth
   grade >= 2) and `recall@100` (share of the query's grade >= 2 items in
   the top 100), computed with `SyntheticWorld.relevance`;
+* synthetic world: `polysemous_top1`, `polysemous_top10`,
+  `polysemous_mrr` (`num_polysemous_rows`): the same Top-k restricted to
+  the test rows whose query is a bare polysemous word ("apple"); absent
+  when the query-disjoint split put no such word on the test side;
 * `head_win_share_<i>` (models with several heads): the share of test
   positives whose best head is head i (collapse shows as one share at 1).
 """
@@ -59,6 +63,21 @@ def top_k_metrics(score: Scorer, test: Mapping[str, np.ndarray],
                                                   10),
           "mrr": float(np.mean(1.0 / (ranks + 1))),
           "num_top_k_rows": int(len(take))}
+
+
+def polysemous_top_k_metrics(score: Scorer, test: Mapping[str, np.ndarray],
+                             words, num_items: int, num_random: int = 1024,
+                             seed: int = 0) -> Dict[str, float]:
+  """`top_k_metrics` on the test rows whose query is one of `words`, keys
+  prefixed `polysemous_`; empty when there are none."""
+  take = np.flatnonzero(np.isin(np.asarray(test["query"], object),
+                                list(words)))
+  if not len(take):
+    return {}
+  out = top_k_metrics(score, _rows(test, take), num_items, num_random, seed)
+  return {"polysemous_top1": out["top1"], "polysemous_top10": out["top10"],
+          "polysemous_mrr": out["mrr"],
+          "num_polysemous_rows": out["num_top_k_rows"]}
 
 
 def auc_metric(score: Scorer, judged: Mapping[str, np.ndarray],
@@ -184,12 +203,15 @@ def polysemy_metrics(scorer: "ModelScorer", world, k: int = 100
   that names products of several root categories), the share of the top-k
   in each meaning, and per head the share of its own top-k in the head's
   dominant meaning (head purity). Flat keys `polysemy_<word>_<root>@k`,
-  `polysemy_min_share@k` (mean over words of the least-served meaning) and
+  `polysemy_min_share@k` (mean over words of the least-served meaning),
+  `polysemy_recall@k` (mean over words of the share of the word's
+  grade >= 2 items, all meanings, in its top-k) and
   `polysemy_head_purity@k`."""
   words = world.polysemous_words()
   queries = {q: i for i, q in enumerate(world.query_strings)}
   item_root = world.item_root
-  out, least, purity = {}, [], []
+  items = np.arange(world.num_items)
+  out, least, purity, recall = {}, [], [], []
   for word, roots in sorted(words.items()):
     if word not in queries:
       continue
@@ -200,10 +222,15 @@ def polysemy_metrics(scorer: "ModelScorer", world, k: int = 100
     for root, share in zip(roots, shares):
       out[f"polysemy_{word}_{root}@{k}"] = share
     least.append(min(shares))
+    relevant = world.relevance(queries[word], items) >= 2
+    if relevant.any():
+      recall.append(float(relevant[top].sum() / relevant.sum()))
     for head_top in scorer.head_retrieve(rows, k)[0]:
       purity.append(max(float(np.mean(item_root[head_top] == r))
                         for r in root_ids))
   if least:
     out[f"polysemy_min_share@{k}"] = float(np.mean(least))
     out[f"polysemy_head_purity@{k}"] = float(np.mean(purity))
+  if recall:
+    out[f"polysemy_recall@{k}"] = float(np.mean(recall))
   return out

@@ -14,7 +14,9 @@ evaluated the same way (`dpsr_tf.evaluation`): `top1`, `top10`, `mrr` among
 `--num_random_items` random items, `auc` on the test queries' labelled pairs,
 and on the synthetic world `p_good@100` and `recall@100`.
 
-`--supervision_file` adds human supervision pairs (Sec. 4.5). `--export_dir`
+`--supervision_file` adds human supervision pairs (Sec. 4.5);
+`--title_positives` adds each item's title as a training query for it
+(catalogue self-supervision, not in the paper). `--export_dir`
 writes the one servable (or `--num_shards` item shards sharing the query
 tower), checked with `retrieval_tf.serving.check`. Its index is exact
 (`--index=brute_force`, the default) or IVF-PQ (`--index=ivfpq` with
@@ -64,6 +66,10 @@ flags.DEFINE_float("test_fraction", 0.2, "Share of queries held out.")
 flags.DEFINE_float("gamma", 10.0, "DSSM softmax smoothing factor.")
 flags.DEFINE_string("supervision_file", None, "Human supervision pairs: "
                     "query<TAB>item_id<TAB>label (1 positive, 0 negative).")
+flags.DEFINE_bool("title_positives", False, "Add each item's title as a "
+                  "training query for that item (catalogue "
+                  "self-supervision, not in the paper; for catalogues with "
+                  "few training queries).")
 flags.DEFINE_integer("num_random_items", 1024, "Top-k: random items per "
                      "positive.")
 flags.DEFINE_string("export_dir", None, "Export the servable here.")
@@ -132,6 +138,9 @@ def evaluate(scorer, task: data_lib.SearchTask, f: Dict[str, Any]
       scorer.model.num_heads > 1:
     out.update(evaluation.head_usage(scorer, task.test))
   if task.world is not None:
+    out.update(evaluation.polysemous_top_k_metrics(
+        scorer, task.test, task.world.polysemous_words(), task.num_items,
+        f["num_random_items"], seed=f["seed"]))
     out.update(evaluation.relevance_metrics(scorer.retrieve, task.test,
                                             task.world, seed=f["seed"]))
     out.update(evaluation.popularity_metric(
@@ -152,6 +161,8 @@ def run_experiment(ctx: runner.RunContext) -> Dict[str, Any]:
     pairs = data_lib.load_supervision(f["supervision_file"],
                                       Vocabulary(task.item_ids, "item"))
     train = data_lib.add_supervision(task, pairs, seed=f["seed"])
+  if f["title_positives"]:
+    train = data_lib.add_title_positives(task, train)
   metrics: Dict[str, Any] = {
       "model": f["model"], "num_items": task.num_items,
       "num_train_examples": int(len(train["item"])),
@@ -224,6 +235,9 @@ def validate_flags(values: Dict[str, Any]) -> None:
         f"--dataset={values['dataset']} has none (use --dataset=synthetic)")
   if values["model"] == "dssm" and values["personalization"] != "none":
     raise runner.UsageError("--model=dssm takes no --personalization")
+  if values["title_positives"] and values["model"] != "dpsr":
+    raise runner.UsageError(f"--title_positives trains the DPSR model; "
+                            f"--model={values['model']} does not use it")
   if not 0.0 <= values["alpha"] <= 1.0:
     raise runner.UsageError(f"--alpha must be in [0, 1], got "
                             f"{values['alpha']}")

@@ -23,6 +23,10 @@ def test_flag_errors(tmp_path):
                "--personalization=history", f"--output_dir={tmp_path}/o"])
   assert proc.returncode == 2
   assert "--personalization=history needs users" in proc.stderr
+  proc = _run(*["--dataset=synthetic", "--model=bm25", "--title_positives",
+               f"--output_dir={tmp_path}/o"])
+  assert proc.returncode == 2
+  assert "--title_positives trains the DPSR model" in proc.stderr
 
 
 def test_synthetic_dpsr_h_with_sharded_export(tmp_path):

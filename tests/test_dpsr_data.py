@@ -1,6 +1,8 @@
 """DPSR data: the 3-file compressed input equals the joined table, missing
 feature keys are named, human supervision files, browsing history."""
 
+import dataclasses
+
 import numpy as np
 import pytest
 
@@ -100,6 +102,23 @@ def test_supervision_file(task, tmp_path):
   assert sorted(last[last >= 0]) == [4, 5]  # normalised query matches
   other = train["hard_negatives"][:n][task.train["query"] != "red mouse"]
   assert (other == -1).all()
+
+
+def test_title_positives_add_one_example_per_titled_item(task):
+  titled = dataclasses.replace(task, item_titles=np.asarray(
+      [" Red  Mouse "] + [""] + list(task.item_titles[2:]), object))
+  train = data_lib.add_title_positives(titled, titled.train)
+  n = len(task.train["item"])
+  added = {k: v[n:] for k, v in train.items()}
+  assert list(added["item"]) == [0] + list(range(2, task.num_items))
+  assert added["query"][0] == "Red Mouse"  # whitespace collapsed
+  assert list(added["query"][1:]) == list(task.item_titles[2:])
+  assert (added["history"] == -1).all() and (added["user_age"] == -1).all()
+  for key, value in task.train.items():  # the clicks are kept as they were
+    assert (train[key][:n] == value).all(), key
+  with pytest.raises(ValueError, match="no item titles"):
+    data_lib.add_title_positives(
+        dataclasses.replace(task, item_titles=None), task.train)
 
 
 def test_supervision_errors_have_line_numbers(task, tmp_path):

@@ -177,6 +177,35 @@ def test_polysemous_search_rate_sends_meanings_to_the_bare_word(world):
   assert theirs["search_query"] != mine["search_query"]
 
 
+def test_recent_brand_click_boost_adds_clicks_on_browsed_brands(world):
+  fond = synthetic.generate(
+      dataclasses.replace(CONFIG, recent_brand_click_boost=3.0))
+  # Only the clicks change: same searches, and every click of the default
+  # world is still there (the same draws, a larger attraction).
+  mine, theirs = _digests(world), _digests(fond)
+  for name in mine:
+    if not name.startswith("click_"):
+      assert theirs[name] == mine[name], name
+  before = set(zip(world.click_search, world.click_position))
+  after = set(zip(fond.click_search, fond.click_position))
+  assert before < after
+  # Every added click is on a brand among the user's newest browsing events
+  # before the search (the boost reads the last RECENT_BRAND_EVENTS up to
+  # the event the search follows; twice that many cover it).
+  keys = np.asarray(sorted(after - before))
+  added = np.flatnonzero(np.isin(
+      fond.click_search.astype(np.int64) * 1000 + fond.click_position,
+      keys[:, 0] * 1000 + keys[:, 1]))
+  assert len(added) > 0.05 * len(world.click_item)
+  window = 2 * synthetic.RECENT_BRAND_EVENTS
+  for c in added:
+    s = fond.click_search[c]
+    mine = np.flatnonzero((fond.event_user == fond.search_user[s])
+                          & (fond.event_time < fond.search_time[s]))[-window:]
+    browsed = fond.item_brand[fond.event_item[mine]]
+    assert fond.item_brand[fond.click_item[c]] in browsed
+
+
 def test_queries_have_typos_and_synonyms(world):
   typo = world.query_has_typo
   synonym = world.query_has_synonym
@@ -303,7 +332,9 @@ def test_config_validation():
          dict(session_focus=0.95, noise_rate=0.1), dict(seed=-1),
          dict(num_interests=500), dict(mean_session_length=0.5),
          dict(zipf_exponent=float("nan")), dict(num_users=2.5),
-         dict(polysemous_search_rate=1.5)]
+         dict(polysemous_search_rate=1.5),
+         dict(recent_brand_click_boost=-1.0),
+         dict(recent_brand_click_boost=float("inf"))]
   for kwargs in bad:
     with pytest.raises(ValueError):
       synthetic.SyntheticConfig(**kwargs)

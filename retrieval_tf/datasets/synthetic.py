@@ -69,8 +69,11 @@ Generative story
    intent's items (`result_relevance`), from its mid/root category, or
    globally popular. The user clicks with probability examination(position)
    x attractiveness(grade under the user's own intent) x price-tier match x
-   (1 + `popularity_click_boost` x popularity percentile): clicks are biased
-   by position and popularity, not only by relevance.
+   (1 + `popularity_click_boost` x popularity percentile) x (1 +
+   `recent_brand_click_boost` when the item's brand is the brand of one of
+   the user's last `RECENT_BRAND_EVENTS` browsing events): clicks are biased
+   by position and popularity, not only by relevance, and (when that boost
+   is on) by a personal taste that only the user's history shows.
 
 `to_rec_dataset()` and `to_search_dataset()` convert the world into the
 library's `RecDataset` / `SearchDataset` containers.
@@ -240,7 +243,11 @@ class SyntheticConfig:
   `polysemous_search_rate` (share of the searches for a meaning of a
   polysemous word that type the bare word, e.g. "apple" for apples or for
   Apple phones; 0: the bare word is drawn like any other query row of its
-  leaf), `judged_per_query`, `judged_related`, `judged_random`.
+  leaf), `recent_brand_click_boost` (a result whose brand the user browsed
+  in the last `RECENT_BRAND_EVENTS` events before the search is that much
+  more attractive: clicks carry a personal signal that the query does not,
+  and that ground-truth relevance ignores; 0: none), `judged_per_query`,
+  `judged_related`, `judged_random`.
   """
 
   seed: int = 0
@@ -274,6 +281,7 @@ class SyntheticConfig:
   typo_rate: float = 0.1
   synonym_rate: float = 0.3
   polysemous_search_rate: float = 0.0
+  recent_brand_click_boost: float = 0.0
   judged_per_query: int = 30
   judged_related: int = 10
   judged_random: int = 10
@@ -305,7 +313,7 @@ class SyntheticConfig:
                        f"<= 1, got {self.session_focus + self.noise_rate}")
     for name in ("zipf_exponent", "mean_events_per_user",
                  "mean_searches_per_user", "position_bias",
-                 "popularity_click_boost"):
+                 "popularity_click_boost", "recent_brand_click_boost"):
       value = getattr(self, name)
       if not (np.isfinite(value) and value >= 0):
         raise ValueError(f"SyntheticConfig.{name} must be finite and >= 0, "
@@ -1263,6 +1271,26 @@ def _bare_word_rows(world: _Draft, row: np.ndarray, rate: float
   return np.where(switch, meaning, row)
 
 
+# Browsing events before a search whose brands `recent_brand_click_boost`
+# favours (the newest of them is the event the search follows).
+RECENT_BRAND_EVENTS = 5
+
+
+def _browsed_brand(world: _Draft, context: np.ndarray, item: np.ndarray
+                   ) -> np.ndarray:
+  """bool: whether `item`'s brand is the brand of one of the user's last
+  `RECENT_BRAND_EVENTS` browsing events up to event `context` (the log is
+  grouped by user, in time order)."""
+  brand = world.item_brand[item]
+  user = world.event_user[context]
+  hit = np.zeros(len(item), dtype=bool)
+  for back in range(RECENT_BRAND_EVENTS):
+    event = np.maximum(context - back, 0)
+    hit |= ((context - back >= 0) & (world.event_user[event] == user)
+            & (world.item_brand[world.event_item[event]] == brand))
+  return hit
+
+
 # Share of searches whose intent is the anchor leaf of the browsing session
 # they follow.
 _SEARCH_IN_SESSION = 0.8
@@ -1370,6 +1398,10 @@ def _searches(world: _Draft, lb_index: _PopularityIndex,
                 * np.where(world.item_tier[item]
                            == world.user_power[user[search]], 1.25, 0.8)
                 * (1.0 + config.popularity_click_boost * percentile[item]))
+  if config.recent_brand_click_boost > 0:
+    attraction = attraction * np.where(
+        _browsed_brand(world, context[search], item),
+        1.0 + config.recent_brand_click_boost, 1.0)
   examination = (position + 1.0) ** -config.position_bias
   click = np.flatnonzero(
       (rng.random(f) < np.minimum(1.0, examination * attraction))
