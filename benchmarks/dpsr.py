@@ -8,7 +8,8 @@ Tables 5/6 (latency, sharding) and Sec. 5.1.2 (compressed input).
 
 * table2: on the synthetic world and CrowdFlower, DPSR (2 heads), DPSR
   1-head, DSSM (unclicked negatives), BM25 (unigrams; unigrams + bigrams),
-  and on the synthetic world DPSR-p and DPSR-h, every one trained and
+  on the synthetic world DPSR-p and DPSR-h, on CrowdFlower DPSR 1 head
+  with `--title_positives`, every one trained and
   evaluated by `python -m dpsr_tf.train` (the command is recorded); Top-1,
   Top-10, MRR among 1,024 random items, AUC on the test queries' labelled
   pairs, P_good@100 / recall@100 / popularity@100 (synthetic); time = p50
@@ -73,6 +74,9 @@ def _variants(dataset: str) -> Dict[str, List[str]]:
   if dataset == "synthetic":
     out["DPSR-p"] = ["--model=dpsr", "--personalization=profile"]
     out["DPSR-h"] = ["--model=dpsr", "--personalization=history"]
+  else:  # few training queries: catalogue titles as extra queries
+    out["DPSR 1 head + title positives"] = ["--model=dpsr", "--num_heads=1",
+                                            "--title_positives"]
   out["DSSM"] = ["--model=dssm"]
   out["BM25"] = ["--model=bm25"]
   out["BM25-u&b"] = ["--model=bm25_bigram"]
@@ -158,7 +162,7 @@ def table2() -> None:
     rows = []
     for label, flags in _variants(dataset).items():
       slug = f"{dataset}_{label.split()[0].lower()}_{len(flags)}_" + \
-          "_".join(f.split("=")[-1] for f in flags)
+          "_".join(f.split("=")[-1].lstrip("-") for f in flags)
       bm25 = "bm25" in flags[0]
       metrics = _train(slug, dataset, flags, export=not bm25)
       if bm25:
