@@ -67,11 +67,14 @@ flags.DEFINE_bool("reuse", False, "Keep a training run whose output folder "
                   "already holds metrics.json from the same command instead "
                   "of rerunning it (to resume an interrupted benchmark).")
 
-DATA = "../shared/data/ncf-ml-1m"
-BEAUTY = "../shared/data/amazon-beauty"
+DATA_DIRS = {"ncf-ml-1m": "../shared/data/ncf-ml-1m",
+             "amazon-beauty": "../shared/data/amazon-beauty"}
 # Table 4 history-length bucket edges (training interactions n) per dataset.
 TABLE4_EDGES = {"ncf-ml-1m": [0, 50, 100, 200, 400, np.inf],
                 "amazon-beauty": [0, 5, 10, 15, 30, 45, np.inf]}
+flags.register_validator(
+    "table4_datasets", lambda names: set(names) <= set(TABLE4_EDGES),
+    f"--table4_datasets: each must be one of {sorted(TABLE4_EDGES)}")
 OUT = "runs/benchmarks/pdn"
 VARIANTS = {"PDN": [], "PDN w/o Bias Net": ["--nobias_net"],
             "PDN w/o Direct Net": ["--nodirect_net"]}
@@ -98,7 +101,7 @@ def pdn_command(variant: str, seed: int, export: bool,
                 dataset: str = "ncf-ml-1m") -> List[str]:
   ncf = dataset == "ncf-ml-1m"
   cmd = ["python", "-m", "pdn_tf.train", f"--dataset={dataset}",
-         f"--data_dir={DATA if ncf else BEAUTY}",
+         f"--data_dir={DATA_DIRS[dataset]}",
          f"--output_dir={_run_dir(_slug(variant), seed, dataset)}",
          "--overwrite", "--verbose=2", f"--seed={seed}",
          f"--epochs={FLAGS.epochs if ncf else FLAGS.beauty_epochs}",
@@ -114,7 +117,7 @@ def baseline_command(model: str, seed: int,
                      dataset: str = "ncf-ml-1m") -> List[str]:
   cmd = ["python", "-m", "retrieval_tf.train", f"--model={model}",
          f"--dataset={dataset}",
-         f"--data_dir={DATA if dataset == 'ncf-ml-1m' else BEAUTY}",
+         f"--data_dir={DATA_DIRS[dataset]}",
          f"--output_dir={_run_dir(model, seed, dataset)}", "--overwrite",
          "--verbose=2", f"--seed={seed}"]
   if model == "two_tower":
@@ -151,9 +154,9 @@ def _split(dataset: str = "ncf-ml-1m", seed: int = 0):
   """The leave-one-out split the training CLIs use for `dataset` and
   `seed` (NCF ML-1M: the predefined one)."""
   from retrieval_tf.datasets import registry  # pylint: disable=g-import-not-at-top
-  path = DATA if dataset == "ncf-ml-1m" else BEAUTY
   return registry.leave_one_out(
-      registry.load_rec_dataset(dataset, path, seed=seed), seed=seed)
+      registry.load_rec_dataset(dataset, DATA_DIRS[dataset], seed=seed),
+      seed=seed)
 
 
 def _two_tower_scores(run_dir: str, data):
