@@ -60,6 +60,18 @@ mixed hard negatives), full with hinge loss. Per-dataset training flags in
 `--crowdflower_flags` / `--amazon_beauty_flags` / `--bestbuy_flags`, chosen
 from learning curves (see `mgdspr_tf/README.md`). Writes the `mgdspr_real` section of
 `RESULTS.md` and `results/mgdspr_real.json`.
+
+Inner product against cosine F (`--part=similarity`), on the synthetic
+world with the ablation's flags:
+
+    python -m benchmarks.mgdspr --part=similarity --seeds=3
+
+base two-tower, full without I_mix and full MGDSPR with the paper's inner
+product (tau 1 / 2 / 2: ablation rows, shared with `--reuse`) and with
+`--similarity=cosine` at tau 0.1, plus the cosine full model at each of
+`--cosine_taus`. With unit vectors tau is a real smoothing parameter, not
+a scale the norms absorb. Writes the `mgdspr_similarity` section of
+`RESULTS.md` and `results/mgdspr_similarity.json`.
 """
 
 from __future__ import annotations
@@ -96,9 +108,14 @@ flags.DEFINE_integer("latency_k", 1000, "k of the latency runs.")
 flags.DEFINE_bool("latency", True, "Export and time the servable.")
 flags.DEFINE_bool("reuse", False, "Read the metrics of runs that already "
                   "finished in --output_root instead of training again.")
-flags.DEFINE_enum("part", "synthetic", ["synthetic", "real"], "The "
-                  "synthetic study (section `mgdspr`) or the real-data "
-                  "ablation (section `mgdspr_real`).")
+flags.DEFINE_enum("part", "synthetic", ["synthetic", "real", "similarity"],
+                  "The synthetic study (section `mgdspr`), the real-data "
+                  "ablation (section `mgdspr_real`) or the paper's inner "
+                  "product against cosine F on the synthetic world (section "
+                  "`mgdspr_similarity`).")
+flags.DEFINE_list("cosine_taus", ["0.05", "0.2", "0.5"], "Temperatures of "
+                  "the cosine sweep of --part=similarity (0.1 is its full "
+                  "model).")
 flags.DEFINE_list("datasets", ["crowdflower", "amazon-beauty"], "Datasets "
                   "of --part=real.")
 flags.DEFINE_string("data_root", os.path.join(
@@ -135,6 +152,21 @@ ABLATION = [
     ("full MGDSPR, hinge loss", ["--loss=hinge"]),
 ]
 FULL = "+ hard negatives (full MGDSPR)"
+# --part=similarity: (label, run name, flags). The inner-product rows are
+# ablation rows (same run names, so --reuse shares their runs).
+COSINE = ["--similarity=cosine", "--temperature=0.1"]
+SIMILARITY = [
+    ("inner product: base two-tower (tau 1)", ABLATION[0][0],
+     ABLATION[0][1]),
+    ("inner product: full without I_mix (tau 2)", ABLATION[4][0],
+     ABLATION[4][1]),
+    ("inner product: full MGDSPR (tau 2)", FULL, []),
+    ("cosine: base two-tower (tau 0.1)", "cosine base two-tower",
+     ["--mgs=false", "--behaviour=false", "--num_hard=0"] + COSINE),
+    ("cosine: full without I_mix (tau 0.1)", "cosine full without I_mix",
+     ["--num_hard=0"] + COSINE),
+    ("cosine: full MGDSPR (tau 0.1)", "cosine full MGDSPR", COSINE),
+]
 COLUMNS = ["recall@10", "recall@50", "p_good@10", "p_good@50",
            "unrelated_recall@50", "unrelated_p_good@50"]
 
@@ -349,12 +381,58 @@ def main_real() -> None:
   print("\n".join(text))
 
 
+def main_similarity() -> None:
+  """F = inner product (the paper) against cosine (`--similarity=cosine`),
+  where tau cannot be absorbed by the vectors' norms."""
+  seeds = list(range(FLAGS.seeds))
+  raw: Dict = {"rows": {}, "cosine_tau": {}, "seeds": seeds,
+               "train_flags": list(FLAGS.train_flags),
+               "synthetic_items": FLAGS.synthetic_items,
+               "machine": report.machine()}
+  for label, name, extra in SIMILARITY:
+    raw["rows"][label] = [train(name, extra, s) for s in seeds]
+  for tau in FLAGS.cosine_taus:
+    raw["cosine_tau"][tau] = [
+        train(f"cosine tau{tau}", ["--similarity=cosine",
+                                   f"--temperature={tau}"], s)
+        for s in seeds]
+  raw["cosine_tau"]["0.1"] = raw["rows"][SIMILARITY[-1][0]]
+  columns = ["recall@10", "recall@50", "p_good@10", "p_good@50"]
+  rows = [[label] + [_mean_std(runs, c) for c in columns]
+          for label, runs in raw["rows"].items()]
+  taus = [[t] + [_mean_std(raw["cosine_tau"][t], c) for c in columns]
+          for t in sorted(raw["cosine_tau"], key=float)]
+  text = [
+      "## MGDSPR: inner product (paper) vs cosine F",
+      "",
+      f"Synthetic world of {FLAGS.synthetic_items} items as in the `mgdspr` "
+      f"section, {len(seeds)} seed(s), mean ± std; {report.machine()}. "
+      f"Every run: `python -m mgdspr_tf.train --dataset=synthetic "
+      f"--synthetic_items={FLAGS.synthetic_items} --seed=S "
+      f"{' '.join(FLAGS.train_flags)}` + the row's flags (recorded in "
+      "`results/mgdspr_similarity.json`); `python -m benchmarks.mgdspr "
+      "--part=similarity`. Cosine rows add `--similarity=cosine` "
+      "(L2-normalised towers, not in the paper) and tau 0.1.",
+      "",
+      report.markdown_table(["configuration"] + columns, rows),
+      "",
+      "Temperature with cosine F (full model):",
+      "",
+      report.markdown_table(["tau"] + columns, taus),
+  ]
+  report.write_section("mgdspr_similarity", "\n".join(text), raw)
+  print("\n".join(text))
+
+
 def main(argv):
   del argv
   os.makedirs(os.path.join(harness.REPO_ROOT, FLAGS.output_root),
               exist_ok=True)
   if FLAGS.part == "real":
     main_real()
+    return
+  if FLAGS.part == "similarity":
+    main_similarity()
     return
   seeds = list(range(FLAGS.seeds))
   sweep_seeds = seeds[:FLAGS.sweep_seeds or len(seeds)]

@@ -25,6 +25,10 @@ with I_hard the top-N in-batch negatives by inner product F, and a hinge loss
 over the same negatives for the ablation. Component switches: `mgs`
 (False: q_seg alone), `behaviour` (False: the fusion sees Q_mgs only),
 `zero_vector`, `num_hard` (0: no I_mix), `temperature` (1: none).
+
+`similarity="cosine"` (not in the paper) L2-normalises H_qu and H_item, so
+F is a cosine in [-1, 1] and tau is a true smoothing parameter; with the
+paper's unnormalised F ("dot", the default) the vectors' norms absorb tau.
 """
 
 from __future__ import annotations
@@ -38,6 +42,7 @@ from retrieval_tf.compat import keras, tf
 from mgdspr_tf import layers
 
 LOSSES = ("softmax", "hinge")
+SIMILARITIES = ("dot", "cosine")
 SEQUENCES = ("real_time", "short_term", "long_term")
 _NEG = -1e9
 
@@ -97,10 +102,11 @@ def temperature_softmax_loss(user, positive, negatives, negative_mask,
   """Mean of -log y(i+ | q_u) with F = inner product over tau (Sec. 3.4).
 
   `negatives [B, M, d]` with `negative_mask [B, M]` (False: not a
-  negative), or `[M, d]` shared by every row. F is the inner product of
-  unnormalised vectors, as in the paper, so the loss at tau equals the loss
-  at tau = 1 with `user / tau`: a model can absorb tau into its norms, and
-  a larger tau mostly learns more slowly (see README, "Measured results").
+  negative), or `[M, d]` shared by every row. With the paper's
+  unnormalised vectors the loss at tau equals the loss at tau = 1 with
+  `user / tau`: a model can absorb tau into its norms, and a larger tau
+  mostly learns more slowly (see README, "Measured results"); with
+  L2-normalised vectors (`similarity="cosine"`) it cannot.
   """
   pos = tf.reduce_sum(user * positive, -1, keepdims=True) / temperature
   neg = _negative_scores(user, negatives)
@@ -133,6 +139,8 @@ class MGDSPRModel(keras.Model):
     max_real, max_short, max_long: sequence maxima (50 / 100 / 100).
     mgs, behaviour, zero_vector: component switches (see module).
     loss: "softmax" or "hinge"; temperature: tau; margin: hinge margin.
+    similarity: F is the inner product of the towers' outputs ("dot", the
+      paper) or of their L2-normalised outputs ("cosine").
     num_hard: N hard negatives mixed per row (0: none); mix_low, mix_high:
       a and b of alpha ~ U(a, b).
     dropout: the real-time LSTM's dropout.
@@ -147,10 +155,14 @@ class MGDSPRModel(keras.Model):
                zero_vector: bool = True, loss: str = "softmax",
                temperature: float = 2.0, margin: float = 0.1,
                num_hard: int = 64, mix_low: float = 0.4,
-               mix_high: float = 0.6, dropout: float = 0.2, **kwargs):
+               mix_high: float = 0.6, dropout: float = 0.2,
+               similarity: str = "dot", **kwargs):
     super().__init__(**kwargs)
     if loss not in LOSSES:
       raise ValueError(f"loss must be one of {LOSSES}, got {loss!r}")
+    if similarity not in SIMILARITIES:
+      raise ValueError(f"similarity must be one of {SIMILARITIES}, got "
+                       f"{similarity!r}")
     if not temperature > 0:
       raise ValueError(f"temperature must be > 0, got {temperature}")
     if not 0.0 <= mix_low < mix_high <= 1.0:
@@ -177,6 +189,7 @@ class MGDSPRModel(keras.Model):
     self.num_hard = int(num_hard)
     self.mix_low, self.mix_high = float(mix_low), float(mix_high)
     self.dropout = float(dropout)
+    self.similarity = similarity
 
     self.query_unit = layers.MultiGranularQuery(
         self.dim, self.num_buckets, num_heads=max(1, self.num_heads // 2),
@@ -269,7 +282,14 @@ class MGDSPRModel(keras.Model):
       item_vectors, mask = layers.gather_padded(self.item_embedding, ids)
       attributes = dict(self._attributes(ids), item=item_vectors)
       parts.append(self.long_term(q_mgs, attributes, mask))
-    return self.fusion(tf.concat(parts, axis=1), training=training)
+    return self._output(self.fusion(tf.concat(parts, axis=1),
+                                    training=training))
+
+  def _output(self, vectors):
+    """A tower's output as F reads it: L2-normalised under "cosine"."""
+    if self.similarity == "cosine":
+      return tf.math.l2_normalize(vectors, axis=-1)
+    return vectors
 
   def _sequence(self, features, name):
     return truncate_recent(tf.cast(features[name], tf.int32),
@@ -281,7 +301,8 @@ class MGDSPRModel(keras.Model):
     words, mask = layers.gather_padded(
         self.query_unit.word_embedding,
         tf.gather(self.item_title_ids, items))
-    return self.item_tower(self.item_embedding(items), words, mask)
+    return self._output(self.item_tower(self.item_embedding(items), words,
+                                        mask))
 
   def all_item_vectors(self, batch_size: int = 4096) -> np.ndarray:
     """H_item of every item, `[num_items, d]` float32."""
@@ -346,7 +367,8 @@ class MGDSPRModel(keras.Model):
             "zero_vector": self.zero_vector, "loss": self.loss_name,
             "temperature": self.temperature, "margin": self.margin,
             "num_hard": self.num_hard, "mix_low": self.mix_low,
-            "mix_high": self.mix_high, "dropout": self.dropout}
+            "mix_high": self.mix_high, "dropout": self.dropout,
+            "similarity": self.similarity}
 
   @classmethod
   def from_config(cls, config):

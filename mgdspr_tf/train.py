@@ -38,7 +38,8 @@ from retrieval_tf.datasets import registry, synthetic
 from retrieval_tf.datasets.errors import DataError
 
 from mgdspr_tf import data as data_lib
-from mgdspr_tf.model import LOSSES, MGDSPRModel, paper_optimizer
+from mgdspr_tf.model import (LOSSES, SIMILARITIES, MGDSPRModel,
+                             paper_optimizer)
 from mgdspr_tf.relevance import RelevanceControl, intent_vocabulary
 
 DATASETS = {"synthetic": False, "amazon-beauty": True, "crowdflower": True,
@@ -54,6 +55,10 @@ flags.DEFINE_float("mix_low", 0.4, "a of alpha ~ U(a, b).")
 flags.DEFINE_float("mix_high", 0.6, "b of alpha ~ U(a, b).")
 flags.DEFINE_enum("loss", "softmax", LOSSES, "Softmax or hinge (ablation).")
 flags.DEFINE_float("margin", 0.1, "Hinge margin.")
+flags.DEFINE_enum("similarity", "dot", SIMILARITIES, "F: inner product of "
+                  "the towers' outputs (the paper) or of their "
+                  "L2-normalised outputs (cosine; then tau is a real "
+                  "smoothing parameter, try 0.05-0.5).")
 flags.DEFINE_bool("mgs", True, "Multi-granular query unit (False: mean "
                   "word embedding).")
 flags.DEFINE_bool("behaviour", True, "Query-attentive behaviour encoders.")
@@ -126,7 +131,8 @@ def build_model(f: Dict[str, Any], data: data_lib.MGDSPRData) -> MGDSPRModel:
       max_short=f["max_short"], max_long=f["max_long"], mgs=f["mgs"],
       behaviour=f["behaviour"], zero_vector=f["zero_vector"],
       loss=f["loss"], temperature=f["temperature"], margin=f["margin"],
-      num_hard=num_hard, mix_low=f["mix_low"], mix_high=f["mix_high"])
+      num_hard=num_hard, mix_low=f["mix_low"], mix_high=f["mix_high"],
+      similarity=f["similarity"])
   model.set_catalogue(data.attributes, data.titles)
   model.compile(optimizer=paper_optimizer(f["learning_rate"], f["clipnorm"]))
   return model

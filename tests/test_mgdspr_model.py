@@ -131,7 +131,7 @@ def _batch(rng, b=8, empty=False):
 
 @pytest.mark.parametrize("switches", [
     {}, {"mgs": False}, {"behaviour": False}, {"zero_vector": False},
-    {"loss": "hinge", "num_hard": 0}])
+    {"loss": "hinge", "num_hard": 0}, {"similarity": "cosine"}])
 def test_switches_give_finite_vectors_and_loss(switches):
   rng = np.random.default_rng(3)
   m = _model(**switches)
@@ -142,6 +142,30 @@ def test_switches_give_finite_vectors_and_loss(switches):
     assert np.isfinite(m.compute_mgdspr_loss(batch).numpy())
   clone = MGDSPRModel.from_config(m.get_config())
   assert clone.get_config() == m.get_config()
+
+
+def test_cosine_similarity_gives_unit_vectors_and_keeps_tau():
+  rng = np.random.default_rng(7)
+  dot, cosine = _model(num_hard=0), _model(num_hard=0, similarity="cosine")
+  batch = _batch(rng)
+  dot(batch)
+  cosine(batch)
+  cosine.set_weights(dot.get_weights())  # same towers, only F differs
+  user, items = cosine.user_vector(batch), cosine.item_vectors(batch["item"])
+  np.testing.assert_allclose(np.linalg.norm(user, axis=1), 1.0, atol=1e-5)
+  np.testing.assert_allclose(np.linalg.norm(items, axis=1), 1.0, atol=1e-5)
+  raw = dot.user_vector(batch).numpy()
+  np.testing.assert_allclose(
+      user.numpy(), raw / np.linalg.norm(raw, axis=1, keepdims=True),
+      atol=1e-5)
+  # Unit vectors cannot grow to absorb tau: the loss at tau = 4 is the
+  # loss of logits F / 4, not that of F.
+  mask = model_lib.in_batch_negative_mask(batch["item"])
+  losses = [model_lib.temperature_softmax_loss(user, items, items, mask,
+                                               tau).numpy()
+            for tau in (0.1, 4.0)]
+  assert losses[0] != pytest.approx(losses[1], rel=1e-3)
+  assert abs(losses[1] - np.log(8)) <= 2 / 4.0  # |F / tau| <= 1 / 4
 
 
 def test_sequences_longer_than_the_maxima_keep_the_most_recent():
@@ -166,6 +190,8 @@ def test_bad_arguments_raise():
     _model(mix_low=0.7, mix_high=0.6)
   with pytest.raises(ValueError, match="temperature"):
     _model(temperature=0)
+  with pytest.raises(ValueError, match="similarity"):
+    _model(similarity="euclidean")
   m = _model()
   with pytest.raises(ValueError, match="titles"):
     m.set_catalogue({"brand": np.zeros(40, int)}, ["x"])
