@@ -37,6 +37,8 @@ bench: $(STAMP)
 	$(PY) -m benchmarks.pdn
 	$(PY) -m benchmarks.dpsr
 	$(PY) -m benchmarks.mgdspr
+	$(PY) -m benchmarks.mgdspr --part=similarity --reuse
+	$(PY) -m benchmarks.mgdspr --part=real --datasets=crowdflower,amazon-beauty,bestbuy
 
 clean:
 	rm -rf $(VENV) runs .pytest_cache
