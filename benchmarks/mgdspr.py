@@ -53,7 +53,8 @@ Real data (`--part=real`), a reduced ablation per dataset of `--datasets`:
 
 Rows: base two-tower, + MGS (query datasets), + MGS with tau = 2 and then
 also the mixed hard negatives without the behaviour branch (query datasets
-without users, where that branch only ever sees empty sequences), +
+without users, where that branch only ever sees empty sequences), the same
+two with cosine F at tau 0.1 (`--similarity=cosine`, not in the paper), +
 behaviour attention with the zero vector at tau = 1 (behaviour datasets),
 the full model without hard negatives (tau = 2), full MGDSPR (tau = 2,
 mixed hard negatives), full with hinge loss. Per-dataset training flags in
@@ -291,7 +292,11 @@ def real_ablation(dataset: str) -> List:
     rows += [("+ MGS, tau 2 (no behaviour branch)",
               ["--nobehaviour", "--num_hard=0"]),
              ("+ MGS, tau 2, mixed hard negatives (no behaviour branch)",
-              ["--nobehaviour"])]
+              ["--nobehaviour"]),
+             ("+ MGS, cosine F, tau 0.1 (no behaviour branch)",
+              ["--nobehaviour", "--num_hard=0"] + COSINE),
+             ("+ MGS, cosine F, tau 0.1, mixed hard negatives (no "
+              "behaviour branch)", ["--nobehaviour"] + COSINE)]
   if has_behaviour:
     rows.append(("+ behaviour attention, zero vector (tau 1)", BASE))
   rows += [("full without hard negatives (tau 2, no I_mix)",
