@@ -156,12 +156,13 @@ FULL = "+ hard negatives (full MGDSPR)"
 # --part=similarity: (label, run name, flags). The inner-product rows are
 # ablation rows (same run names, so --reuse shares their runs).
 COSINE = ["--similarity=cosine", "--temperature=0.1"]
+_ABLATION_FLAGS = dict(ABLATION)
 SIMILARITY = [
-    ("inner product: base two-tower (tau 1)", ABLATION[0][0],
-     ABLATION[0][1]),
-    ("inner product: full without I_mix (tau 2)", ABLATION[4][0],
-     ABLATION[4][1]),
-    ("inner product: full MGDSPR (tau 2)", FULL, []),
+    ("inner product: base two-tower (tau 1)", "base two-tower",
+     _ABLATION_FLAGS["base two-tower"]),
+    ("inner product: full without I_mix (tau 2)", "+ temperature (tau = 2)",
+     _ABLATION_FLAGS["+ temperature (tau = 2)"]),
+    ("inner product: full MGDSPR (tau 2)", FULL, _ABLATION_FLAGS[FULL]),
     ("cosine: base two-tower (tau 0.1)", "cosine base two-tower",
      ["--mgs=false", "--behaviour=false", "--num_hard=0"] + COSINE),
     ("cosine: full without I_mix (tau 0.1)", "cosine full without I_mix",

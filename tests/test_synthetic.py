@@ -200,9 +200,9 @@ def test_recent_brand_click_boost_adds_clicks_on_browsed_brands(world):
   window = 2 * synthetic.RECENT_BRAND_EVENTS
   for c in added:
     s = fond.click_search[c]
-    mine = np.flatnonzero((fond.event_user == fond.search_user[s])
-                          & (fond.event_time < fond.search_time[s]))[-window:]
-    browsed = fond.item_brand[fond.event_item[mine]]
+    events = np.flatnonzero((fond.event_user == fond.search_user[s])
+                            & (fond.event_time < fond.search_time[s]))[-window:]
+    browsed = fond.item_brand[fond.event_item[events]]
     assert fond.item_brand[fond.click_item[c]] in browsed
 
 
