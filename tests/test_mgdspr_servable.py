@@ -1,6 +1,6 @@
 """MGDSPR servable: export -> the checker passes -> the loaded servable
-equals the in-memory model + index + relevance control; bad requests; CLI
-flag validation."""
+equals the in-memory model + index + relevance control (inner-product and
+cosine models); bad requests; CLI flag validation."""
 
 import os
 import subprocess
@@ -22,14 +22,13 @@ ITEM_FIELDS = np.stack([np.arange(N) % 3, (np.arange(N) // 3) % 3], 1)
 IDS = [f"sku{i}" for i in range(N)]
 
 
-@pytest.fixture(scope="module")
-def exported(tmp_path_factory):
+def _export(directory, similarity):
   # Every weight from a fixed seed: the relevance-control assertions below
   # depend on which items the random model ranks first.
   keras.utils.set_random_seed(0)
   model = MGDSPRModel(N, {"brand": 3}, title_length=4, dim=8,
                       num_buckets=256, num_heads=2, max_real=3, max_short=4,
-                      max_long=4, num_hard=2)
+                      max_long=4, num_hard=2, similarity=similarity)
   titles = [f"{FIELDS['brand'][i % 3]} {FIELDS['leaf'][(i // 3) % 3]}"
             for i in range(N)]
   model.set_catalogue({"brand": ITEM_FIELDS[:, 0]}, titles)
@@ -37,9 +36,18 @@ def exported(tmp_path_factory):
   for v in model.trainable_variables:  # not all-zero: a stronger check
     if "embedding" in v.name:
       v.assign(rng.normal(size=v.shape).astype(np.float32))
-  path = export_mgdspr(model, IDS, str(tmp_path_factory.mktemp("mgdspr")),
-                       FIELDS, ITEM_FIELDS, max_k=20)
+  path = export_mgdspr(model, IDS, directory, FIELDS, ITEM_FIELDS, max_k=20)
   return model, path, tf.saved_model.load(path)
+
+
+@pytest.fixture(scope="module")
+def exported(tmp_path_factory):
+  return _export(str(tmp_path_factory.mktemp("mgdspr")), "dot")
+
+
+@pytest.fixture(scope="module")
+def exported_cosine(tmp_path_factory):
+  return _export(str(tmp_path_factory.mktemp("mgdspr_cosine")), "cosine")
 
 
 def _request():
@@ -73,18 +81,19 @@ def _in_memory(model, request, control_on, k):
   return ids, kept_scores, fallback, intents
 
 
-def test_export_check_and_equal_to_the_in_memory_model(exported):
-  model, path, servable = exported
+@pytest.mark.parametrize("fixture", ["exported", "exported_cosine"])
+def test_export_check_and_equal_to_the_in_memory_model(fixture, request):
+  model, path, servable = request.getfixturevalue(fixture)
   report = check.check(path)
   assert report["path"] == path
   loaded = servable.signatures["serving_default"]
-  request = _request()
+  payload = _request()
   control_on = [1, 1, 1, 0]
   k = 12
-  out = loaded(**{n: tf.constant(v) for n, v in request.items()},
+  out = loaded(**{n: tf.constant(v) for n, v in payload.items()},
                relevance_control=tf.constant(control_on, tf.int32),
                k=tf.constant([k] * 4, tf.int32))
-  ids, scores, fallback, intents = _in_memory(model, request, control_on, k)
+  ids, scores, fallback, intents = _in_memory(model, payload, control_on, k)
   got_ids = out["item_ids"].numpy().astype(str)
   for r in range(4):
     count = int(out["num_results"][r])
