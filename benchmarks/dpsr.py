@@ -9,10 +9,13 @@ Tables 5/6 (latency, sharding) and Sec. 5.1.2 (compressed input).
 * table2: on the synthetic world and CrowdFlower, DPSR (2 heads), DPSR
   1-head, DSSM (unclicked negatives), BM25 (unigrams; unigrams + bigrams),
   on the synthetic world DPSR-p and DPSR-h, on CrowdFlower DPSR 1 head
-  with `--title_positives`, every one trained and
+  with `--title_positives` (hinge margin delta 0.1, the paper's, and 0.5),
+  every one trained and
   evaluated by `python -m dpsr_tf.train` (the command is recorded); Top-1,
   Top-10, MRR among 1,024 random items, AUC on the test queries' labelled
-  pairs, P_good@100 / recall@100 / popularity@100 (synthetic); time = p50
+  pairs, P_good@100 / recall@100 / popularity@100 (synthetic), and the
+  trained n-gram table alone (`token_table_top10`, `token_table_auc`: a
+  diagnostic of how much lexical match the towers keep); time = p50
   of query text -> top-1,000 over the dataset's corpus, one thread (DPSR:
   the loaded servable via `benchmarks.servable_latency`; BM25: rank_bm25
   scores + top-1,000). Figure 6 (polysemous queries, 1 vs 2 heads) is read
@@ -55,7 +58,7 @@ from benchmarks import harness, report
 
 RUNS = "runs/dpsr_bench"
 DATA = os.path.join(os.path.dirname(harness.REPO_ROOT), "shared", "data")
-EPOCHS = {"synthetic": 15, "crowdflower": 10}
+EPOCHS = {"synthetic": 15, "crowdflower": 30}
 # nprobe of the Tables 5/6 analogue's IVF-PQ servables (larger nprobe:
 # the sweep below).
 IVFPQ_NPROBE = (32, 16)
@@ -65,7 +68,7 @@ IVFPQ_SWEEP = {1000: ((16, 1000), (32, 1000), (32, 4000), (64, 4000)),
                4000: ((32, 1000), (64, 4000), (128, 4000), (128, 10000),
                       (256, 4000))}
 KEYS = ("top1", "top10", "mrr", "auc", "p_good@100", "recall@100",
-        "popularity@100")
+        "popularity@100", "token_table_top10", "token_table_auc")
 
 
 def _variants(dataset: str) -> Dict[str, List[str]]:
@@ -77,6 +80,8 @@ def _variants(dataset: str) -> Dict[str, List[str]]:
   else:  # few training queries: catalogue titles as extra queries
     out["DPSR 1 head + title positives"] = ["--model=dpsr", "--num_heads=1",
                                             "--title_positives"]
+    out["DPSR 1 head + title positives, delta 0.5"] = [
+        "--model=dpsr", "--num_heads=1", "--title_positives", "--delta=0.5"]
   out["DSSM"] = ["--model=dssm"]
   out["BM25"] = ["--model=bm25"]
   out["BM25-u&b"] = ["--model=bm25_bigram"]

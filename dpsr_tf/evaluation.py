@@ -18,6 +18,11 @@ them), `items` int `[n, C]` the candidates of each row. A *retriever* is
   when the query-disjoint split put no such word on the test side;
 * `head_win_share_<i>` (models with several heads): the share of test
   positives whose best head is head i (collapse shows as one share at 1).
+* `token_table_top1`, `token_table_top10`, `token_table_mrr`,
+  `token_table_auc` (a diagnostic, not the paper's): the same Top-k and
+  AUC scored by the trained shared n-gram table alone (`TokenTableScorer`,
+  the cosine of the mean n-gram embeddings of query and title, no towers),
+  to see how much of the table's lexical match the towers keep.
 """
 
 from __future__ import annotations
@@ -159,6 +164,36 @@ class ModelScorer:
     heads = self.heads(rows)
     scores = tf.einsum("bmd,nd->bmn", heads, self.vectors)
     return tf.math.top_k(scores, k).indices.numpy()
+
+
+class TokenTableScorer:
+  """Scorer of the shared n-gram table alone: the cosine of the masked
+  mean token embeddings of the query text and of the item's title tokens,
+  bypassing both towers (and every non-text feature)."""
+
+  def __init__(self, model):
+    self.model = model
+    self.items = tf.math.l2_normalize(
+        model.item_tower.tokens(model.item_title), axis=-1)
+
+  def __call__(self, rows, items) -> np.ndarray:
+    tokens = self.model.tokenizer(
+        tf.constant(np.asarray(rows["query"]).astype(str)))
+    query = tf.math.l2_normalize(
+        self.model.query_tokens(tokens.to_tensor(default_value=-1)),
+        axis=-1)
+    vectors = tf.gather(self.items, tf.constant(items, tf.int32))
+    return tf.einsum("bd,bcd->bc", query, vectors).numpy()
+
+
+def token_table_metrics(model, task, num_random: int = 1024, seed: int = 0
+                        ) -> Dict[str, float]:
+  """Top-k and AUC of `TokenTableScorer`, keys prefixed `token_table_`."""
+  scorer = TokenTableScorer(model)
+  out = top_k_metrics(scorer, task.test, task.num_items, num_random, seed)
+  out.update(auc_metric(scorer, task.judged))
+  return {f"token_table_{k}": v for k, v in out.items()
+          if k in ("top1", "top10", "mrr", "auc")}
 
 
 def popularity_metric(retrieve: Retriever, test: Mapping[str, np.ndarray],

@@ -134,9 +134,11 @@ def evaluate(scorer, task: data_lib.SearchTask, f: Dict[str, Any]
   out = evaluation.top_k_metrics(scorer, task.test, task.num_items,
                                  f["num_random_items"], seed=f["seed"])
   out.update(evaluation.auc_metric(scorer, task.judged))
-  if isinstance(scorer, evaluation.ModelScorer) and \
-      scorer.model.num_heads > 1:
-    out.update(evaluation.head_usage(scorer, task.test))
+  if isinstance(scorer, evaluation.ModelScorer):
+    out.update(evaluation.token_table_metrics(
+        scorer.model, task, f["num_random_items"], seed=f["seed"]))
+    if scorer.model.num_heads > 1:
+      out.update(evaluation.head_usage(scorer, task.test))
   if task.world is not None:
     out.update(evaluation.polysemous_top_k_metrics(
         scorer, task.test, task.world.polysemous_words(), task.num_items,

@@ -253,3 +253,30 @@ def test_head_usage_counts_each_positives_best_head(setup):
   for i in range(model.num_heads):
     assert usage[f"head_win_share_{i}"] == pytest.approx(np.mean(best == i))
   assert sum(usage.values()) == pytest.approx(1.0)
+
+
+def test_token_table_scorer_equals_a_numpy_cosine_of_mean_embeddings(setup):
+  task, model = setup["task"], setup["model"]
+  table = model.token_embedding.embeddings.numpy()
+
+  def mean_unit(ids):
+    ids = np.asarray(ids)
+    valid = ids >= 0
+    total = (table[np.where(valid, ids, 0)] * valid[..., None]).sum(1)
+    mean = total / np.maximum(valid.sum(1), 1)[:, None]
+    return mean / np.maximum(np.linalg.norm(mean, axis=1, keepdims=True),
+                             1e-12)
+
+  queries = np.asarray(list(task.test["query"][:6]) + [""], object)
+  query_ids = model.tokenizer(queries.astype(str)).to_tensor(
+      default_value=-1).numpy()
+  items = np.arange(7 * 5).reshape(7, 5) % task.num_items
+  expected = np.einsum("bd,bcd->bc", mean_unit(query_ids),
+                       mean_unit(model.item_title.numpy())[items])
+  got = evaluation.TokenTableScorer(model)({"query": queries}, items)
+  np.testing.assert_allclose(got, expected, rtol=1e-5, atol=1e-6)
+  assert np.all(got[-1] == 0)  # an empty query scores 0, not NaN
+  out = evaluation.token_table_metrics(model, task, num_random=64)
+  assert sorted(out) == ["token_table_auc", "token_table_mrr",
+                         "token_table_top1", "token_table_top10"]
+  assert 0 <= out["token_table_top1"] <= out["token_table_top10"] <= 1
