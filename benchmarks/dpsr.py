@@ -7,9 +7,10 @@ Tables 5/6 (latency, sharding) and Sec. 5.1.2 (compressed input).
                                               # compressed
 
 * table2: on the synthetic world and CrowdFlower, DPSR (2 heads), DPSR
-  1-head, DSSM (unclicked negatives), BM25 (unigrams; unigrams + bigrams),
-  on the synthetic world DPSR-p and DPSR-h, on CrowdFlower DPSR 1 head
-  with `--title_positives` (hinge margin delta 0.1, the paper's, and 0.5),
+  1-head without and with `--lexical_skip`, DSSM (unclicked negatives),
+  BM25 (unigrams; unigrams + bigrams), on the synthetic world DPSR-p and
+  DPSR-h, on CrowdFlower DPSR 1 head with `--title_positives` (hinge
+  margin delta 0.1, the paper's, and 0.5; and 0.5 with the lexical skip),
   every one trained and
   evaluated by `python -m dpsr_tf.train` (the command is recorded); Top-1,
   Top-10, MRR among 1,024 random items, AUC on the test queries' labelled
@@ -73,7 +74,9 @@ KEYS = ("top1", "top10", "mrr", "auc", "p_good@100", "recall@100",
 
 def _variants(dataset: str) -> Dict[str, List[str]]:
   out = {"DPSR (2 heads)": ["--model=dpsr", "--num_heads=2"],
-         "DPSR 1 head": ["--model=dpsr", "--num_heads=1"]}
+         "DPSR 1 head": ["--model=dpsr", "--num_heads=1"],
+         "DPSR 1 head + lexical skip": ["--model=dpsr", "--num_heads=1",
+                                        "--lexical_skip"]}
   if dataset == "synthetic":
     out["DPSR-p"] = ["--model=dpsr", "--personalization=profile"]
     out["DPSR-h"] = ["--model=dpsr", "--personalization=history"]
@@ -82,6 +85,9 @@ def _variants(dataset: str) -> Dict[str, List[str]]:
                                             "--title_positives"]
     out["DPSR 1 head + title positives, delta 0.5"] = [
         "--model=dpsr", "--num_heads=1", "--title_positives", "--delta=0.5"]
+    out["DPSR 1 head + title positives, delta 0.5, lexical skip"] = [
+        "--model=dpsr", "--num_heads=1", "--title_positives", "--delta=0.5",
+        "--lexical_skip"]
   out["DSSM"] = ["--model=dssm"]
   out["BM25"] = ["--model=bm25"]
   out["BM25-u&b"] = ["--model=bm25_bigram"]

@@ -6,6 +6,10 @@
 * `ItemTower`: the concatenated item features (mean n-gram embedding of the
   title, one embedding per categorical feature) -> ReLU MLP -> a unit-length
   item embedding `[N, d]` (Sec. 4.1).
+* Both towers take an optional `residual` `[B, d]` added to their output
+  before the normalisation: `DPSRModel(lexical_skip=True)` (not in the
+  paper) passes P t, one linear map P of the mean n-gram embedding t shared
+  by the two sides.
 * `SoftDotProduct`: G(Q(q), S(s)) = sum_i w_i e_i^T g with
   w = softmax(e^T g / beta) over the heads (Eq. 1); beta -> 0 gives
   max_i e_i^T g, a large beta the mean.
@@ -60,7 +64,8 @@ class HeadwiseDense(keras.layers.Layer):
 @keras.utils.register_keras_serializable(package=_PACKAGE)
 class QueryTower(keras.layers.Layer):
   """Sec. 4.2: `[B, in]` -> projection to m heads -> m ReLU MLPs ->
-  L2-normalised `[B, m, d]`.
+  L2-normalised `[B, m, d]`. `call(inputs, residual)`: an optional `[B, d]`
+  added to every head before the normalisation.
 
   Args:
     num_heads: m.
@@ -85,12 +90,15 @@ class QueryTower(keras.layers.Layer):
                      for i, u in enumerate(self.hidden_units)]
     self.output_layer = HeadwiseDense(self.output_dim, name="head_output")
 
-  def call(self, inputs):
+  def call(self, inputs, residual=None):
     x = tf.reshape(self.projection(inputs),
                    [-1, self.num_heads, self.projection_dim])
     for layer in self.encoders:
       x = layer(x)
-    return tf.math.l2_normalize(self.output_layer(x), axis=-1)
+    x = self.output_layer(x)
+    if residual is not None:
+      x += residual[:, tf.newaxis, :]
+    return tf.math.l2_normalize(x, axis=-1)
 
   def get_config(self):
     config = super().get_config()
@@ -104,9 +112,10 @@ class QueryTower(keras.layers.Layer):
 class ItemTower(keras.layers.Layer):
   """Sec. 4.1: concatenated item features -> ReLU MLP -> unit-length `[N, d]`.
 
-  `call(features)` takes `tokens` (int `[N, T]` token ids, -1 padded) and one
-  int `[N]` (or `[N, L]`, -1 padded) column per categorical feature of
-  `feature_sizes` (-1 = absent, a zero vector).
+  `call(features, residual)` takes `tokens` (int `[N, T]` token ids, -1
+  padded) and one int `[N]` (or `[N, L]`, -1 padded) column per categorical
+  feature of `feature_sizes` (-1 = absent, a zero vector); the optional
+  `residual` `[N, d]` is added before the normalisation.
 
   Args:
     num_tokens, token_dim: the token embedding table's shape.
@@ -131,14 +140,16 @@ class ItemTower(keras.layers.Layer):
     self.features = {name: MaskedMeanEmbedding(size, self.feature_dim,
                                                name=f"feature_{name}")
                      for name, size in self.feature_sizes.items()}
-    self.mlp = MLP(self.hidden_units, self.output_dim, normalize=True,
-                   name="mlp")
+    self.mlp = MLP(self.hidden_units, self.output_dim, name="mlp")
 
-  def call(self, features: Dict[str, tf.Tensor]):
+  def call(self, features: Dict[str, tf.Tensor], residual=None):
     parts = [self.tokens(features["tokens"])]
     parts += [self.features[name](features[name])
               for name in self.feature_sizes]
-    return self.mlp(tf.concat(parts, axis=-1))
+    x = self.mlp(tf.concat(parts, axis=-1))
+    if residual is not None:
+      x += residual
+    return tf.math.l2_normalize(x, axis=-1)
 
   def get_config(self):
     config = super().get_config()

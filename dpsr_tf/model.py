@@ -18,6 +18,12 @@ and the loss the attention hinge loss (Eq. 2). Optional human-supervision
 negatives (Sec. 4.5) arrive per example as `hard_negatives` int `[B, H]`
 (-1 padded) and join the example's negative set.
 
+`lexical_skip=True` (not in the paper) adds P t to both towers' outputs
+before their normalisation, t the mean n-gram embedding of the query or of
+the title and P one `Dense(d, use_bias=False)` shared by the two sides, so
+that the shared n-gram table's lexical match reaches the score past the
+MLPs (which keep only part of it; see the README's CrowdFlower results).
+
 `loss="dssm"` turns the same towers into the DSSM baseline of Table 2: one
 head, softmax over (the clicked item, the example's `hard_negatives`, i.e.
 unclicked items) with smoothing factor `gamma`, no random or batch
@@ -57,6 +63,7 @@ class DPSRModel(keras.Model):
     personalization: one of `PERSONALIZATION`.
     user_feature_sizes: profile column -> vocabulary size (-p, -h).
     loss: "hinge" (DPSR) or "dssm" (the baseline); gamma: DSSM smoothing.
+    lexical_skip: add the shared linear skip P t to both towers.
   """
 
   def __init__(self, num_items: int, title_width: int,
@@ -67,7 +74,8 @@ class DPSRModel(keras.Model):
                delta: float = 0.1, alpha: float = 0.5,
                num_negatives: int = 63, personalization: str = "none",
                user_feature_sizes: Optional[Mapping[str, int]] = None,
-               loss: str = "hinge", gamma: float = 10.0, **kwargs):
+               loss: str = "hinge", gamma: float = 10.0,
+               lexical_skip: bool = False, **kwargs):
     super().__init__(**kwargs)
     if personalization not in PERSONALIZATION:
       raise ValueError(f"personalization must be one of {PERSONALIZATION}, "
@@ -92,6 +100,7 @@ class DPSRModel(keras.Model):
                                {k: int(v) for k, v in
                                 sorted(user_feature_sizes.items())})
     self.loss_name, self.gamma = loss, float(gamma)
+    self.lexical_skip = bool(lexical_skip)
 
     self.tokenizer = Tokenizer.from_config(self.tokenizer_config) \
         if self.tokenizer_config else Tokenizer()
@@ -114,6 +123,9 @@ class DPSRModel(keras.Model):
                                 self.hidden_units,
                                 token_embedding=self.token_embedding,
                                 name="item_tower")
+    self.skip_projection = (
+        keras.layers.Dense(self.output_dim, use_bias=False,
+                           name="lexical_skip") if self.lexical_skip else None)
     self.similarity = SoftDotProduct(self.beta, name="soft_dot_product")
     self.negatives = MixedNegatives(self.num_items, self.num_negatives,
                                     self.alpha, name="negatives")
@@ -158,7 +170,12 @@ class DPSRModel(keras.Model):
 
   def item_embedding(self, item_ids, training=False) -> tf.Tensor:
     """S(s): `[n, d]` unit vectors of item ids `[n]`."""
-    return self.item_tower(self.item_features(item_ids), training=training)
+    features = self.item_features(item_ids)
+    residual = None
+    if self.skip_projection is not None:
+      residual = self.skip_projection(
+          self.item_tower.tokens(features["tokens"]))
+    return self.item_tower(features, residual=residual, training=training)
 
   # -- query side -----------------------------------------------------------
 
@@ -172,11 +189,14 @@ class DPSRModel(keras.Model):
     if isinstance(tokens, tf.RaggedTensor):
       tokens = tokens.to_tensor(default_value=-1)
     parts = [self.query_tokens(tokens)]
+    residual = (self.skip_projection(parts[0]) if self.skip_projection
+                is not None else None)
     for name, layer in self.profile.items():
       parts.append(layer(features[f"user_{name}"]))
     if self.history_embedding is not None:
       parts.append(self.history_embedding(features["history"]))
-    return self.query_tower(tf.concat(parts, axis=-1), training=training)
+    return self.query_tower(tf.concat(parts, axis=-1), residual=residual,
+                            training=training)
 
   def call(self, features, training=False):
     heads = self.query_heads(features, training)
@@ -252,7 +272,8 @@ class DPSRModel(keras.Model):
             "num_negatives": self.num_negatives,
             "personalization": self.personalization,
             "user_feature_sizes": self.user_feature_sizes,
-            "loss": self.loss_name, "gamma": self.gamma}
+            "loss": self.loss_name, "gamma": self.gamma,
+            "lexical_skip": self.lexical_skip}
 
   @classmethod
   def from_config(cls, config):

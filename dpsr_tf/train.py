@@ -70,6 +70,9 @@ flags.DEFINE_bool("title_positives", False, "Add each item's title as a "
                   "training query for that item (catalogue "
                   "self-supervision, not in the paper; for catalogues with "
                   "few training queries).")
+flags.DEFINE_bool("lexical_skip", False, "Add one linear map of the mean "
+                  "n-gram embedding, shared by both towers, to their "
+                  "outputs before normalising (not in the paper).")
 flags.DEFINE_integer("num_random_items", 1024, "Top-k: random items per "
                      "positive.")
 flags.DEFINE_string("export_dir", None, "Export the servable here.")
@@ -91,7 +94,8 @@ def build_model(task: data_lib.SearchTask, f: Dict[str, Any],
       num_negatives=f["num_negatives"] or f["batch_size"] - 1,
       personalization=f["personalization"],
       user_feature_sizes=task.user_feature_sizes or None,
-      loss="dssm" if dssm else "hinge", gamma=f["gamma"])
+      loss="dssm" if dssm else "hinge", gamma=f["gamma"],
+      lexical_skip=f["lexical_skip"])
 
 
 def training_features(personalization: str, user_fields,

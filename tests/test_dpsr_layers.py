@@ -1,5 +1,6 @@
 """DPSR building blocks: Eq. 1 limits, Eq. 2 against NumPy, Algorithm 1's
-negative mix, the towers and the model's training step."""
+negative mix, the towers, the lexical skip and the model's training
+step."""
 
 import numpy as np
 import pytest
@@ -145,6 +146,7 @@ def _toy_data(tok, extra=None):
 @pytest.mark.parametrize("kwargs", [
     dict(num_heads=2, alpha=0.5),
     dict(num_heads=1, alpha=1.0, loss="dssm"),
+    dict(num_heads=2, lexical_skip=True),
 ])
 def test_model_trains_and_config_round_trips(kwargs):
   tf.random.set_seed(0)
@@ -171,3 +173,37 @@ def test_model_personalisation_needs_profile():
                              "history": tf.constant([[0, -1], [-1, -1]])})
   assert heads.shape == (2, 2, 8)
   assert np.isfinite(heads.numpy()).all()
+
+
+def test_lexical_skip_adds_one_shared_map_of_the_mean_ngram_embedding():
+  model, tok = _toy_model(num_heads=2, lexical_skip=True)
+  queries = ["apple iphone", "mouse", ""]
+  heads = model.query_heads({"query": tf.constant(queries)})
+  vectors = model.item_embedding(tf.range(len(TITLES)))
+  # Silence both MLPs: what is left is P t on either side, normalised.
+  for layer in (model.query_tower.output_layer,
+                model.item_tower.mlp.blocks[-1]):
+    for weight in layer.weights:
+      weight.assign(tf.zeros_like(weight))
+  table = model.token_embedding.embeddings.numpy()
+  skip = model.skip_projection.kernel.numpy()
+
+  def mean_skip(ids):
+    ids = np.asarray(ids)
+    valid = ids >= 0
+    mean = (table[np.where(valid, ids, 0)] * valid[..., None]).sum(1) / \
+        np.maximum(valid.sum(1), 1)[:, None]
+    out = mean @ skip
+    return out / np.maximum(np.linalg.norm(out, axis=1, keepdims=True), 1e-6)
+
+  query_ids = tok(tf.constant(queries)).to_tensor(default_value=-1).numpy()
+  got = model.query_heads({"query": tf.constant(queries)}).numpy()
+  for head in range(2):
+    np.testing.assert_allclose(got[:, head], mean_skip(query_ids), atol=1e-5)
+  np.testing.assert_allclose(model.item_embedding(tf.range(len(TITLES))),
+                             mean_skip(model.item_title.numpy()), atol=1e-5)
+  # Before silencing, the MLPs contributed (the skip is added, not alone).
+  assert not np.allclose(heads.numpy()[:, 0], got[:, 0], atol=1e-3)
+  assert not np.allclose(vectors.numpy(), mean_skip(model.item_title.numpy()),
+                         atol=1e-3)
+  assert np.isfinite(got).all() and not got[2].any()  # empty query: zeros
