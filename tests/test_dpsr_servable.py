@@ -1,5 +1,6 @@
-"""DPSR's one servable and its shards: tokenizer identity across the data
-pipeline, the model and the loaded servable; servable == in-memory model;
+"""DPSR's one servable and its shards (a DPSR-h model with the lexical
+skip): tokenizer identity across the data pipeline, the model and the
+loaded servable; servable == in-memory model;
 the checker; sharded fan-out == unsharded (in process and over REST); bad
 queries and requests; shards of different models refuse to merge."""
 
@@ -52,7 +53,8 @@ def setup(tmp_path_factory):
                     tokenizer=tok.get_config(), num_heads=2, token_dim=16,
                     output_dim=16, hidden_units=(32,), num_negatives=31,
                     personalization="history",
-                    user_feature_sizes=task.user_feature_sizes)
+                    user_feature_sizes=task.user_feature_sizes,
+                    lexical_skip=True)  # the default model: test_dpsr_index
   model.set_item_tables(titles, task.item_columns)
   model.compile(optimizer=keras.optimizers.Adagrad(0.1))
   _train(model, task, 20, 0)
