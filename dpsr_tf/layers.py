@@ -6,10 +6,11 @@
 * `ItemTower`: the concatenated item features (mean n-gram embedding of the
   title, one embedding per categorical feature) -> ReLU MLP -> a unit-length
   item embedding `[N, d]` (Sec. 4.1).
-* Both towers take an optional `residual` `[B, d]` added to their output
-  before the normalisation: `DPSRModel(lexical_skip=True)` (not in the
-  paper) passes P t, one linear map P of the mean n-gram embedding t shared
-  by the two sides.
+* Both towers can add P t to their output before the normalisation (t the
+  mean n-gram embedding, P one linear map shared by the two sides):
+  `DPSRModel(lexical_skip=True)`, not in the paper. `QueryTower` takes P t
+  as `residual`; `ItemTower` takes P as `skip` and applies it to the title
+  mean it computes anyway.
 * `SoftDotProduct`: G(Q(q), S(s)) = sum_i w_i e_i^T g with
   w = softmax(e^T g / beta) over the heads (Eq. 1); beta -> 0 gives
   max_i e_i^T g, a large beta the mean.
@@ -112,10 +113,11 @@ class QueryTower(keras.layers.Layer):
 class ItemTower(keras.layers.Layer):
   """Sec. 4.1: concatenated item features -> ReLU MLP -> unit-length `[N, d]`.
 
-  `call(features, residual)` takes `tokens` (int `[N, T]` token ids, -1
+  `call(features, skip)` takes `tokens` (int `[N, T]` token ids, -1
   padded) and one int `[N]` (or `[N, L]`, -1 padded) column per categorical
   feature of `feature_sizes` (-1 = absent, a zero vector); the optional
-  `residual` `[N, d]` is added before the normalisation.
+  `skip` (a layer `[N, token_dim] -> [N, d]`) of the mean title n-gram
+  embedding is added before the normalisation.
 
   Args:
     num_tokens, token_dim: the token embedding table's shape.
@@ -142,13 +144,13 @@ class ItemTower(keras.layers.Layer):
                      for name, size in self.feature_sizes.items()}
     self.mlp = MLP(self.hidden_units, self.output_dim, name="mlp")
 
-  def call(self, features: Dict[str, tf.Tensor], residual=None):
-    parts = [self.tokens(features["tokens"])]
-    parts += [self.features[name](features[name])
-              for name in self.feature_sizes]
+  def call(self, features: Dict[str, tf.Tensor], skip=None):
+    title = self.tokens(features["tokens"])
+    parts = [title] + [self.features[name](features[name])
+                       for name in self.feature_sizes]
     x = self.mlp(tf.concat(parts, axis=-1))
-    if residual is not None:
-      x += residual
+    if skip is not None:
+      x += skip(title)
     return tf.math.l2_normalize(x, axis=-1)
 
   def get_config(self):

@@ -170,12 +170,8 @@ class DPSRModel(keras.Model):
 
   def item_embedding(self, item_ids, training=False) -> tf.Tensor:
     """S(s): `[n, d]` unit vectors of item ids `[n]`."""
-    features = self.item_features(item_ids)
-    residual = None
-    if self.skip_projection is not None:
-      residual = self.skip_projection(
-          self.item_tower.tokens(features["tokens"]))
-    return self.item_tower(features, residual=residual, training=training)
+    return self.item_tower(self.item_features(item_ids),
+                           skip=self.skip_projection, training=training)
 
   # -- query side -----------------------------------------------------------
 
