@@ -23,6 +23,9 @@ before their normalisation, t the mean n-gram embedding of the query or of
 the title and P one `Dense(d, use_bias=False)` shared by the two sides, so
 that the shared n-gram table's lexical match reaches the score past the
 MLPs (which keep only part of it; see the README's CrowdFlower results).
+`lexical_skip_init="identity"` (needs `token_dim == output_dim`) starts P
+as the identity, so that at the start the skip passes the table's match
+through unchanged instead of through a random projection.
 
 `loss="dssm"` turns the same towers into the DSSM baseline of Table 2: one
 head, softmax over (the clicked item, the example's `hard_negatives`, i.e.
@@ -45,6 +48,7 @@ from dpsr_tf.layers import (ItemTower, MixedNegatives, QueryTower,
 
 PERSONALIZATION = ("none", "profile", "history")
 LOSSES = ("hinge", "dssm")
+LEXICAL_SKIP_INITS = ("glorot_uniform", "identity")
 
 
 @keras.utils.register_keras_serializable(package="dpsr_tf")
@@ -64,6 +68,7 @@ class DPSRModel(keras.Model):
     user_feature_sizes: profile column -> vocabulary size (-p, -h).
     loss: "hinge" (DPSR) or "dssm" (the baseline); gamma: DSSM smoothing.
     lexical_skip: add the shared linear skip P t to both towers.
+    lexical_skip_init: P's initializer, one of `LEXICAL_SKIP_INITS`.
   """
 
   def __init__(self, num_items: int, title_width: int,
@@ -75,13 +80,23 @@ class DPSRModel(keras.Model):
                num_negatives: int = 63, personalization: str = "none",
                user_feature_sizes: Optional[Mapping[str, int]] = None,
                loss: str = "hinge", gamma: float = 10.0,
-               lexical_skip: bool = False, **kwargs):
+               lexical_skip: bool = False,
+               lexical_skip_init: str = "glorot_uniform", **kwargs):
     super().__init__(**kwargs)
     if personalization not in PERSONALIZATION:
       raise ValueError(f"personalization must be one of {PERSONALIZATION}, "
                        f"got {personalization!r}")
     if loss not in LOSSES:
       raise ValueError(f"loss must be one of {LOSSES}, got {loss!r}")
+    if lexical_skip_init not in LEXICAL_SKIP_INITS:
+      raise ValueError(f"lexical_skip_init must be one of "
+                       f"{LEXICAL_SKIP_INITS}, got {lexical_skip_init!r}")
+    if lexical_skip_init == "identity" and (
+        not lexical_skip or int(token_dim) != int(output_dim)):
+      raise ValueError(
+          "lexical_skip_init='identity' needs lexical_skip=True and "
+          f"token_dim == output_dim (got lexical_skip={lexical_skip}, "
+          f"token_dim={token_dim}, output_dim={output_dim})")
     if personalization != "none" and not user_feature_sizes:
       raise ValueError(f"personalization={personalization!r} needs user "
                        "profile features (user_feature_sizes)")
@@ -101,6 +116,7 @@ class DPSRModel(keras.Model):
                                 sorted(user_feature_sizes.items())})
     self.loss_name, self.gamma = loss, float(gamma)
     self.lexical_skip = bool(lexical_skip)
+    self.lexical_skip_init = lexical_skip_init
 
     self.tokenizer = Tokenizer.from_config(self.tokenizer_config) \
         if self.tokenizer_config else Tokenizer()
@@ -125,6 +141,7 @@ class DPSRModel(keras.Model):
                                 name="item_tower")
     self.skip_projection = (
         keras.layers.Dense(self.output_dim, use_bias=False,
+                           kernel_initializer=self.lexical_skip_init,
                            name="lexical_skip") if self.lexical_skip else None)
     self.similarity = SoftDotProduct(self.beta, name="soft_dot_product")
     self.negatives = MixedNegatives(self.num_items, self.num_negatives,
@@ -269,7 +286,8 @@ class DPSRModel(keras.Model):
             "personalization": self.personalization,
             "user_feature_sizes": self.user_feature_sizes,
             "loss": self.loss_name, "gamma": self.gamma,
-            "lexical_skip": self.lexical_skip}
+            "lexical_skip": self.lexical_skip,
+            "lexical_skip_init": self.lexical_skip_init}
 
   @classmethod
   def from_config(cls, config):

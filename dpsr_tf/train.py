@@ -40,7 +40,8 @@ from retrieval_tf.text import Tokenizer, padded_ids
 
 from dpsr_tf import data as data_lib
 from dpsr_tf import evaluation
-from dpsr_tf.model import PERSONALIZATION, DPSRModel, all_item_embeddings
+from dpsr_tf.model import (LEXICAL_SKIP_INITS, PERSONALIZATION, DPSRModel,
+                            all_item_embeddings)
 from dpsr_tf import servable
 
 MODELS = ("dpsr", "dssm", "bm25", "bm25_bigram")
@@ -73,6 +74,10 @@ flags.DEFINE_bool("title_positives", False, "Add each item's title as a "
 flags.DEFINE_bool("lexical_skip", False, "Add one linear map of the mean "
                   "n-gram embedding, shared by both towers, to their "
                   "outputs before normalising (not in the paper).")
+flags.DEFINE_enum("lexical_skip_init", "glorot_uniform", LEXICAL_SKIP_INITS,
+                  "Initializer of the lexical skip's map; identity (needs "
+                  "--token_dim == --embedding_dim) starts it as the "
+                  "n-gram table's own match.")
 flags.DEFINE_integer("num_random_items", 1024, "Top-k: random items per "
                      "positive.")
 flags.DEFINE_string("export_dir", None, "Export the servable here.")
@@ -95,7 +100,8 @@ def build_model(task: data_lib.SearchTask, f: Dict[str, Any],
       personalization=f["personalization"],
       user_feature_sizes=task.user_feature_sizes or None,
       loss="dssm" if dssm else "hinge", gamma=f["gamma"],
-      lexical_skip=f["lexical_skip"])
+      lexical_skip=f["lexical_skip"],
+      lexical_skip_init=f["lexical_skip_init"])
 
 
 def training_features(personalization: str, user_fields,
@@ -244,6 +250,13 @@ def validate_flags(values: Dict[str, Any]) -> None:
   if values["title_positives"] and values["model"] != "dpsr":
     raise runner.UsageError(f"--title_positives trains the DPSR model; "
                             f"--model={values['model']} does not use it")
+  if values["lexical_skip_init"] == "identity" and not (
+      values["lexical_skip"]
+      and values["token_dim"] == values["embedding_dim"]):
+    raise runner.UsageError(
+        "--lexical_skip_init=identity needs --lexical_skip and --token_dim "
+        f"== --embedding_dim (got {values['token_dim']} and "
+        f"{values['embedding_dim']})")
   if not 0.0 <= values["alpha"] <= 1.0:
     raise runner.UsageError(f"--alpha must be in [0, 1], got "
                             f"{values['alpha']}")

@@ -27,6 +27,11 @@ def test_flag_errors(tmp_path):
                f"--output_dir={tmp_path}/o"])
   assert proc.returncode == 2
   assert "--title_positives trains the DPSR model" in proc.stderr
+  proc = _run(*["--dataset=synthetic", "--lexical_skip",
+               "--lexical_skip_init=identity", "--token_dim=32",
+               f"--output_dir={tmp_path}/o"])
+  assert proc.returncode == 2
+  assert "--lexical_skip_init=identity needs --lexical_skip" in proc.stderr
 
 
 def test_synthetic_dpsr_h_with_sharded_export(tmp_path):

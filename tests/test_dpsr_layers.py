@@ -10,6 +10,7 @@ from retrieval_tf.text import Tokenizer, padded_ids
 
 from dpsr_tf.layers import (ItemTower, MixedNegatives, QueryTower,
                             SoftDotProduct, attention_hinge_loss)
+from dpsr_tf.evaluation import TokenTableScorer
 from dpsr_tf.model import DPSRModel, all_item_embeddings
 
 
@@ -147,6 +148,7 @@ def _toy_data(tok, extra=None):
     dict(num_heads=2, alpha=0.5),
     dict(num_heads=1, alpha=1.0, loss="dssm"),
     dict(num_heads=2, lexical_skip=True),
+    dict(num_heads=1, lexical_skip=True, lexical_skip_init="identity"),
 ])
 def test_model_trains_and_config_round_trips(kwargs):
   tf.random.set_seed(0)
@@ -207,3 +209,33 @@ def test_lexical_skip_adds_one_shared_map_of_the_mean_ngram_embedding():
   assert not np.allclose(vectors.numpy(), mean_skip(model.item_title.numpy()),
                          atol=1e-3)
   assert np.isfinite(got).all() and not got[2].any()  # empty query: zeros
+
+
+def test_identity_lexical_skip_starts_as_the_token_tables_cosine():
+  model, _ = _toy_model(num_heads=1, lexical_skip=True,
+                        lexical_skip_init="identity")
+  queries = ["apple iphone", "mouse", ""]
+  model.query_heads({"query": tf.constant(queries)})  # builds both towers
+  model.item_embedding(tf.range(len(TITLES)))
+  np.testing.assert_array_equal(model.skip_projection.kernel.numpy(),
+                                np.eye(8))
+  for layer in (model.query_tower.output_layer,
+                model.item_tower.mlp.blocks[-1]):
+    for weight in layer.weights:
+      weight.assign(tf.zeros_like(weight))
+  items = np.tile(np.arange(len(TITLES)), (len(queries), 1))
+  heads = model.query_heads({"query": tf.constant(queries)}).numpy()[:, 0]
+  vectors = model.item_embedding(tf.range(len(TITLES))).numpy()
+  np.testing.assert_allclose(
+      heads @ vectors.T, TokenTableScorer(model)({"query": queries}, items),
+      atol=1e-5)
+
+
+def test_lexical_skip_init_errors():
+  with pytest.raises(ValueError, match="lexical_skip_init must be one of"):
+    _toy_model(lexical_skip=True, lexical_skip_init="zeros")
+  with pytest.raises(ValueError, match="needs lexical_skip=True"):
+    _toy_model(lexical_skip_init="identity")
+  with pytest.raises(ValueError, match="token_dim == output_dim"):
+    DPSRModel(len(TITLES), 4, {}, token_dim=8, output_dim=4,
+              lexical_skip=True, lexical_skip_init="identity")
