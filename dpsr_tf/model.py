@@ -51,6 +51,21 @@ LOSSES = ("hinge", "dssm")
 LEXICAL_SKIP_INITS = ("glorot_uniform", "identity")
 
 
+def check_lexical_skip(lexical_skip: bool, lexical_skip_init: str,
+                       token_dim: int, output_dim: int) -> None:
+  """ValueError unless `lexical_skip_init` is one of `LEXICAL_SKIP_INITS`
+  and, for "identity", the skip is on and P is square."""
+  if lexical_skip_init not in LEXICAL_SKIP_INITS:
+    raise ValueError(f"lexical_skip_init must be one of "
+                     f"{LEXICAL_SKIP_INITS}, got {lexical_skip_init!r}")
+  if lexical_skip_init == "identity" and (
+      not lexical_skip or int(token_dim) != int(output_dim)):
+    raise ValueError(
+        "lexical_skip_init='identity' needs lexical_skip=True and "
+        f"token_dim == output_dim (got lexical_skip={lexical_skip}, "
+        f"token_dim={token_dim}, output_dim={output_dim})")
+
+
 @keras.utils.register_keras_serializable(package="dpsr_tf")
 class DPSRModel(keras.Model):
   """See the module docstring.
@@ -88,15 +103,8 @@ class DPSRModel(keras.Model):
                        f"got {personalization!r}")
     if loss not in LOSSES:
       raise ValueError(f"loss must be one of {LOSSES}, got {loss!r}")
-    if lexical_skip_init not in LEXICAL_SKIP_INITS:
-      raise ValueError(f"lexical_skip_init must be one of "
-                       f"{LEXICAL_SKIP_INITS}, got {lexical_skip_init!r}")
-    if lexical_skip_init == "identity" and (
-        not lexical_skip or int(token_dim) != int(output_dim)):
-      raise ValueError(
-          "lexical_skip_init='identity' needs lexical_skip=True and "
-          f"token_dim == output_dim (got lexical_skip={lexical_skip}, "
-          f"token_dim={token_dim}, output_dim={output_dim})")
+    check_lexical_skip(lexical_skip, lexical_skip_init, token_dim,
+                       output_dim)
     if personalization != "none" and not user_feature_sizes:
       raise ValueError(f"personalization={personalization!r} needs user "
                        "profile features (user_feature_sizes)")

@@ -41,7 +41,7 @@ from retrieval_tf.text import Tokenizer, padded_ids
 from dpsr_tf import data as data_lib
 from dpsr_tf import evaluation
 from dpsr_tf.model import (LEXICAL_SKIP_INITS, PERSONALIZATION, DPSRModel,
-                            all_item_embeddings)
+                            all_item_embeddings, check_lexical_skip)
 from dpsr_tf import servable
 
 MODELS = ("dpsr", "dssm", "bm25", "bm25_bigram")
@@ -250,13 +250,14 @@ def validate_flags(values: Dict[str, Any]) -> None:
   if values["title_positives"] and values["model"] != "dpsr":
     raise runner.UsageError(f"--title_positives trains the DPSR model; "
                             f"--model={values['model']} does not use it")
-  if values["lexical_skip_init"] == "identity" and not (
-      values["lexical_skip"]
-      and values["token_dim"] == values["embedding_dim"]):
+  try:  # the flag's enum already holds it to LEXICAL_SKIP_INITS
+    check_lexical_skip(values["lexical_skip"], values["lexical_skip_init"],
+                       values["token_dim"], values["embedding_dim"])
+  except ValueError:
     raise runner.UsageError(
         "--lexical_skip_init=identity needs --lexical_skip and --token_dim "
-        f"== --embedding_dim (got {values['token_dim']} and "
-        f"{values['embedding_dim']})")
+        f"== --embedding_dim (got --lexical_skip={values['lexical_skip']}, "
+        f"{values['token_dim']} and {values['embedding_dim']})") from None
   if not 0.0 <= values["alpha"] <= 1.0:
     raise runner.UsageError(f"--alpha must be in [0, 1], got "
                             f"{values['alpha']}")
