@@ -10,8 +10,9 @@ Tables 5/6 (latency, sharding) and Sec. 5.1.2 (compressed input).
   1-head without and with `--lexical_skip`, DSSM (unclicked negatives),
   BM25 (unigrams; unigrams + bigrams), on the synthetic world DPSR-p and
   DPSR-h, on CrowdFlower DPSR 1 head with `--title_positives` (hinge
-  margin delta 0.1, the paper's, and 0.5; and 0.5 with the lexical skip),
-  every one trained and
+  margin delta 0.1, the paper's, and 0.5; and 0.5 with the lexical skip,
+  also with a 256-dimensional table and output and the skip started as
+  the identity), every one trained and
   evaluated by `python -m dpsr_tf.train` (the command is recorded); Top-1,
   Top-10, MRR among 1,024 random items, AUC on the test queries' labelled
   pairs, P_good@100 / recall@100 / popularity@100 (synthetic), and the
@@ -88,6 +89,11 @@ def _variants(dataset: str) -> Dict[str, List[str]]:
     out["DPSR 1 head + title positives, delta 0.5, lexical skip"] = [
         "--model=dpsr", "--num_heads=1", "--title_positives", "--delta=0.5",
         "--lexical_skip"]
+    out["DPSR 1 head + title positives, delta 0.5, identity lexical skip, "
+        "256-d"] = [
+        "--model=dpsr", "--num_heads=1", "--title_positives", "--delta=0.5",
+        "--lexical_skip", "--lexical_skip_init=identity", "--token_dim=256",
+        "--embedding_dim=256"]
   out["DSSM"] = ["--model=dssm"]
   out["BM25"] = ["--model=bm25"]
   out["BM25-u&b"] = ["--model=bm25_bigram"]
