@@ -170,7 +170,8 @@ SIMILARITY = [
     ("cosine: full MGDSPR (tau 0.1)", "cosine full MGDSPR", COSINE),
 ]
 COLUMNS = ["recall@10", "recall@50", "p_good@10", "p_good@50",
-           "unrelated_recall@50", "unrelated_p_good@50"]
+           "unrelated_recall@50", "unrelated_p_good@50",
+           "swapped_recall@50", "swapped_p_good@10"]
 
 
 def _slug(name: str) -> str:
@@ -469,10 +470,11 @@ def main(argv):
   rows = [[name] + [_mean_std(runs, c) for c in COLUMNS]
           for name, runs in raw["ablation"].items()]
   full = raw["ablation"][FULL]
-  rows.insert(len(ABLATION) - 1, [
-      "+ relevance control (top-50 filtered)", "-",
-      _mean_std(full, "rc_recall"), "-", _mean_std(full, "rc_p_good"), "-",
-      "-"])
+  control_row = {"recall@50": _mean_std(full, "rc_recall"),
+                 "p_good@50": _mean_std(full, "rc_p_good")}
+  rows.insert(len(ABLATION) - 1,
+              ["+ relevance control (top-50 filtered)"] +
+              [control_row.get(c, "-") for c in COLUMNS])
   control = _control_table({"all fields": full})
   taus = report.markdown_table(
       ["tau", "recall@50", "p_good@10", "p_good@50"],
@@ -495,7 +497,11 @@ def main(argv):
       f"{' '.join(FLAGS.train_flags)}` + the row's flags (recorded in "
       "`results/mgdspr.json`). `unrelated_*`: test searches whose "
       "real-time and short-term behaviour share no mid category with the "
-      "query.",
+      "query (a few percent of them). `swapped_*`: every test search "
+      "re-scored with the history queries and behaviour of another test "
+      "user none of whose events shares a mid category with the query "
+      "(`mgdspr_tf.data.unrelated_donors`); recall counts the searching "
+      "user's own clicks.",
       "",
       report.markdown_table(["configuration"] + COLUMNS, rows),
       "",

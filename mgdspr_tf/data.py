@@ -17,7 +17,9 @@ Sources:
 
 * `synthetic`: the world's search clicks with its browsing log; history
   queries are the user's last `history_queries` queries; a temporal split
-  (the last `test_fraction` of searches are test). Relevance from the world.
+  (the last `test_fraction` of searches are test). Relevance from the world;
+  two zero-vector slices of the test set (`MGDSPRData.unrelated` and
+  `MGDSPRData.donor`, see `unrelated_donors`).
 * `crowdflower`, `bestbuy`: (query, item) pairs judged relevant, split by
   query (`splits.query_disjoint_split`); no users, so no behaviour.
 * `amazon-beauty` (any S3Rec file): leave-one-out over item sequences with
@@ -74,6 +76,15 @@ class Examples:
     kept = self.search[np.sort(first)[:count]]
     return self.take(np.isin(self.search, kept))
 
+  def with_user_context_of(self, other: "Examples") -> "Examples":
+    """These rows (queries, clicked items, searches) with the user context
+    of `other`'s rows (history queries and R, S, L windows), row by row."""
+    if len(other) != len(self):
+      raise ValueError(f"{len(other)} context rows for {len(self)} rows")
+    return dataclasses.replace(
+        self, history_query=other.history_query, real_time=other.real_time,
+        short_term=other.short_term, long_term=other.long_term)
+
   def features(self, with_item: bool = True) -> Dict[str, np.ndarray]:
     out = {"query": self.query.astype(str).astype(object),
            "history_query": self.history_query.astype(str).astype(object),
@@ -105,6 +116,10 @@ class MGDSPRData:
   # bool [len(test)]: the test user's real-time and short-term behaviour
   # shares no mid category with the query (the zero-vector slice).
   unrelated: Optional[np.ndarray] = None
+  # int [len(test)]: a test row of another user whose R, S and L share no
+  # mid category with this row's query, -1 where none (the swapped slice:
+  # `unrelated_donors`).
+  donor: Optional[np.ndarray] = None
 
 
 def with_intent_fields(data: MGDSPRData, names: Sequence[str]
@@ -207,6 +222,12 @@ def from_synthetic(world, lengths=(50, 100, 100), history_queries: int = 5,
   mids = np.where(behaviour >= 0, world.item_mid[np.maximum(behaviour, 0)],
                   -2)
   unrelated = (intent_mid >= 0) & ~(mids == intent_mid[:, None]).any(axis=1)
+  windows = np.concatenate([test.real_time, test.short_term, test.long_term],
+                           axis=1)
+  donor = unrelated_donors(
+      world.search_user[test.search], intent_mid,
+      np.where(windows >= 0, world.item_mid[np.maximum(windows, 0)], -2),
+      seed=world.config.seed)
   return MGDSPRData(
       name="synthetic", train=examples.take(~test_rows), test=test,
       num_items=world.num_items,
@@ -214,7 +235,47 @@ def from_synthetic(world, lengths=(50, 100, 100), history_queries: int = 5,
       titles=world.item_titles(), attributes=attributes,
       attribute_sizes={n: len(vocabs[n]) for n in ATTRIBUTES},
       intent_fields=intent_fields, item_fields=item_fields,
-      relevance=world.relevance, good_grade=2.0, unrelated=unrelated)
+      relevance=world.relevance, good_grade=2.0, unrelated=unrelated,
+      donor=donor)
+
+
+def unrelated_donors(user, intent_mid, behaviour_mid, seed: int = 0,
+                     tries: int = 32) -> np.ndarray:
+  """For each row, another row whose user context cannot inform this row's
+  query: a row of another user, with at least one behaviour event, none of
+  whose events' mid categories (`behaviour_mid` `[n, L]`, negative =
+  padding) is this row's `intent_mid`. Rows whose `intent_mid` is negative
+  (no category intent) get none. Candidates are drawn uniformly, the first
+  that fits within `tries` draws is kept; -1 where none fits. Deterministic
+  in `seed`. Returns int64 `[n]`.
+
+  Grafting the donor's context onto the row (`Examples.with_user_context_of`)
+  builds the counterfactual slice on which the zero vector should matter
+  (Sec. 3.2.2: the query attends to "nothing" when no behaviour is
+  relevant), at the size of the whole test set instead of the few searches
+  whose own history happens to be unrelated.
+  """
+  user = np.asarray(user)
+  intent_mid = np.asarray(intent_mid)
+  behaviour_mid = np.asarray(behaviour_mid)
+  n = len(user)
+  if len(intent_mid) != n or len(behaviour_mid) != n:
+    raise ValueError(f"{n} users, {len(intent_mid)} intents and "
+                     f"{len(behaviour_mid)} behaviour rows")
+  donor = np.full(n, -1, np.int64)
+  if n < 2:
+    return donor
+  has_events = (behaviour_mid >= 0).any(axis=1)
+  rng = np.random.default_rng(seed)
+  for _ in range(tries):
+    todo = np.flatnonzero((donor < 0) & (intent_mid >= 0))
+    if not len(todo):
+      break
+    candidate = rng.integers(0, n, len(todo))
+    fits = (has_events[candidate] & (user[candidate] != user[todo]) &
+            ~(behaviour_mid[candidate] == intent_mid[todo, None]).any(axis=1))
+    donor[todo[fits]] = candidate[fits]
+  return donor
 
 
 def _empty_windows(n: int, lengths) -> Tuple[np.ndarray, ...]:

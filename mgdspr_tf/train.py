@@ -20,7 +20,14 @@ temporal split, ground-truth relevance), `crowdflower` and `bestbuy`
   before / after control, the paper's Num_rank analogue);
 * `unrelated_recall@k`, `unrelated_p_good@k` (synthetic): the searches
   whose user's real-time and short-term behaviour share no mid category
-  with the query (the slice where the zero vector should help).
+  with the query (the slice where the zero vector should help; a few
+  percent of the searches);
+* `swapped_recall@k`, `swapped_p_good@k` (synthetic): every test search
+  (`swapped_searches` of them) re-scored with the user context (history
+  queries, R, S, L) of another test user none of whose events shares a mid
+  category with the query (`data.unrelated_donors`): the zero vector's
+  slice built at the size of the test set; recall still counts the
+  searching user's own clicks.
 """
 
 from __future__ import annotations
@@ -138,14 +145,20 @@ def build_model(f: Dict[str, Any], data: data_lib.MGDSPRData) -> MGDSPRModel:
   return model
 
 
-def user_vectors(model: MGDSPRModel, examples: data_lib.Examples,
-                 batch_size: int = 512) -> np.ndarray:
-  fn = tf.function(lambda x: model.user_vector(x, training=False))
-  features = examples.features(with_item=False)
-  out = [fn({k: tf.constant(v[s:s + batch_size]) for k, v in
-             features.items()}).numpy()
-         for s in range(0, len(examples), batch_size)]
-  return np.concatenate(out)
+def user_encoder(model: MGDSPRModel, batch_size: int = 512):
+  """examples -> user vectors `[n, d]`, in batches, through one traced
+  function (one trace per batch shape class, not per call)."""
+  fn = tf.function(lambda x: model.user_vector(x, training=False),
+                   reduce_retracing=True)
+
+  def encode(examples: data_lib.Examples) -> np.ndarray:
+    features = examples.features(with_item=False)
+    return np.concatenate([
+        fn({k: tf.constant(v[s:s + batch_size]) for k, v in
+            features.items()}).numpy()
+        for s in range(0, len(examples), batch_size)])
+
+  return encode
 
 
 def control_for(data: data_lib.MGDSPRData):
@@ -159,6 +172,31 @@ def control_for(data: data_lib.MGDSPRData):
   return RelevanceControl(terms, meanings, data.item_fields)
 
 
+def _ranked(encode, rows: data_lib.Examples, items: np.ndarray,
+            depth: int) -> np.ndarray:
+  """The exact top-`depth` item indices of each row `[n, depth]`."""
+  scores = encode(rows) @ items.T
+  return np.argsort(-scores, axis=1, kind="stable")[:, :depth]
+
+
+def _grades(data: data_lib.MGDSPRData, rows: data_lib.Examples,
+            top: np.ndarray):
+  """Graded relevance of `top` to each row's query, or None."""
+  if data.relevance is None or (rows.query_index < 0).any():
+    return None
+  return data.relevance(rows.query_index[:, None], top)
+
+
+def _retrieval_metrics(out: Dict[str, float], prefix: str, top, truth,
+                       grades, ks, good_grade: float) -> None:
+  """`{prefix}recall@k` and, with grades, `{prefix}p_good@k` into `out`."""
+  for k in ks:
+    out[f"{prefix}recall@{k}"] = metrics_lib.recall_at_k(top, truth, k)
+    if grades is not None:
+      out[f"{prefix}p_good@{k}"] = metrics_lib.p_good(grades[:, :k] >=
+                                                      good_grade)
+
+
 def evaluate(model: MGDSPRModel, data: data_lib.MGDSPRData, ks,
              rc_k: int) -> Dict[str, float]:
   """The metrics of the module docstring on `data.test`."""
@@ -170,31 +208,33 @@ def evaluate(model: MGDSPRModel, data: data_lib.MGDSPRData, ks,
   rows = test.take(first)
   truth = metrics_lib.pad_truth(
       [np.unique(test.item[inverse == i]) for i in range(len(searches))])
-  users = user_vectors(model, rows)
+  encode = user_encoder(model)
   items = model.all_item_vectors()
   depth = min(max(max(ks), rc_k), data.num_items)
-  scores = users @ items.T
-  top = np.argsort(-scores, axis=1, kind="stable")[:, :depth]
+  top = _ranked(encode, rows, items, depth)
   out: Dict[str, float] = {"num_test_searches": int(len(searches)),
                            "num_train_examples": int(len(data.train))}
-  grades = (data.relevance(rows.query_index[:, None], top)
-            if data.relevance is not None and (rows.query_index >= 0).all()
-            else None)
-  for k in ks:
-    out[f"recall@{k}"] = metrics_lib.recall_at_k(top, truth, k)
-    if grades is not None:
-      out[f"p_good@{k}"] = metrics_lib.p_good(grades[:, :k] >=
-                                              data.good_grade)
+  grades = _grades(data, rows, top)
+  _retrieval_metrics(out, "", top, truth, grades, ks, data.good_grade)
   if data.unrelated is not None:
     slice_rows = data.unrelated[first]
     out["unrelated_searches"] = int(slice_rows.sum())
     if slice_rows.any():
-      for k in ks:
-        out[f"unrelated_recall@{k}"] = metrics_lib.recall_at_k(
-            top[slice_rows], truth[slice_rows], k)
-        if grades is not None:
-          out[f"unrelated_p_good@{k}"] = metrics_lib.p_good(
-              grades[slice_rows, :k] >= data.good_grade)
+      _retrieval_metrics(out, "unrelated_", top[slice_rows],
+                         truth[slice_rows],
+                         None if grades is None else grades[slice_rows], ks,
+                         data.good_grade)
+  if data.donor is not None:
+    donor = data.donor[first]
+    swapped = donor >= 0
+    out["swapped_searches"] = int(swapped.sum())
+    if swapped.any():
+      grafted = rows.take(swapped).with_user_context_of(
+          test.take(donor[swapped]))
+      top_swapped = _ranked(encode, grafted, items, depth)
+      _retrieval_metrics(out, "swapped_", top_swapped, truth[swapped],
+                         _grades(data, grafted, top_swapped), ks,
+                         data.good_grade)
   control = control_for(data)
   if control is not None:
     k = min(rc_k, data.num_items)

@@ -74,3 +74,92 @@ def test_relevance_control_fields_can_be_restricted():
   assert two.item_fields.shape == (world.num_items, 2)
   with pytest.raises(DataError, match="no item field shop_name.*brand"):
     data_lib.with_intent_fields(data, ["shop_name"])
+
+
+def test_unrelated_donors_fit_the_rule():
+  user = np.array([0, 0, 1, 2, 3, 4])
+  intent_mid = np.array([5, 5, 6, -1, 5, 7])
+  # Behaviour mid categories per row, -2 = padding.
+  mids = np.array([[5, -2], [6, -2], [7, 5], [8, 8], [-2, -2], [6, 7]])
+  donor = data_lib.unrelated_donors(user, intent_mid, mids, seed=1,
+                                    tries=200)
+  np.testing.assert_array_equal(
+      donor, data_lib.unrelated_donors(user, intent_mid, mids, seed=1,
+                                       tries=200))
+  assert donor[3] == -1  # no category intent: no donor
+  for row, d in enumerate(donor):
+    if d < 0:
+      continue
+    assert user[d] != user[row]
+    assert (mids[d] >= 0).any()  # the donor has behaviour
+    assert intent_mid[row] not in mids[d]
+  # Rows 0 and 1 (mid 5) can only take rows 3 or 5; row 4 (mid 5) can also
+  # take row 1 (another user, mid 6); row 5 (mid 7) only rows 0, 1 or 3.
+  assert set(donor[[0, 1]]) <= {3, 5}
+  assert donor[4] in (1, 3, 5)
+  assert donor[5] in (0, 1, 3)
+  with pytest.raises(ValueError, match="3 users, 2 intents"):
+    data_lib.unrelated_donors(user[:3], intent_mid[:2], mids[:3])
+
+
+def test_synthetic_swapped_slice():
+  world = synthetic.generate(synthetic.SyntheticConfig(
+      num_items=200, num_users=60, num_brands=20, num_shops=20,
+      num_queries=100, seed=3))
+  data = data_lib.from_synthetic(world, lengths=(4, 6, 8))
+  test = data.test
+  assert data.donor.shape == (len(test),)
+  found = data.donor >= 0
+  assert found.mean() > 0.8  # the slice covers most of the test set
+  donors = test.take(data.donor[found])
+  windows = np.concatenate([donors.real_time, donors.short_term,
+                            donors.long_term], axis=1)
+  intent = world.to_search_dataset().query_features[
+      "intent_mid_category"][test.query_index[found]]
+  donor_mids = np.where(windows >= 0,
+                        world.item_mid[np.maximum(windows, 0)], -2)
+  assert not (donor_mids == intent[:, None]).any()
+  assert (world.search_user[donors.search] !=
+          world.search_user[test.search[found]]).all()
+  grafted = test.take(found).with_user_context_of(donors)
+  np.testing.assert_array_equal(grafted.query, test.query[found])
+  np.testing.assert_array_equal(grafted.item, test.item[found])
+  np.testing.assert_array_equal(grafted.long_term, donors.long_term)
+  np.testing.assert_array_equal(grafted.history_query,
+                                donors.history_query)
+  with pytest.raises(ValueError, match="context rows"):
+    test.with_user_context_of(donors)
+
+
+@pytest.mark.parametrize("context_free", [False, True])
+def test_evaluate_swapped_slice(context_free):
+  import dataclasses  # pylint: disable=g-import-not-at-top
+  from mgdspr_tf import train as train_lib  # pylint: disable=g-import-not-at-top
+  from mgdspr_tf.model import MGDSPRModel  # pylint: disable=g-import-not-at-top
+  world = synthetic.generate(synthetic.SyntheticConfig(
+      num_items=200, num_users=60, num_brands=20, num_shops=20,
+      num_queries=100, seed=3))
+  data = data_lib.from_synthetic(world, lengths=(4, 6, 8))
+  model = MGDSPRModel(data.num_items, data.attribute_sizes, title_length=8,
+                      dim=8, num_buckets=256, num_heads=2, max_real=4,
+                      max_short=6, max_long=8, num_hard=0,
+                      mgs=not context_free, behaviour=not context_free)
+  model.set_catalogue(data.attributes, data.titles)
+  rows = np.arange(len(data.test))
+  # Each row its own donor: the swapped slice is the test set itself.
+  # Another row's context: equal only for a model that reads no context.
+  for donor, equal in ((rows, True), (np.roll(rows, 7), context_free)):
+    out = train_lib.evaluate(model, dataclasses.replace(data, donor=donor),
+                             ks=[10, 50], rc_k=10)
+    assert out["swapped_searches"] == out["num_test_searches"]
+    if equal:
+      for m in ("recall@10", "recall@50", "p_good@10", "p_good@50"):
+        assert out[f"swapped_{m}"] == pytest.approx(out[m])
+  if context_free:
+    out = train_lib.evaluate(model, data, ks=[10], rc_k=10)
+    assert 0 < out["swapped_searches"] <= out["num_test_searches"]
+    assert 0.0 <= out["swapped_recall@10"] <= 1.0
+  else:
+    encode = train_lib.user_encoder(model)
+    grafted = data.test.with_user_context_of(data.test.take(np.roll(rows, 7)))
+    assert not np.allclose(encode(grafted), encode(data.test))
