@@ -6,28 +6,8 @@
 Datasets and protocols (`mgdspr_tf.data`): `synthetic` (search clicks,
 temporal split, ground-truth relevance), `crowdflower` and `bestbuy`
 (relevant (query, item) judgments, query-disjoint split), `amazon-beauty`
-(leave-one-out sequences, empty query). Reported (flat keys):
-
-* `recall@k`: share of a test search's clicked items in the exact top-k of
-  all items (brute force over the item tower; the servable's index);
-* `p_good@k`: share of the top-k judged relevant (synthetic: grade >= 2 of
-  `SyntheticWorld.relevance`; CrowdFlower / Best Buy: the judgments, an
-  unjudged pair counts as not relevant);
-* relevance control on the top-`--rc_k` (`rc_*`): `rc_removal_rate`
-  (share of retrieved items removed), `rc_removal_rate_with_intent` (rows
-  with a recognised intent only), `rc_fallback_rate`, `rc_p_good`,
-  `rc_recall`, `relevant@K` / `rc_relevant@K` (relevant items per query
-  before / after control, the paper's Num_rank analogue);
-* `unrelated_recall@k`, `unrelated_p_good@k` (synthetic): the searches
-  whose user's real-time and short-term behaviour share no mid category
-  with the query (the slice where the zero vector should help; a few
-  percent of the searches);
-* `swapped_recall@k`, `swapped_p_good@k` (synthetic): every test search
-  (`swapped_searches` of them) re-scored with the user context (history
-  queries, R, S, L) of another test user none of whose events shares a mid
-  category with the query (`data.unrelated_donors`): the zero vector's
-  slice built at the size of the test set; recall still counts the
-  searching user's own clicks.
+(leave-one-out sequences, empty query). Reported: the flat metric keys
+of `mgdspr_tf.evaluation`.
 """
 
 from __future__ import annotations
@@ -36,18 +16,15 @@ import os
 from typing import Any, Dict
 
 from absl import flags
-import numpy as np
 
-from retrieval_tf import metrics as metrics_lib
 from retrieval_tf import runner
-from retrieval_tf.compat import tf
 from retrieval_tf.datasets import registry, synthetic
 from retrieval_tf.datasets.errors import DataError
 
 from mgdspr_tf import data as data_lib
+from mgdspr_tf import evaluation
 from mgdspr_tf.model import (LOSSES, SIMILARITIES, MGDSPRModel,
                              paper_optimizer)
-from mgdspr_tf.relevance import RelevanceControl, intent_vocabulary
 
 DATASETS = {"synthetic": False, "amazon-beauty": True, "crowdflower": True,
             "bestbuy": True}
@@ -145,123 +122,6 @@ def build_model(f: Dict[str, Any], data: data_lib.MGDSPRData) -> MGDSPRModel:
   return model
 
 
-def user_encoder(model: MGDSPRModel, batch_size: int = 512):
-  """examples -> user vectors `[n, d]`, in batches, through one traced
-  function (one trace per batch shape class, not per call)."""
-  fn = tf.function(lambda x: model.user_vector(x, training=False),
-                   reduce_retracing=True)
-
-  def encode(examples: data_lib.Examples) -> np.ndarray:
-    features = examples.features(with_item=False)
-    return np.concatenate([
-        fn({k: tf.constant(v[s:s + batch_size]) for k, v in
-            features.items()}).numpy()
-        for s in range(0, len(examples), batch_size)])
-
-  return encode
-
-
-def control_for(data: data_lib.MGDSPRData):
-  """The relevance control of `data`'s catalogue, or None."""
-  if not data.intent_fields or data.item_fields is None:
-    return None
-  try:
-    terms, meanings = intent_vocabulary(data.intent_fields)
-  except ValueError:
-    return None
-  return RelevanceControl(terms, meanings, data.item_fields)
-
-
-def _ranked(encode, rows: data_lib.Examples, items: np.ndarray,
-            depth: int) -> np.ndarray:
-  """The exact top-`depth` item indices of each row `[n, depth]`."""
-  scores = encode(rows) @ items.T
-  return np.argsort(-scores, axis=1, kind="stable")[:, :depth]
-
-
-def _grades(data: data_lib.MGDSPRData, rows: data_lib.Examples,
-            top: np.ndarray):
-  """Graded relevance of `top` to each row's query, or None."""
-  if data.relevance is None or (rows.query_index < 0).any():
-    return None
-  return data.relevance(rows.query_index[:, None], top)
-
-
-def _retrieval_metrics(out: Dict[str, float], prefix: str, top, truth,
-                       grades, ks, good_grade: float) -> None:
-  """`{prefix}recall@k` and, with grades, `{prefix}p_good@k` into `out`."""
-  for k in ks:
-    out[f"{prefix}recall@{k}"] = metrics_lib.recall_at_k(top, truth, k)
-    if grades is not None:
-      out[f"{prefix}p_good@{k}"] = metrics_lib.p_good(grades[:, :k] >=
-                                                      good_grade)
-
-
-def evaluate(model: MGDSPRModel, data: data_lib.MGDSPRData, ks,
-             rc_k: int) -> Dict[str, float]:
-  """The metrics of the module docstring on `data.test`."""
-  test = data.test
-  if not len(test):
-    raise DataError(f"{data.name}: the test split is empty")
-  searches, first, inverse = np.unique(test.search, return_index=True,
-                                       return_inverse=True)
-  rows = test.take(first)
-  truth = metrics_lib.pad_truth(
-      [np.unique(test.item[inverse == i]) for i in range(len(searches))])
-  encode = user_encoder(model)
-  items = model.all_item_vectors()
-  depth = min(max(max(ks), rc_k), data.num_items)
-  top = _ranked(encode, rows, items, depth)
-  out: Dict[str, float] = {"num_test_searches": int(len(searches)),
-                           "num_train_examples": int(len(data.train))}
-  grades = _grades(data, rows, top)
-  _retrieval_metrics(out, "", top, truth, grades, ks, data.good_grade)
-  if data.unrelated is not None:
-    slice_rows = data.unrelated[first]
-    out["unrelated_searches"] = int(slice_rows.sum())
-    if slice_rows.any():
-      _retrieval_metrics(out, "unrelated_", top[slice_rows],
-                         truth[slice_rows],
-                         None if grades is None else grades[slice_rows], ks,
-                         data.good_grade)
-  if data.donor is not None:
-    donor = data.donor[first]
-    swapped = donor >= 0
-    out["swapped_searches"] = int(swapped.sum())
-    if swapped.any():
-      grafted = rows.take(swapped).with_user_context_of(
-          test.take(donor[swapped]))
-      top_swapped = _ranked(encode, grafted, items, depth)
-      _retrieval_metrics(out, "swapped_", top_swapped, truth[swapped],
-                         _grades(data, grafted, top_swapped), ks,
-                         data.good_grade)
-  control = control_for(data)
-  if control is not None:
-    k = min(rc_k, data.num_items)
-    keep, fallback, intents = (t.numpy() for t in control(
-        tf.constant(rows.query.astype(str)), tf.constant(top[:, :k]),
-        tf.ones(len(rows), tf.bool)))
-    kept = np.where(keep, top[:, :k], -1)
-    with_intent = intents > 0
-    out["rc_k"] = k
-    out["rc_removal_rate"] = float(1.0 - keep.mean())
-    out["rc_intent_rate"] = float(with_intent.mean())
-    if with_intent.any():
-      out["rc_removal_rate_with_intent"] = float(
-          1.0 - keep[with_intent].mean())
-    out["rc_fallback_rate"] = float(fallback.mean())
-    out["rc_recall"] = metrics_lib.recall_at_k(
-        np.where(keep, top[:, :k], -1), truth, k)
-    out[f"recall@{k}"] = metrics_lib.recall_at_k(top, truth, k)
-    if grades is not None:
-      good = grades[:, :k] >= data.good_grade
-      out["rc_p_good"] = metrics_lib.p_good(good & keep, kept)
-      out[f"p_good@{k}"] = metrics_lib.p_good(good)
-      out[f"relevant@{k}"] = float(good.sum(axis=1).mean())
-      out[f"rc_relevant@{k}"] = float((good & keep).sum(axis=1).mean())
-  return out
-
-
 def run_experiment(ctx: runner.RunContext) -> Dict[str, Any]:
   f = ctx.flags
   data = data_lib.with_intent_fields(load_data(f), f["rc_fields"])
@@ -281,7 +141,7 @@ def run_experiment(ctx: runner.RunContext) -> Dict[str, Any]:
   result = ctx.fit(build, dataset_fn, num_examples=len(data.train))
   model = result.model
   ks = [int(k) for k in f["ks"]]
-  out = evaluate(model, data, ks, f["rc_k"])
+  out = evaluation.evaluate(model, data, ks, f["rc_k"])
   out.update({"train_seconds": round(result.train_seconds, 3),
               "train_steps": result.train_steps,
               "final_loss": result.history.get("loss", [float("nan")])[-1],

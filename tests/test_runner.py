@@ -10,7 +10,13 @@ from retrieval_tf import runner
 from retrieval_tf.compat import keras, tf
 from retrieval_tf.files import write_json_atomic
 
-runner._DATASETS.update({"synthetic": False, "ml-1m": True})  # pylint: disable=protected-access
+
+@pytest.fixture(autouse=True)
+def _datasets(monkeypatch):
+  """The registry `define_common_flags` fills, per test: a package's train
+  module imported by another test replaces it."""
+  monkeypatch.setattr(runner, "_DATASETS", {"synthetic": False,
+                                            "ml-1m": True})
 
 
 def _flags(tmp_path, **overrides):
