@@ -216,18 +216,17 @@ def from_synthetic(world, lengths=(50, 100, 100), history_queries: int = 5,
                    "size": list(vocabs["size"].ids)}
   item_fields = np.stack([dataset.item_features[n] for n in intent_fields],
                          axis=1).astype(np.int32)
-  # The zero-vector slice: no R/S event in a mid category of the query.
+  # The zero-vector slices: no R/S event in a mid category of the query
+  # (`unrelated`); another user's R, S, L with none (`donor`).
   intent_mid = dataset.query_features["intent_mid_category"][test.query_index]
-  behaviour = np.concatenate([test.real_time, test.short_term], axis=1)
-  mids = np.where(behaviour >= 0, world.item_mid[np.maximum(behaviour, 0)],
-                  -2)
-  unrelated = (intent_mid >= 0) & ~(mids == intent_mid[:, None]).any(axis=1)
   windows = np.concatenate([test.real_time, test.short_term, test.long_term],
                            axis=1)
-  donor = unrelated_donors(
-      world.search_user[test.search], intent_mid,
-      np.where(windows >= 0, world.item_mid[np.maximum(windows, 0)], -2),
-      seed=world.config.seed)
+  mids = np.where(windows >= 0, world.item_mid[np.maximum(windows, 0)], -2)
+  recent = test.real_time.shape[1] + test.short_term.shape[1]
+  unrelated = (intent_mid >= 0) & ~(mids[:, :recent] ==
+                                    intent_mid[:, None]).any(axis=1)
+  donor = unrelated_donors(world.search_user[test.search], intent_mid, mids,
+                           seed=world.config.seed)
   return MGDSPRData(
       name="synthetic", train=examples.take(~test_rows), test=test,
       num_items=world.num_items,
