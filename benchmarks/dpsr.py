@@ -2,9 +2,9 @@
 Tables 5/6 (latency, sharding) and Sec. 5.1.2 (compressed input).
 
     python -m benchmarks.dpsr                 # everything
-    python -m benchmarks.dpsr --only=table2   # one part: table2, figure7,
-                                              # latency, ivfpq_sweep,
-                                              # compressed
+    python -m benchmarks.dpsr --only=table2   # one part: table2, heads,
+                                              # figure7, latency,
+                                              # ivfpq_sweep, compressed
 
 * table2: on the synthetic world and CrowdFlower, DPSR (2 heads), DPSR
   1-head without and with `--lexical_skip`, DSSM (unclicked negatives),
@@ -22,6 +22,13 @@ Tables 5/6 (latency, sharding) and Sec. 5.1.2 (compressed input).
   the loaded servable via `benchmarks.servable_latency`; BM25: rank_bm25
   scores + top-1,000). Figure 6 (polysemous queries, 1 vs 2 heads) is read
   from the synthetic DPSR runs' polysemy metrics.
+* heads: Figure 6 over 5 seeds on the synthetic world whose searches for
+  a meaning of a polysemous word type the bare word
+  (`polysemous_search_rate=1.0`): 1 head, 2 heads, and 2 heads with the
+  head load-balancing term (`--head_balance=1`, not in the paper); Top-10,
+  AUC, the least-served meaning's share of the top 100, polysemy recall,
+  the meanings the heads cover, head purity and the minority head's share
+  of the test positives (section `dpsr_heads`).
 * figure7: alpha in {0, 0.25, 0.5, 0.75, 1} on the synthetic world:
   popularity@100 and relevance of what is retrieved (`results/dpsr_figure7
   .png`).
@@ -69,6 +76,16 @@ IVFPQ_NPROBE = (32, 16)
 IVFPQ_SWEEP = {1000: ((16, 1000), (32, 1000), (32, 4000), (64, 4000)),
                4000: ((32, 1000), (64, 4000), (128, 4000), (128, 10000),
                       (256, 4000))}
+# The heads study (`--only=heads`).
+HEADS_WORLD = "--synthetic_config=polysemous_search_rate=1.0"
+HEADS_SEEDS = (0, 1, 2, 3, 4)
+HEADS_VARIANTS = {"1 head": ["--num_heads=1"],
+                  "2 heads": ["--num_heads=2"],
+                  "2 heads, head balance 1": ["--num_heads=2",
+                                              "--head_balance=1"]}
+HEADS_KEYS = ("top10", "auc", "polysemy_min_share@100",
+              "polysemy_recall@100", "polysemy_meanings_covered@100",
+              "polysemy_head_purity@100")
 KEYS = ("top1", "top10", "mrr", "auc", "p_good@100", "recall@100",
         "popularity@100", "token_table_top10", "token_table_auc")
 
@@ -219,6 +236,45 @@ def table2() -> None:
                                          for k in poly_keys], poly) +
       "\n\nCommands:\n\n" + commands)
   report.write_section("dpsr_table2", text, raw)
+
+
+def _minority_head_share(metrics: Dict[str, Any]) -> float:
+  """The smallest `head_win_share_<i>` of a run with several heads."""
+  shares = [v for k, v in metrics.items() if k.startswith("head_win_share_")]
+  return min(shares) if len(shares) > 1 else float("nan")
+
+
+def heads() -> None:
+  raw: Dict[str, Any] = {}
+  rows = []
+  for label, flags in HEADS_VARIANTS.items():
+    slug = "heads_" + "_".join(f.split("=")[-1] for f in flags)
+    runs = [_train(f"{slug}_s{seed}", "synthetic",
+                   ["--model=dpsr", HEADS_WORLD, f"--seed={seed}"] + flags,
+                   export=False) for seed in HEADS_SEEDS]
+    raw[label] = runs
+    minority = [_minority_head_share(m) for m in runs]
+    rows.append([label] + [report.mean_std(runs, k) for k in HEADS_KEYS] +
+                ["-" if np.isnan(minority).all() else
+                 f"{min(minority):.3f}-{max(minority):.3f}"])
+  commands = "\n".join(f"    {m['command']}" for runs in raw.values()
+                       for m in runs)
+  text = (
+      "## DPSR: heads on polysemous queries (Figure 6)\n\n"
+      "`python -m benchmarks.dpsr --only=heads` on " + report.machine() +
+      f". The synthetic world with `{HEADS_WORLD}` (every search for a "
+      "meaning of a polysemous word types the bare word), "
+      f"{EPOCHS['synthetic']} epochs, seeds {', '.join(map(str, HEADS_SEEDS))}"
+      ", mean ± std. min_share: the least-served meaning's share of a "
+      "polysemous word's top 100 (the servable's union); meanings_covered: "
+      "the share of a word's meanings that hold more than half of some "
+      "head's top 100; minority head: the range over seeds of the smallest "
+      "head's share of the test positives.\n\n" +
+      report.markdown_table(["model"] + [k.replace("polysemy_", "")
+                                         for k in HEADS_KEYS] +
+                            ["minority head"], rows) +
+      "\n\nCommands:\n\n" + commands)
+  report.write_section("dpsr_heads", text, raw)
 
 
 def figure7() -> None:
@@ -617,11 +673,12 @@ def compressed() -> None:
 
 def main():
   parser = argparse.ArgumentParser()
-  parser.add_argument("--only", choices=("table2", "figure7", "latency",
-                                         "ivfpq_sweep", "compressed"))
+  parser.add_argument("--only", choices=("table2", "heads", "figure7",
+                                         "latency", "ivfpq_sweep",
+                                         "compressed"))
   parser.add_argument("--latency_items", type=int, default=1_000_000)
   args = parser.parse_args()
-  parts = {"table2": table2, "figure7": figure7,
+  parts = {"table2": table2, "heads": heads, "figure7": figure7,
            "compressed": compressed,
            "latency": lambda: latency(args.latency_items),
            "ivfpq_sweep": lambda: ivfpq_sweep(args.latency_items)}

@@ -206,15 +206,6 @@ def train(name: str, extra: List[str], seed: int, export: bool = False,
   return metrics
 
 
-def _mean_std(runs: List[Dict], key: str) -> str:
-  values = [r[key] for r in runs if key in r]
-  if not values:
-    return "-"
-  if len(values) == 1:
-    return f"{values[0]:.4f}"
-  return f"{np.mean(values):.4f} ± {np.std(values):.4f}"
-
-
 def _control_table(variants: Dict[str, List[Dict]]) -> str:
   """Relevance control on the full model's top-`rc_k` (mean ± std), one
   row per `{intents: runs}`."""
@@ -222,7 +213,7 @@ def _control_table(variants: Dict[str, List[Dict]]) -> str:
       ["intents", "removal rate", "removal rate (queries with an intent)",
        "queries with an intent", "fallback rate", "relevant@50 before",
        "relevant@50 after"],
-      [[label] + [_mean_std(runs, k) for k in
+      [[label] + [report.mean_std(runs, k) for k in
                   ("rc_removal_rate", "rc_removal_rate_with_intent",
                    "rc_intent_rate", "rc_fallback_rate", "relevant@50",
                    "rc_relevant@50")]
@@ -350,7 +341,7 @@ def main_real() -> None:
                                 "seeds": seeds, "rows": runs}
     columns = [c for c in REAL_COLUMNS
                if any(c in r for v in runs.values() for r in v)]
-    table = [[name] + [_mean_std(v, c) for c in columns] +
+    table = [[name] + [report.mean_std(v, c) for c in columns] +
              [f"{np.mean([r['train_seconds'] for r in v]):.0f}"]
              for name, v in runs.items()]
     full = runs[REAL_FULL]
@@ -364,8 +355,8 @@ def main_real() -> None:
                                  dataset=dataset) for s in seeds]
       raw["datasets"][dataset]["relevance_control"] = controls
     for label, variant in controls.items():
-      cells = {"recall@50": _mean_std(variant, "rc_recall"),
-               "p_good@50": _mean_std(variant, "rc_p_good")}
+      cells = {"recall@50": report.mean_std(variant, "rc_recall"),
+               "p_good@50": report.mean_std(variant, "rc_p_good")}
       table.insert(len(table) - 1, [
           f"full MGDSPR + relevance control, {label} (top-50 filtered)"] +
           [cells.get(c, "-") for c in columns] + ["-"])
@@ -405,9 +396,9 @@ def main_similarity() -> None:
         for s in seeds]
   raw["cosine_tau"]["0.1"] = raw["rows"][SIMILARITY[-1][0]]
   columns = ["recall@10", "recall@50", "p_good@10", "p_good@50"]
-  rows = [[label] + [_mean_std(runs, c) for c in columns]
+  rows = [[label] + [report.mean_std(runs, c) for c in columns]
           for label, runs in raw["rows"].items()]
-  taus = [[t] + [_mean_std(raw["cosine_tau"][t], c) for c in columns]
+  taus = [[t] + [report.mean_std(raw["cosine_tau"][t], c) for c in columns]
           for t in sorted(raw["cosine_tau"], key=float)]
   text = [
       "## MGDSPR: inner product (paper) vs cosine F",
@@ -467,23 +458,23 @@ def main(argv):
     export_dir = raw["ablation"][FULL][0]["export_path"]
     raw["latency"] = measure_latency(os.path.dirname(export_dir), 0)
 
-  rows = [[name] + [_mean_std(runs, c) for c in COLUMNS]
+  rows = [[name] + [report.mean_std(runs, c) for c in COLUMNS]
           for name, runs in raw["ablation"].items()]
   full = raw["ablation"][FULL]
-  control_row = {"recall@50": _mean_std(full, "rc_recall"),
-                 "p_good@50": _mean_std(full, "rc_p_good")}
+  control_row = {"recall@50": report.mean_std(full, "rc_recall"),
+                 "p_good@50": report.mean_std(full, "rc_p_good")}
   rows.insert(len(ABLATION) - 1,
               ["+ relevance control (top-50 filtered)"] +
               [control_row.get(c, "-") for c in COLUMNS])
   control = _control_table({"all fields": full})
   taus = report.markdown_table(
       ["tau", "recall@50", "p_good@10", "p_good@50"],
-      [[t] + [_mean_std(raw["tau"][t], c) for c in
+      [[t] + [report.mean_std(raw["tau"][t], c) for c in
               ("recall@50", "p_good@10", "p_good@50")]
        for t in sorted(raw["tau"], key=float)])
   mixes = report.markdown_table(
       ["(a, b)", "recall@50", "p_good@10", "p_good@50"],
-      [[m] + [_mean_std(raw["mix"][m], c) for c in
+      [[m] + [report.mean_std(raw["mix"][m], c) for c in
               ("recall@50", "p_good@10", "p_good@50")]
        for m in sorted(raw["mix"])])
   text = [

@@ -11,7 +11,9 @@ from __future__ import annotations
 import os
 import platform
 import re
-from typing import Any, Mapping, Sequence
+from typing import Any, Dict, List, Mapping, Sequence
+
+import numpy as np
 
 from retrieval_tf.files import write_json_atomic
 
@@ -39,6 +41,17 @@ def markdown_table(header: Sequence[str], rows: Sequence[Sequence[Any]]
            "|" + "|".join("---" for _ in header) + "|"]
   lines += ["| " + " | ".join(cell(v) for v in row) + " |" for row in rows]
   return "\n".join(lines)
+
+
+def mean_std(runs: List[Dict[str, Any]], key: str) -> str:
+  """`key` over the runs that have it as "mean ± std" (population std), one
+  value as itself, none as "-"."""
+  values = [r[key] for r in runs if key in r]
+  if not values:
+    return "-"
+  if len(values) == 1:
+    return f"{values[0]:.4f}"
+  return f"{np.mean(values):.4f} ± {np.std(values):.4f}"
 
 
 def write_section(name: str, markdown: str, raw: Mapping[str, Any]) -> None:

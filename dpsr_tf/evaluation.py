@@ -241,12 +241,15 @@ def polysemy_metrics(scorer: "ModelScorer", world, k: int = 100
   `polysemy_min_share@k` (mean over words of the least-served meaning),
   `polysemy_recall@k` (mean over words of the share of the word's
   grade >= 2 items, all meanings, in its top-k) and
-  `polysemy_head_purity@k`."""
+  `polysemy_head_purity@k` and `polysemy_meanings_covered@k` (mean over
+  words of the share of the word's meanings that hold more than half of
+  some head's top-k: 1.0 when, as in the paper's Figure 6b, each meaning
+  has a head of its own; one head can cover at most one meaning)."""
   words = world.polysemous_words()
   queries = {q: i for i, q in enumerate(world.query_strings)}
   item_root = world.item_root
   items = np.arange(world.num_items)
-  out, least, purity, recall = {}, [], [], []
+  out, least, purity, recall, covered = {}, [], [], [], []
   for word, roots in sorted(words.items()):
     if word not in queries:
       continue
@@ -260,12 +263,17 @@ def polysemy_metrics(scorer: "ModelScorer", world, k: int = 100
     relevant = world.relevance(queries[word], items) >= 2
     if relevant.any():
       recall.append(float(relevant[top].sum() / relevant.sum()))
+    owned = set()
     for head_top in scorer.head_retrieve(rows, k)[0]:
-      purity.append(max(float(np.mean(item_root[head_top] == r))
-                        for r in root_ids))
+      head_shares = [float(np.mean(item_root[head_top] == r))
+                     for r in root_ids]
+      purity.append(max(head_shares))
+      owned.update(i for i, share in enumerate(head_shares) if share > 0.5)
+    covered.append(len(owned) / len(root_ids))
   if least:
     out[f"polysemy_min_share@{k}"] = float(np.mean(least))
     out[f"polysemy_head_purity@{k}"] = float(np.mean(purity))
+    out[f"polysemy_meanings_covered@{k}"] = float(np.mean(covered))
   if recall:
     out[f"polysemy_recall@{k}"] = float(np.mean(recall))
   return out

@@ -16,6 +16,9 @@
   max_i e_i^T g, a large beta the mean.
 * `attention_hinge_loss`: sum over negatives of
   max(0, delta - f(q, s+) + f(q, s-)) (Eq. 2), averaged over the batch.
+* `head_balance_loss` (not in the paper): a load-balancing term that keeps
+  every head winning a share of the positives, against the heads'
+  collapse into one (see the README).
 * `MixedNegatives`: Algorithm 1's negative set: a proportion alpha of random
   items shared by the batch (Sec. 4.4.1) and 1 - alpha of the batch's other
   positives (Sec. 4.4.2), as columns of one score matrix (Sec. 4.4.3).
@@ -201,6 +204,27 @@ def attention_hinge_loss(positive, negatives, mask=None, delta: float = 0.1):
   if mask is not None:
     terms = terms * tf.cast(mask, terms.dtype)
   return tf.reduce_mean(tf.reduce_sum(terms, axis=-1))
+
+
+def head_balance_loss(inner, temperature: float = 1.0):
+  """Load balancing over the heads (not in the paper; the Switch
+  Transformer's auxiliary loss, Fedus et al., JMLR 2022, Sec. 2.2, with
+  the heads as experts): m sum_i f_i p_i for `inner` `[B, m]`, the positives' inner
+  products with each head. f_i is the share of the batch whose best head is
+  i (no gradient), p_i the batch mean of softmax(inner / temperature)_i.
+  It is 1 when the heads win equally often and approaches m when one head
+  wins everything; its gradient lowers the routing weight of the heads that
+  win more than their share, so a head that never wins is pulled towards
+  positives instead of only being pushed away from negatives."""
+  inner = tf.convert_to_tensor(inner, tf.float32)
+  if not temperature > 0:
+    raise ValueError(f"head_balance_loss: temperature must be > 0, got "
+                     f"{temperature}")
+  heads = tf.shape(inner)[-1]
+  wins = tf.one_hot(tf.argmax(inner, axis=-1), heads, dtype=inner.dtype)
+  share = tf.stop_gradient(tf.reduce_mean(wins, axis=0))
+  weight = tf.reduce_mean(tf.nn.softmax(inner / temperature, axis=-1), axis=0)
+  return tf.cast(heads, inner.dtype) * tf.reduce_sum(share * weight)
 
 
 @keras.utils.register_keras_serializable(package=_PACKAGE)

@@ -27,6 +27,11 @@ MLPs (which keep only part of it; see the README's CrowdFlower results).
 as the identity, so that at the start the skip passes the table's match
 through unchanged instead of through a random projection.
 
+`head_balance > 0` (not in the paper) adds `head_balance` times
+`layers.head_balance_loss` of the positives' per-head inner products to the
+hinge loss, so that every head keeps winning some positives (without it the
+heads collapse into one; see the README).
+
 `loss="dssm"` turns the same towers into the DSSM baseline of Table 2: one
 head, softmax over (the clicked item, the example's `hard_negatives`, i.e.
 unclicked items) with smoothing factor `gamma`, no random or batch
@@ -44,11 +49,16 @@ from retrieval_tf.layers import MaskedMeanEmbedding
 from retrieval_tf.text import Tokenizer
 
 from dpsr_tf.layers import (ItemTower, MixedNegatives, QueryTower,
-                            SoftDotProduct, attention_hinge_loss)
+                            SoftDotProduct, attention_hinge_loss,
+                            head_balance_loss)
 
 PERSONALIZATION = ("none", "profile", "history")
 LOSSES = ("hinge", "dssm")
 LEXICAL_SKIP_INITS = ("glorot_uniform", "identity")
+# Routing temperature of the head load-balancing term (inner products of
+# unit vectors lie in [-1, 1]). beta = 0.1 cures the collapse too, but at 1
+# the heads more often take one meaning each (see the README's Results).
+HEAD_BALANCE_TEMPERATURE = 1.0
 
 
 def check_lexical_skip(lexical_skip: bool, lexical_skip_init: str,
@@ -84,6 +94,8 @@ class DPSRModel(keras.Model):
     loss: "hinge" (DPSR) or "dssm" (the baseline); gamma: DSSM smoothing.
     lexical_skip: add the shared linear skip P t to both towers.
     lexical_skip_init: P's initializer, one of `LEXICAL_SKIP_INITS`.
+    head_balance: weight of the head load-balancing term (0: the paper's
+      loss; needs num_heads >= 2 and the hinge loss).
   """
 
   def __init__(self, num_items: int, title_width: int,
@@ -96,7 +108,8 @@ class DPSRModel(keras.Model):
                user_feature_sizes: Optional[Mapping[str, int]] = None,
                loss: str = "hinge", gamma: float = 10.0,
                lexical_skip: bool = False,
-               lexical_skip_init: str = "glorot_uniform", **kwargs):
+               lexical_skip_init: str = "glorot_uniform",
+               head_balance: float = 0.0, **kwargs):
     super().__init__(**kwargs)
     if personalization not in PERSONALIZATION:
       raise ValueError(f"personalization must be one of {PERSONALIZATION}, "
@@ -105,6 +118,12 @@ class DPSRModel(keras.Model):
       raise ValueError(f"loss must be one of {LOSSES}, got {loss!r}")
     check_lexical_skip(lexical_skip, lexical_skip_init, token_dim,
                        output_dim)
+    if not head_balance >= 0:
+      raise ValueError(f"head_balance must be >= 0, got {head_balance}")
+    if head_balance > 0 and (int(num_heads) < 2 or loss != "hinge"):
+      raise ValueError("head_balance > 0 needs num_heads >= 2 and "
+                       f"loss='hinge' (got num_heads={num_heads}, "
+                       f"loss={loss!r})")
     if personalization != "none" and not user_feature_sizes:
       raise ValueError(f"personalization={personalization!r} needs user "
                        "profile features (user_feature_sizes)")
@@ -125,6 +144,7 @@ class DPSRModel(keras.Model):
     self.loss_name, self.gamma = loss, float(gamma)
     self.lexical_skip = bool(lexical_skip)
     self.lexical_skip_init = lexical_skip_init
+    self.head_balance = float(head_balance)
 
     self.tokenizer = Tokenizer.from_config(self.tokenizer_config) \
         if self.tokenizer_config else Tokenizer()
@@ -245,7 +265,12 @@ class DPSRModel(keras.Model):
       negative = tf.concat([negative, hard_scores], axis=1)
       valid = tf.concat([valid, (hard >= 0) &
                          (hard != positive_ids[:, tf.newaxis])], axis=1)
-    return attention_hinge_loss(positive, negative, valid, self.delta)
+    loss = attention_hinge_loss(positive, negative, valid, self.delta)
+    if self.head_balance > 0:
+      inner = tf.einsum("bmd,bd->bm", heads, vectors[:b])
+      loss += self.head_balance * head_balance_loss(
+          inner, HEAD_BALANCE_TEMPERATURE)
+    return loss
 
   def _pair_scores(self, heads, items, training):
     """G of each query with its own items `[b, H]` (-1 padded; padding
@@ -295,7 +320,8 @@ class DPSRModel(keras.Model):
             "user_feature_sizes": self.user_feature_sizes,
             "loss": self.loss_name, "gamma": self.gamma,
             "lexical_skip": self.lexical_skip,
-            "lexical_skip_init": self.lexical_skip_init}
+            "lexical_skip_init": self.lexical_skip_init,
+            "head_balance": self.head_balance}
 
   @classmethod
   def from_config(cls, config):

@@ -78,6 +78,9 @@ flags.DEFINE_enum("lexical_skip_init", "glorot_uniform", LEXICAL_SKIP_INITS,
                   "Initializer of the lexical skip's map; identity (needs "
                   "--token_dim == --embedding_dim) starts it as the "
                   "n-gram table's own match.")
+flags.DEFINE_float("head_balance", 0.0, "Weight of the head load-balancing "
+                   "term (not in the paper; needs --num_heads >= 2): keeps "
+                   "every head winning some positives.")
 flags.DEFINE_integer("num_random_items", 1024, "Top-k: random items per "
                      "positive.")
 flags.DEFINE_string("export_dir", None, "Export the servable here.")
@@ -101,7 +104,8 @@ def build_model(task: data_lib.SearchTask, f: Dict[str, Any],
       user_feature_sizes=task.user_feature_sizes or None,
       loss="dssm" if dssm else "hinge", gamma=f["gamma"],
       lexical_skip=f["lexical_skip"],
-      lexical_skip_init=f["lexical_skip_init"])
+      lexical_skip_init=f["lexical_skip_init"],
+      head_balance=f["head_balance"])
 
 
 def training_features(personalization: str, user_fields,
@@ -266,6 +270,12 @@ def validate_flags(values: Dict[str, Any]) -> None:
       raise runner.UsageError(f"--{name} must be > 0")
   if values["delta"] < 0:
     raise runner.UsageError("--delta must be >= 0")
+  if not values["head_balance"] >= 0 or (values["head_balance"] > 0 and (
+      values["num_heads"] < 2 or values["model"] != "dpsr")):
+    raise runner.UsageError(
+        "--head_balance must be >= 0, and > 0 needs --model=dpsr and "
+        f"--num_heads >= 2 (got {values['head_balance']}, "
+        f"--model={values['model']}, --num_heads={values['num_heads']})")
   for name in ("num_heads", "embedding_dim", "token_dim", "num_buckets",
                "history_length", "num_shards", "max_k", "num_random_items"):
     if values[name] < 1:

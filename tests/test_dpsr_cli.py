@@ -32,6 +32,10 @@ def test_flag_errors(tmp_path):
                f"--output_dir={tmp_path}/o"])
   assert proc.returncode == 2
   assert "--lexical_skip_init=identity needs --lexical_skip" in proc.stderr
+  proc = _run(*["--dataset=synthetic", "--num_heads=1", "--head_balance=1",
+               f"--output_dir={tmp_path}/o"])
+  assert proc.returncode == 2
+  assert "--head_balance must be >= 0, and > 0 needs" in proc.stderr
 
 
 def test_synthetic_dpsr_h_with_sharded_export(tmp_path):

@@ -1,5 +1,6 @@
 """DPSR evaluation: the Figure 6 polysemy metrics equal a plain NumPy count
-of the retrieved items' meanings and relevance."""
+of the retrieved items' meanings, of the meanings the heads cover, and of
+relevance."""
 
 import numpy as np
 import pytest
@@ -61,6 +62,17 @@ def test_polysemy_metrics_equal_a_numpy_count(world):
   assert out["polysemy_recall@20"] == pytest.approx(np.mean(expected_recall))
   # Head 0 is pure (1.0), head 1 half and half (0.5).
   assert out["polysemy_head_purity@20"] == pytest.approx(0.75)
+  # Only head 0 holds a majority of one meaning: one meaning per word.
+  covered = [1 / len(roots) for word, roots in words.items()
+             if word in queries]
+  assert out["polysemy_meanings_covered@20"] == pytest.approx(
+      np.mean(covered))
+  # A second head that takes the second meaning covers two.
+  for word, roots in words.items():
+    heads[word][1] = _meaning_items(world, word, roots)[1][:k]
+  out = evaluation.polysemy_metrics(_FixedScorer(lists, heads), world, k=k)
+  assert out["polysemy_meanings_covered@20"] == pytest.approx(
+      np.mean([2 * c for c in covered]))
   word, roots = next(iter(sorted(words.items())))
   assert out[f"polysemy_{word}_{roots[0]}@20"] == pytest.approx(
       np.mean(world.item_root[lists[word]] ==

@@ -1,6 +1,6 @@
 """DPSR building blocks: Eq. 1 limits, Eq. 2 against NumPy, Algorithm 1's
-negative mix, the towers, the lexical skip and the model's training
-step."""
+negative mix, the towers, the lexical skip, the head load-balancing term and
+the model's training step."""
 
 import numpy as np
 import pytest
@@ -9,7 +9,8 @@ from retrieval_tf.compat import keras, tf
 from retrieval_tf.text import Tokenizer, padded_ids
 
 from dpsr_tf.layers import (ItemTower, MixedNegatives, QueryTower,
-                            SoftDotProduct, attention_hinge_loss)
+                            SoftDotProduct, attention_hinge_loss,
+                            head_balance_loss)
 from dpsr_tf.evaluation import TokenTableScorer
 from dpsr_tf.model import DPSRModel, all_item_embeddings
 
@@ -56,6 +57,47 @@ def test_hinge_loss_equals_numpy():
       attention_hinge_loss(pos, neg, None, delta).numpy(),
       np.mean(np.sum(np.maximum(0, delta - pos[:, None] + neg), axis=1)),
       rtol=1e-6)
+
+
+def test_head_balance_loss_equals_numpy():
+  rng = np.random.default_rng(2)
+  inner = rng.uniform(-1, 1, size=(10, 3)).astype(np.float32)
+  for temperature in (1.0, 0.1):
+    share = np.bincount(inner.argmax(1), minlength=3) / len(inner)
+    w = np.exp(inner / temperature)
+    w /= w.sum(1, keepdims=True)
+    expected = 3 * np.sum(share * w.mean(0))
+    got = head_balance_loss(inner, temperature).numpy()
+    np.testing.assert_allclose(got, expected, rtol=1e-5)
+  with pytest.raises(ValueError, match="temperature"):
+    head_balance_loss(inner, 0.0)
+
+
+def test_head_balance_loss_is_one_when_balanced_and_lifts_a_dead_head():
+  # Two heads winning one positive each with the same margin: the minimum, 1.
+  balanced = np.array([[0.9, 0.1], [0.1, 0.9]], np.float32)
+  np.testing.assert_allclose(head_balance_loss(balanced).numpy(), 1.0,
+                             rtol=1e-6)
+  # Head 0 wins every positive: the loss tends to m as the weights saturate,
+  # and its gradient raises the dead head's inner products (a descent step
+  # moves against the gradient).
+  collapsed = tf.constant([[0.8, -0.5], [0.6, -0.7], [0.9, -0.2]])
+  np.testing.assert_allclose(head_balance_loss(collapsed, 1e-3).numpy(), 2.0,
+                             rtol=1e-5)
+  with tf.GradientTape() as tape:
+    tape.watch(collapsed)
+    loss = head_balance_loss(collapsed)
+  grad = tape.gradient(loss, collapsed).numpy()
+  assert (grad[:, 1] < 0).all() and (grad[:, 0] > 0).all()
+
+
+def test_head_balance_needs_several_heads_and_the_hinge_loss():
+  with pytest.raises(ValueError, match="head_balance must be >= 0"):
+    _toy_model(head_balance=-1.0)
+  with pytest.raises(ValueError, match="needs num_heads >= 2"):
+    _toy_model(num_heads=1, head_balance=1.0)
+  with pytest.raises(ValueError, match="loss='hinge'"):
+    _toy_model(num_heads=2, loss="dssm", head_balance=1.0)
 
 
 @pytest.mark.parametrize("alpha", [0.0, 0.25, 0.5, 1.0])
@@ -149,6 +191,7 @@ def _toy_data(tok, extra=None):
     dict(num_heads=1, alpha=1.0, loss="dssm"),
     dict(num_heads=2, lexical_skip=True),
     dict(num_heads=1, lexical_skip=True, lexical_skip_init="identity"),
+    dict(num_heads=3, head_balance=0.5),
 ])
 def test_model_trains_and_config_round_trips(kwargs):
   tf.random.set_seed(0)
