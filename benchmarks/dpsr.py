@@ -28,7 +28,8 @@ Tables 5/6 (latency, sharding) and Sec. 5.1.2 (compressed input).
   head load-balancing term (`--head_balance=1`, not in the paper); Top-10,
   AUC, the least-served meaning's share of the top 100, polysemy recall,
   the meanings the heads cover, head purity and the minority head's share
-  of the test positives (section `dpsr_heads`).
+  of the test positives (section `dpsr_heads`), and seed 0's heads by
+  meaning as bars (`results/dpsr_figure6.png`).
 * figure7: alpha in {0, 0.25, 0.5, 0.75, 1} on the synthetic world:
   popularity@100 and relevance of what is retrieved (`results/dpsr_figure7
   .png`).
@@ -55,6 +56,7 @@ from __future__ import annotations
 import argparse
 import json
 import os
+import re
 import shutil
 import subprocess
 import sys
@@ -244,6 +246,47 @@ def _minority_head_share(metrics: Dict[str, Any]) -> float:
   return min(shares) if len(shares) > 1 else float("nan")
 
 
+def _plot_head_meanings(runs: Dict[str, Dict[str, Any]], path: str) -> None:
+  """Figure 6b as bars: per model (a panel), per polysemous word and head
+  (a bar), the shares of the head's top 100 in the word's first and second
+  meaning (stacked), from `polysemy_<word>_head<i>_<root>@100`."""
+  import matplotlib  # pylint: disable=g-import-not-at-top
+  matplotlib.use("Agg")
+  import matplotlib.pyplot as plt  # pylint: disable=g-import-not-at-top
+  pattern = re.compile(r"polysemy_(.+?)_head(\d+)_(.+)@100$")
+  fig, axes = plt.subplots(1, len(runs), figsize=(4.2 * len(runs), 3.4),
+                           sharey=True)
+  for ax, (label, metrics) in zip(np.atleast_1d(axes), runs.items()):
+    shares: Dict[str, Dict[int, Dict[str, float]]] = {}
+    for key, value in metrics.items():
+      match = pattern.match(key)
+      if match:
+        word, head, root = match.group(1), int(match.group(2)), match.group(3)
+        shares.setdefault(word, {}).setdefault(head, {})[root] = value
+    ticks, names, meanings = [], [], []
+    for w, word in enumerate(sorted(shares)):
+      heads = shares[word]
+      roots = sorted(heads[0])
+      meanings.append(f"{word}: {roots[0]} / {roots[1]}")
+      for head in sorted(heads):
+        x = w * 3 + head
+        first, second = heads[head][roots[0]], heads[head][roots[1]]
+        ax.bar(x, first, color="tab:blue")
+        ax.bar(x, second, bottom=first, color="tab:orange")
+        ticks.append(x)
+        names.append(f"{word}\nh{head}" if len(heads) > 1 else word)
+    ax.set_xticks(ticks)
+    ax.set_xticklabels(names, fontsize=7)
+    ax.set_title(label, fontsize=9)
+    ax.set_ylim(0, 1)
+  np.atleast_1d(axes)[0].set_ylabel("share of the head's top 100")
+  fig.suptitle("blue / orange: " + ", ".join(meanings), fontsize=8)
+  fig.tight_layout()
+  os.makedirs(os.path.dirname(path), exist_ok=True)
+  fig.savefig(path, dpi=120)
+  plt.close(fig)
+
+
 def heads() -> None:
   raw: Dict[str, Any] = {}
   rows = []
@@ -257,6 +300,8 @@ def heads() -> None:
     rows.append([label] + [report.mean_std(runs, k) for k in HEADS_KEYS] +
                 ["-" if np.isnan(minority).all() else
                  f"{min(minority):.3f}-{max(minority):.3f}"])
+  _plot_head_meanings({label: runs[0] for label, runs in raw.items()},
+                      os.path.join(report.RESULTS_DIR, "dpsr_figure6.png"))
   commands = "\n".join(f"    {m['command']}" for runs in raw.values()
                        for m in runs)
   text = (
@@ -269,7 +314,8 @@ def heads() -> None:
       "polysemous word's top 100 (the servable's union); meanings_covered: "
       "the share of a word's meanings that hold more than half of some "
       "head's top 100; minority head: the range over seeds of the smallest "
-      "head's share of the test positives.\n\n" +
+      "head's share of the test positives. `results/dpsr_figure6.png`: "
+      f"seed {HEADS_SEEDS[0]}, each head's top 100 by meaning.\n\n" +
       report.markdown_table(["model"] + [k.replace("polysemy_", "")
                                          for k in HEADS_KEYS] +
                             ["minority head"], rows) +

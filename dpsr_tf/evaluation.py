@@ -238,6 +238,7 @@ def polysemy_metrics(scorer: "ModelScorer", world, k: int = 100
   that names products of several root categories), the share of the top-k
   in each meaning, and per head the share of its own top-k in the head's
   dominant meaning (head purity). Flat keys `polysemy_<word>_<root>@k`,
+  `polysemy_<word>_head<i>_<root>@k` (the share of head i's own top-k),
   `polysemy_min_share@k` (mean over words of the least-served meaning),
   `polysemy_recall@k` (mean over words of the share of the word's
   grade >= 2 items, all meanings, in its top-k) and
@@ -264,9 +265,11 @@ def polysemy_metrics(scorer: "ModelScorer", world, k: int = 100
     if relevant.any():
       recall.append(float(relevant[top].sum() / relevant.sum()))
     owned = set()
-    for head_top in scorer.head_retrieve(rows, k)[0]:
+    for head, head_top in enumerate(scorer.head_retrieve(rows, k)[0]):
       head_shares = [float(np.mean(item_root[head_top] == r))
                      for r in root_ids]
+      for root, share in zip(roots, head_shares):
+        out[f"polysemy_{word}_head{head}_{root}@{k}"] = share
       purity.append(max(head_shares))
       owned.update(i for i, share in enumerate(head_shares) if share > 0.5)
     covered.append(len(owned) / len(root_ids))

@@ -62,6 +62,10 @@ def test_polysemy_metrics_equal_a_numpy_count(world):
   assert out["polysemy_recall@20"] == pytest.approx(np.mean(expected_recall))
   # Head 0 is pure (1.0), head 1 half and half (0.5).
   assert out["polysemy_head_purity@20"] == pytest.approx(0.75)
+  word, roots = next(iter(sorted(words.items())))
+  for head, root, share in ((0, 0, 1.0), (1, 0, 0.5), (1, 1, 0.5)):
+    assert out[f"polysemy_{word}_head{head}_{roots[root]}@20"] == (
+        pytest.approx(share))
   # Only head 0 holds a majority of one meaning: one meaning per word.
   covered = [1 / len(roots) for word, roots in words.items()
              if word in queries]
