@@ -33,6 +33,7 @@ import numpy as np
 from retrieval_tf import metrics as metrics_lib
 from retrieval_tf.compat import tf
 from retrieval_tf.datasets.errors import DataError
+from retrieval_tf.evaluation import top_k_items
 
 from mgdspr_tf import data as data_lib
 from mgdspr_tf.model import MGDSPRModel
@@ -64,13 +65,6 @@ def control_for(data: data_lib.MGDSPRData):
   except ValueError:
     return None
   return RelevanceControl(terms, meanings, data.item_fields)
-
-
-def _ranked(encode, rows: data_lib.Examples, items: np.ndarray,
-            depth: int) -> np.ndarray:
-  """The exact top-`depth` item indices of each row `[n, depth]`."""
-  scores = encode(rows) @ items.T
-  return np.argsort(-scores, axis=1, kind="stable")[:, :depth]
 
 
 def _grades(data: data_lib.MGDSPRData, rows: data_lib.Examples,
@@ -105,7 +99,7 @@ def evaluate(model: MGDSPRModel, data: data_lib.MGDSPRData, ks,
   encode = user_encoder(model)
   items = model.all_item_vectors()
   depth = min(max(max(ks), rc_k), data.num_items)
-  top = _ranked(encode, rows, items, depth)
+  top = top_k_items(encode(rows), items, depth)
   out: Dict[str, float] = {"num_test_searches": int(len(searches)),
                            "num_train_examples": int(len(data.train))}
   grades = _grades(data, rows, top)
@@ -125,7 +119,7 @@ def evaluate(model: MGDSPRModel, data: data_lib.MGDSPRData, ks,
     if swapped.any():
       grafted = rows.take(swapped).with_user_context_of(
           test.take(donor[swapped]))
-      top_swapped = _ranked(encode, grafted, items, depth)
+      top_swapped = top_k_items(encode(grafted), items, depth)
       _retrieval_metrics(out, "swapped_", top_swapped, truth[swapped],
                          _grades(data, grafted, top_swapped), ks,
                          data.good_grade)
