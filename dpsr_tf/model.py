@@ -76,6 +76,18 @@ def check_lexical_skip(lexical_skip: bool, lexical_skip_init: str,
         f"token_dim={token_dim}, output_dim={output_dim})")
 
 
+def check_head_balance(head_balance: float, num_heads: int,
+                       loss: str) -> None:
+  """ValueError unless `head_balance` >= 0 and, when > 0, the model has
+  several heads and the hinge loss (the term balances the heads' wins)."""
+  if not head_balance >= 0:
+    raise ValueError(f"head_balance must be >= 0, got {head_balance}")
+  if head_balance > 0 and (int(num_heads) < 2 or loss != "hinge"):
+    raise ValueError("head_balance > 0 needs num_heads >= 2 and "
+                     f"loss='hinge' (got num_heads={num_heads}, "
+                     f"loss={loss!r})")
+
+
 @keras.utils.register_keras_serializable(package="dpsr_tf")
 class DPSRModel(keras.Model):
   """See the module docstring.
@@ -118,12 +130,7 @@ class DPSRModel(keras.Model):
       raise ValueError(f"loss must be one of {LOSSES}, got {loss!r}")
     check_lexical_skip(lexical_skip, lexical_skip_init, token_dim,
                        output_dim)
-    if not head_balance >= 0:
-      raise ValueError(f"head_balance must be >= 0, got {head_balance}")
-    if head_balance > 0 and (int(num_heads) < 2 or loss != "hinge"):
-      raise ValueError("head_balance > 0 needs num_heads >= 2 and "
-                       f"loss='hinge' (got num_heads={num_heads}, "
-                       f"loss={loss!r})")
+    check_head_balance(head_balance, num_heads, loss)
     if personalization != "none" and not user_feature_sizes:
       raise ValueError(f"personalization={personalization!r} needs user "
                        "profile features (user_feature_sizes)")

@@ -41,7 +41,8 @@ from retrieval_tf.text import Tokenizer, padded_ids
 from dpsr_tf import data as data_lib
 from dpsr_tf import evaluation
 from dpsr_tf.model import (LEXICAL_SKIP_INITS, PERSONALIZATION, DPSRModel,
-                            all_item_embeddings, check_lexical_skip)
+                            all_item_embeddings, check_head_balance,
+                            check_lexical_skip)
 from dpsr_tf import servable
 
 MODELS = ("dpsr", "dssm", "bm25", "bm25_bigram")
@@ -270,12 +271,16 @@ def validate_flags(values: Dict[str, Any]) -> None:
       raise runner.UsageError(f"--{name} must be > 0")
   if values["delta"] < 0:
     raise runner.UsageError("--delta must be >= 0")
-  if not values["head_balance"] >= 0 or (values["head_balance"] > 0 and (
-      values["num_heads"] < 2 or values["model"] != "dpsr")):
+  try:  # --model=dpsr trains the hinge loss; the others cannot balance heads
+    check_head_balance(values["head_balance"], values["num_heads"],
+                       "hinge" if values["model"] == "dpsr" else
+                       values["model"])
+  except ValueError:
     raise runner.UsageError(
         "--head_balance must be >= 0, and > 0 needs --model=dpsr and "
         f"--num_heads >= 2 (got {values['head_balance']}, "
-        f"--model={values['model']}, --num_heads={values['num_heads']})")
+        f"--model={values['model']}, --num_heads={values['num_heads']})"
+    ) from None
   for name in ("num_heads", "embedding_dim", "token_dim", "num_buckets",
                "history_length", "num_shards", "max_k", "num_random_items"):
     if values[name] < 1:

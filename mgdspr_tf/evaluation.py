@@ -138,13 +138,12 @@ def evaluate(model: MGDSPRModel, data: data_lib.MGDSPRData, ks,
       out["rc_removal_rate_with_intent"] = float(
           1.0 - keep[with_intent].mean())
     out["rc_fallback_rate"] = float(fallback.mean())
-    out["rc_recall"] = metrics_lib.recall_at_k(
-        np.where(keep, top[:, :k], -1), truth, k)
-    out[f"recall@{k}"] = metrics_lib.recall_at_k(top, truth, k)
+    out["rc_recall"] = metrics_lib.recall_at_k(kept, truth, k)
+    if k not in ks:  # the uncontrolled figures at the control's depth
+      _retrieval_metrics(out, "", top, truth, grades, [k], data.good_grade)
     if grades is not None:
       good = grades[:, :k] >= data.good_grade
       out["rc_p_good"] = metrics_lib.p_good(good & keep, kept)
-      out[f"p_good@{k}"] = metrics_lib.p_good(good)
       out[f"relevant@{k}"] = float(good.sum(axis=1).mean())
       out[f"rc_relevant@{k}"] = float((good & keep).sum(axis=1).mean())
   return out
