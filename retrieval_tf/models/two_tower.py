@@ -25,10 +25,11 @@ import tensorflow_recommenders as tfrs
 from retrieval_tf.compat import keras, tf
 from retrieval_tf.files import write_json_atomic
 from retrieval_tf.layers import MLP, MaskedMeanEmbedding, masked_mean
+from retrieval_tf.saving import SavableModel
 
 
 @keras.utils.register_keras_serializable(package="retrieval_tf")
-class TwoTowerModel(tfrs.Model):
+class TwoTowerModel(SavableModel, tfrs.Model):
   """Two-tower retrieval model on `tfrs.tasks.Retrieval`.
 
   Args:
@@ -132,6 +133,22 @@ class TwoTowerModel(tfrs.Model):
 
   def call(self, features, training=False):
     return self.user_embedding(features, training=training)
+
+  def example_features(self) -> Dict[str, tf.Tensor]:
+    """Two rows of id 0 in every feature the towers read."""
+    zeros = tf.zeros([2], tf.int32)
+    features = {"user_id": zeros, "item_id": zeros,
+                "history": tf.zeros([2, 1], tf.int32),
+                "history_mask": tf.ones([2, 1], tf.bool)}
+    for name in self.user_features:
+      features[f"user_{name}"] = zeros
+    for name in self.item_features:
+      features[f"item_{name}"] = zeros
+    return features
+
+  def create_weights(self, features) -> None:
+    self.user_embedding(features)
+    self.item_embedding(features)
 
   def compute_loss(self, features, training=False) -> tf.Tensor:
     users = self.user_embedding(features, training=training)
