@@ -17,7 +17,7 @@ EXTRAS = {
               "matplotlib", "rank-bm25==0.2.2"],
     # tensorflow-serving-api: the REST -> PredictRequest check of servables.
     # rank-bm25: DPSR's BM25 baseline.
-    "dev": ["pytest", "scikit-learn", "scann[tf]==1.4.2", "faiss-cpu",
+    "dev": ["pytest", "hypothesis", "scikit-learn", "scann[tf]==1.4.2", "faiss-cpu",
             "tensorflow-serving-api==2.20.*", "rank-bm25==0.2.2"],
 }
 

@@ -1,6 +1,8 @@
 """Every loader turns bad input into a clear DataError, never garbage."""
 
 import json
+import logging
+import warnings
 
 import numpy as np
 import pytest
@@ -182,7 +184,7 @@ def test_interactions_csv(tmp_path):
   with pytest.raises(DataError, match="no column 'item'"):
     interactions_csv.load_interactions_csv(str(path))
   path = _write(tmp_path, "log.csv", "user,item,timestamp\nu1,i1,x\n")
-  with pytest.raises(DataError, match="log.csv:2: timestamp and rating"):
+  with pytest.raises(DataError, match="log.csv:2: timestamp 'x' is not a "):
     interactions_csv.load_interactions_csv(str(path))
   path = _write(tmp_path, "log.csv", "user,item\n")
   with pytest.raises(DataError, match="no rows"):
@@ -201,3 +203,166 @@ def test_registry_and_types_errors():
     Vocabulary(["a"], name="item").lookup(["z"])
   with pytest.raises(DataError, match="column rating has 1 rows"):
     Interactions([0, 1], [0, 1], rating=[1.0])
+
+
+def _write_bytes(folder, name, data):
+  path = folder / name
+  path.write_bytes(data)
+  return path
+
+
+@pytest.mark.parametrize("name, data, load, message", [
+    ("log.csv", b"user,item\nu1,i1\nu\xff2,i2\n",
+     lambda p: interactions_csv.load_interactions_csv(str(p)),
+     "log.csv:3: byte 0xff at byte column 2 is not valid utf-8"),
+    ("train.csv", CF_HEADER.encode() + b'1,"q","T\n\xe9","d",4,0\n',
+     lambda p: crowdflower.load_crowdflower(str(p.parent)),
+     "train.csv:3: byte 0xe9 at byte column 1 is not valid utf-8"),
+    ("Beauty.txt", b"1 1 2\n2 3 \xc3\n",
+     lambda p: amazon.load_amazon(str(p.parent)),
+     "Beauty.txt:2: byte 0xc3 at byte column 5 is not valid utf-8"),
+    ("ratings.dat", b"1::10::5::100\n2::1\x800::3::200\n",
+     lambda p: movielens.load_ml1m(str(p.parent)),
+     "ratings.dat:2: byte 0x80 at byte column 5"),
+])
+def test_non_utf8_bytes_name_the_line(tmp_path, name, data, load, message):
+  if name == "ratings.dat":
+    _ml1m(tmp_path)
+  path = _write_bytes(tmp_path, name, data)
+  with pytest.raises(DataError, match=message + ".*re-save the file"):
+    load(path)
+
+
+@pytest.mark.parametrize("value, message", [
+    ("inf", "timestamp 'inf' is not a finite number"),
+    ("nan", "timestamp 'nan' is not a finite number"),
+    ("-Infinity", "timestamp '-Infinity' is not a finite number"),
+    ("1e30", "timestamp '1e30' is beyond int64 seconds"),
+    ("9223372036854775808", "timestamp .9223372036854775808. is beyond"),
+    ("-3", "negative timestamp '-3'"),
+])
+def test_bad_timestamps_are_clear_errors(tmp_path, value, message):
+  path = _write(tmp_path, "log.csv", f"user,item,timestamp\nu1,i1,5\n"
+                f"u1,i2,{value}\n")
+  with pytest.raises(DataError, match=f"log.csv:3: {message}"):
+    interactions_csv.load_interactions_csv(str(path))
+
+
+def test_large_and_fractional_timestamps_load(tmp_path):
+  path = _write(tmp_path, "log.csv", "user,item,timestamp\nu1,i1,"
+                "9223372036854775807\nu1,i2,1.7e9\nu2,i1,12.9\n")
+  d = interactions_csv.load_interactions_csv(str(path))
+  assert list(d.interactions.timestamp) == [2**63 - 1, 1700000000, 12]
+
+
+@pytest.mark.parametrize("value", ["nan", "inf", "1e39", "x"])
+def test_bad_ratings_are_clear_errors(tmp_path, value):
+  path = _write(tmp_path, "log.csv", f"user,item,stars\nu1,i1,{value}\n")
+  with pytest.raises(DataError, match=f"log.csv:2: rating '{value}' is not"):
+    interactions_csv.load_interactions_csv(str(path), rating_col="stars")
+
+
+def test_duplicate_columns_are_refused(tmp_path):
+  path = _write(tmp_path, "log.csv", "user,item,timestamp,user\n"
+                "u1,i1,5,u2\n")
+  with pytest.raises(DataError, match="log.csv:1: column 'user' appears "
+                     "twice in the header \\(columns 1 and 4\\)"):
+    interactions_csv.load_interactions_csv(str(path))
+  _write(tmp_path, "train.csv", CF_HEADER.strip() + ",query\n"
+         '1,"q","T","d",4,0,"r"\n')
+  with pytest.raises(DataError, match="train.csv:1: column 'query' appears "
+                     "twice"):
+    crowdflower.load_crowdflower(str(tmp_path))
+
+
+def test_byte_order_mark_is_accepted(tmp_path):
+  path = _write(tmp_path, "log.csv", "user,item\nu1,i1\n",
+                encoding="utf-8-sig")
+  assert path.read_bytes().startswith(b"\xef\xbb\xbf")
+  d = interactions_csv.load_interactions_csv(str(path))
+  assert list(d.users.ids) == ["u1"]
+  _write(tmp_path, "train.csv", CF_HEADER + '1,"q","T","d",4,0\n',
+         encoding="utf-8-sig")
+  assert crowdflower.load_crowdflower(str(tmp_path)).queries.ids[0] == "q"
+  seq = _write(tmp_path, "Beauty.txt", "1 1 2\n", encoding="utf-8-sig")
+  assert list(amazon.load_sequences(str(seq)).users.ids) == ["1"]
+
+
+def test_crowdflower_field_count_and_variance(tmp_path):
+  _write(tmp_path, "train.csv", CF_HEADER + '1,"q","T","d",4\n')
+  with pytest.raises(DataError, match="train.csv:2: expected 6 fields, "
+                     "found 5"):
+    crowdflower.load_crowdflower(str(tmp_path))
+  _write(tmp_path, "train.csv", CF_HEADER + '1,"q","T","d",4,nan\n')
+  with pytest.raises(DataError, match="train.csv:2: relevance_variance "
+                     "'nan' is not a finite number >= 0"):
+    crowdflower.load_crowdflower(str(tmp_path))
+
+
+def test_unreadable_csv_record_is_a_data_error(tmp_path):
+  path = _write(tmp_path, "log.csv", "user,item\nu1," + "i" * 200_000 +
+                "\n")
+  with pytest.raises(DataError, match="log.csv:2: unreadable CSV record"):
+    interactions_csv.load_interactions_csv(str(path))
+
+
+def test_truncated_last_line_warns(tmp_path, caplog):
+  seq = _write(tmp_path, "Beauty.txt", "1 1 2\n2 3 4")
+  with caplog.at_level(logging.WARNING, "retrieval_tf.datasets"):
+    with pytest.warns(UserWarning, match="Beauty.txt:2: the last line has no "
+                      "newline, so the file may have been cut mid-line"):
+      d = amazon.load_sequences(str(seq))
+  assert len(d.interactions) == 4
+  assert any("Beauty.txt:2: the last line has no newline" in r.message
+             for r in caplog.records if r.levelno == logging.WARNING)
+  log = _write(tmp_path, "log.csv", "user,item\nu1,i1")
+  with pytest.warns(UserWarning, match="log.csv:2: the last line"):
+    interactions_csv.load_interactions_csv(str(log))
+  _write(tmp_path, "Beauty.txt", "1 1 2\r\n2 3 4\r\n")
+  with warnings.catch_warnings():
+    warnings.simplefilter("error")
+    amazon.load_amazon(str(tmp_path))
+
+
+def test_loaders_report_rows_read_and_skipped(tmp_path, caplog):
+  seq = _write(tmp_path, "Beauty.txt", "1 1 2\n\n2 3\n  \n")
+  attributes = _write(tmp_path, "Beauty_item2attributes.json",
+                      '{"1": [4], "9": [5]}')
+  with caplog.at_level(logging.INFO, "retrieval_tf.datasets"):
+    d = amazon.load_amazon(str(tmp_path))
+  assert d.load_stats == {
+      str(seq): {"rows_read": 2, "rows_skipped": 2},
+      str(attributes): {"rows_read": 1, "rows_skipped": 1}}
+  assert f"{seq}: 2 rows read, 2 skipped" in caplog.messages
+  log = _write(tmp_path, "log.csv", "user,item\nu1,i1\n\nu2,i1\n")
+  assert interactions_csv.load_interactions_csv(str(log)).load_stats == {
+      str(log): {"rows_read": 2, "rows_skipped": 1}}
+  _write(tmp_path, "train.csv", CF_HEADER + '1,"q","T","d",4,0\n\n')
+  assert crowdflower.load_crowdflower(str(tmp_path)).load_stats == {
+      str(tmp_path / "train.csv"): {"rows_read": 1, "rows_skipped": 1}}
+  ml = tmp_path / "ml"
+  ml.mkdir()
+  d = movielens.load_ml1m(_ml1m(ml, ratings="1::10::5::100\n\n"
+                                "2::10::3::200\n"))
+  assert d.load_stats == {
+      str(ml / "users.dat"): {"rows_read": 2, "rows_skipped": 0},
+      str(ml / "movies.dat"): {"rows_read": 1, "rows_skipped": 0},
+      str(ml / "ratings.dat"): {"rows_read": 2, "rows_skipped": 1}}
+  ncf = tmp_path / "ncf"
+  ncf.mkdir()
+  d = movielens.load_ncf_ml1m(_ncf(ncf))
+  assert sorted(d.load_stats) == sorted(
+      str(ncf / n) for n in movielens.NCF_FILES)
+
+
+def test_out_of_range_integers_in_movielens_files(tmp_path):
+  with pytest.raises(DataError, match="ratings.dat:1: non-integer or "
+                     "out-of-int64-range field"):
+    movielens.load_ml1m(_ml1m(tmp_path, ratings="1::10::5::" + "9" * 30 +
+                              "\n"))
+  ncf = tmp_path / "ncf"
+  ncf.mkdir()
+  with pytest.raises(DataError, match="test.negative:2: negative item ids "
+                     "must be in 0..2147483647"):
+    movielens.load_ncf_ml1m(_ncf(ncf, negative="(0,1)\t2\t3\n(1,2)\t0\t"
+                                 + "9" * 12 + "\n"))

@@ -16,6 +16,7 @@ from typing import Optional
 import numpy as np
 
 from retrieval_tf.datasets.errors import DataError, malformed
+from retrieval_tf.datasets.reading import read_lines, read_text, record_rows
 from retrieval_tf.datasets.types import (Interactions, RecDataset, Vocabulary,
                                          pad_ragged)
 
@@ -23,41 +24,47 @@ from retrieval_tf.datasets.types import (Interactions, RecDataset, Vocabulary,
 def load_sequences(sequences_path: str,
                    attributes_path: Optional[str] = None,
                    name: str = "amazon") -> RecDataset:
-  """Loads a `user item item ...` file (+ optional item2attributes.json)."""
+  """Loads a `user item item ...` file (+ optional item2attributes.json).
+
+  Both files are UTF-8 (a byte-order mark is accepted); blank lines are
+  skipped, and a last line without a newline is warned about (a file cut
+  mid-line loses its last user's later items).
+  """
   if not os.path.isfile(sequences_path):
     raise DataError(f"{name}: sequence file {sequences_path!r} not found")
+  stats = {}
   user_ids, users, items = [], [], []
-  with open(sequences_path) as f:
-    for number, line in enumerate(f, 1):
-      fields = line.split()
-      if not fields:
-        continue
-      if len(fields) < 2:
-        raise malformed(sequences_path, number,
-                        "a user with no items (expected 'user item ...')")
-      user_ids.append(fields[0])
-      users.append(np.full(len(fields) - 1, len(user_ids) - 1))
-      items.append(fields[1:])
-  if not user_ids:
-    raise DataError(f"{sequences_path}: the file is empty")
+  for number, line in enumerate(read_lines(sequences_path, stats), 1):
+    fields = line.split()
+    if not fields:
+      continue
+    if len(fields) < 2:
+      raise malformed(sequences_path, number,
+                      "a user with no items (expected 'user item ...')")
+    user_ids.append(fields[0])
+    users.append(np.full(len(fields) - 1, len(user_ids) - 1))
+    items.append(fields[1:])
   user_vocab = Vocabulary(user_ids, name="user")  # duplicate user -> error
   flat_items = [x for row in items for x in row]
   item_vocab = Vocabulary.from_values(flat_items, name="item")
   positions = np.concatenate([np.arange(len(row)) for row in items])
   log = Interactions(np.concatenate(users), item_vocab.lookup(flat_items),
                      timestamp=positions)
-  dataset = RecDataset(name, log, user_vocab, item_vocab)
+  dataset = RecDataset(name, log, user_vocab, item_vocab, load_stats=stats)
   if attributes_path is not None:
     _attach_attributes(dataset, attributes_path)
   return dataset
 
 
 def _attach_attributes(dataset: RecDataset, path: str) -> None:
+  """Reads `{item: [attribute ids]}` into `item_features["attributes"]`;
+  entries of items absent from the sequences count as skipped rows."""
   try:
-    with open(path) as f:
-      table = json.load(f)
+    table = json.loads(read_text(path, line_based=False))
   except json.JSONDecodeError as e:
     raise malformed(path, e.lineno, f"invalid JSON: {e.msg}") from None
+  except RecursionError:
+    raise malformed(path, None, "invalid JSON: nested too deeply") from None
   if not isinstance(table, dict):
     raise malformed(path, None, "expected an object {item: [attribute ids]}")
   for item, values in table.items():
@@ -71,6 +78,8 @@ def _attach_attributes(dataset: RecDataset, path: str) -> None:
   dataset.item_features["attributes"] = pad_ragged(
       [vocab.lookup(row) for row in rows])
   dataset.feature_vocabularies["attributes"] = vocab
+  unused = sum(1 for item in table if item not in dataset.items)
+  record_rows(dataset.load_stats, path, len(table) - unused, unused)
 
 
 def load_amazon(data_dir: str, name: Optional[str] = None) -> RecDataset:

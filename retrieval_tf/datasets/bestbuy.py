@@ -22,6 +22,7 @@ from typing import List
 import numpy as np
 
 from retrieval_tf.datasets.errors import DataError, malformed, require_files
+from retrieval_tf.datasets.reading import read_text, record_rows
 from retrieval_tf.datasets.types import (Judgments, SearchDataset, Vocabulary,
                                          pad_ragged)
 
@@ -31,11 +32,13 @@ MAX_JUDGED = 300
 
 
 def _load_json_list(path: str) -> list:
+  """The non-empty JSON list in `path` (UTF-8); `DataError` otherwise."""
   try:
-    with open(path, encoding="utf-8") as f:
-      value = json.load(f)
+    value = json.loads(read_text(path, line_based=False))
   except json.JSONDecodeError as e:
     raise malformed(path, e.lineno, f"invalid JSON: {e.msg}") from None
+  except RecursionError:
+    raise malformed(path, None, "invalid JSON: nested too deeply") from None
   if not isinstance(value, list) or not value:
     raise malformed(path, None, "expected a non-empty JSON list")
   return value
@@ -103,7 +106,7 @@ def load_bestbuy(data_dir: str) -> SearchDataset:
         facets[n, level] = vocabs[f"category_lvl{level}"].index(top)
   queries = Vocabulary(texts, name="query")  # duplicate query -> DataError
   judgments = _derive_judgments(facets, features)
-  return SearchDataset(
+  dataset = SearchDataset(
       "bestbuy", queries, items,
       item_titles=np.asarray([p["name"] for p in products], dtype=object),
       item_text={"description": np.asarray(
@@ -114,6 +117,9 @@ def load_bestbuy(data_dir: str) -> SearchDataset:
           "nb_hits": np.asarray(hits, np.int32),
           **{f"category_lvl{d}": facets[:, d] for d in range(LEVELS)}},
       judgments=judgments)
+  record_rows(dataset.load_stats, products_path, len(products), 0)
+  record_rows(dataset.load_stats, queries_path, len(suggestions), 0)
+  return dataset
 
 
 def _derive_judgments(facets: np.ndarray, features) -> Judgments:

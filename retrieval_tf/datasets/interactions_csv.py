@@ -4,14 +4,19 @@
 
 from __future__ import annotations
 
-import csv
+import math
 import os
 from typing import Optional
 
 import numpy as np
 
 from retrieval_tf.datasets.errors import DataError, malformed
+from retrieval_tf.datasets.reading import (check_header, csv_rows, read_text,
+                                           record_rows)
 from retrieval_tf.datasets.types import Interactions, RecDataset, Vocabulary
+
+_INT64_MAX = 2**63 - 1
+_FLOAT32_MAX = float(np.finfo(np.float32).max)
 
 
 def load_interactions_csv(path: str, user_col: str = "user",
@@ -25,58 +30,99 @@ def load_interactions_csv(path: str, user_col: str = "user",
 
   `timestamp_col` and `query_col` are read when the header has them;
   `rating_col`, when given, must exist. The delimiter is a tab for `.tsv`,
-  else sniffed from the header (tab, comma, semicolon). Ids are strings,
-  remapped to contiguous indices in order of first appearance.
+  else sniffed from the header (tab, comma, semicolon). The file is UTF-8
+  (a byte-order mark is accepted); blank lines are skipped. Ids are strings,
+  remapped to contiguous indices in order of first appearance. Timestamps
+  are integers in `0..2^63-1` (a fractional part is dropped); ratings are
+  finite numbers.
   """
   if not os.path.isfile(path):
     raise DataError(f"csv: file {path!r} not found; expected a CSV/TSV with "
                     f"a header naming {user_col!r} and {item_col!r}")
-  with open(path, newline="", encoding="utf-8") as f:
-    header = f.readline()
-    if not header.strip():
-      raise DataError(f"{path}: the file is empty")
-    if delimiter is None:
-      delimiter = "\t" if path.endswith(".tsv") else max(
-          "\t,;", key=header.count)
-    f.seek(0)
-    reader = csv.DictReader(f, delimiter=delimiter)
-    fields = reader.fieldnames or []
-    for column in (user_col, item_col) + ((rating_col,) if rating_col else
-                                          ()):
-      if column not in fields:
-        raise malformed(path, 1, f"no column {column!r} in the header "
-                        f"({', '.join(fields)})")
-    has_time = timestamp_col in fields
-    has_query = query_col in fields
-    users, items, times, queries, ratings = [], [], [], [], []
-    for row in reader:
-      line = reader.line_num
-      if None in row or any(row[c] is None for c in fields):
-        raise malformed(path, line, f"expected {len(fields)} fields")
-      if not row[user_col] or not row[item_col]:
-        raise malformed(path, line, "empty user or item id")
-      users.append(row[user_col])
-      items.append(row[item_col])
-      try:
-        if has_time:
-          times.append(int(float(row[timestamp_col])))
-        if rating_col:
-          ratings.append(float(row[rating_col]))
-      except ValueError:
-        raise malformed(path, line, "timestamp and rating must be "
-                        "numbers") from None
-      if has_query:
-        queries.append(row[query_col])
+  text = read_text(path)
+  header = text.split("\n", 1)[0]
+  if not header.strip():
+    raise DataError(f"{path}: the file is empty")
+  if delimiter is None:
+    delimiter = "\t" if path.endswith(".tsv") else max(
+        "\t,;", key=header.count)
+  rows = csv_rows(path, text, delimiter)
+  fields = next(rows)[1]
+  check_header(path, fields)
+  for column in (user_col, item_col) + ((rating_col,) if rating_col else
+                                        ()):
+    if column not in fields:
+      raise malformed(path, 1, f"no column {column!r} in the header "
+                      f"({', '.join(fields)})")
+  position = {c: i for i, c in enumerate(fields)}
+  has_time = timestamp_col in position
+  has_query = query_col in position
+  users, items, times, queries, ratings = [], [], [], [], []
+  skipped = 0
+  for line, row in rows:
+    if not row:
+      skipped += 1
+      continue
+    if len(row) != len(fields):
+      raise malformed(path, line, f"expected {len(fields)} fields, found "
+                      f"{len(row)}")
+    user, item = row[position[user_col]], row[position[item_col]]
+    if not user or not item:
+      raise malformed(path, line, "empty user or item id")
+    users.append(user)
+    items.append(item)
+    if has_time:
+      times.append(_timestamp(row[position[timestamp_col]], path, line))
+    if rating_col:
+      ratings.append(_rating(row[position[rating_col]], path, line))
+    if has_query:
+      queries.append(row[position[query_col]])
   if not users:
     raise DataError(f"{path}: no rows after the header")
-  if times and min(times) < 0:
-    raise malformed(path, None, "negative timestamp")
   user_vocab = Vocabulary.from_values(users, name="user", sort=False)
   item_vocab = Vocabulary.from_values(items, name="item", sort=False)
   log = Interactions(
       user_vocab.lookup(users), item_vocab.lookup(items),
-      timestamp=np.asarray(times) if has_time else None,
+      timestamp=np.asarray(times, np.int64) if has_time else None,
       rating=np.asarray(ratings) if rating_col else None,
       query=np.asarray(queries, dtype=object) if has_query else None)
-  return RecDataset(name or os.path.splitext(os.path.basename(path))[0],
-                    log, user_vocab, item_vocab)
+  dataset = RecDataset(name or os.path.splitext(os.path.basename(path))[0],
+                       log, user_vocab, item_vocab)
+  record_rows(dataset.load_stats, path, len(users), skipped)
+  return dataset
+
+
+def _timestamp(value: str, path: str, line: int) -> int:
+  """A timestamp field -> int in `0..2^63-1`; `DataError` otherwise."""
+  try:
+    seconds = int(value)
+  except ValueError:
+    try:
+      number = float(value)
+    except ValueError:
+      raise malformed(path, line, f"timestamp {value!r} is not a number; "
+                      "expected integer seconds (or event order)") from None
+    if not math.isfinite(number):
+      raise malformed(path, line, f"timestamp {value!r} is not a finite "
+                      "number; expected integer seconds (or event order)")
+    seconds = int(number)
+  if seconds < 0:
+    raise malformed(path, line, f"negative timestamp {value!r}; expected "
+                    "seconds since the epoch (or event order) >= 0")
+  if seconds > _INT64_MAX:
+    raise malformed(path, line, f"timestamp {value!r} is beyond int64 "
+                    "seconds (2^63 - 1); expected seconds since the epoch")
+  return seconds
+
+
+def _rating(value: str, path: str, line: int) -> float:
+  """A rating field -> a finite float; `DataError` otherwise."""
+  try:
+    rating = float(value)
+  except ValueError:
+    raise malformed(path, line, f"rating {value!r} is not a number"
+                    ) from None
+  if not math.isfinite(rating) or abs(rating) > _FLOAT32_MAX:
+    raise malformed(path, line, f"rating {value!r} is not a finite float32 "
+                    "number")
+  return rating

@@ -17,30 +17,26 @@ from __future__ import annotations
 
 import os
 import re
-from typing import List, Optional, Tuple
+from typing import Dict, Optional, Tuple
 
 import numpy as np
 
 from retrieval_tf.datasets.errors import DataError, malformed, require_files
+from retrieval_tf.datasets.reading import read_lines
 from retrieval_tf.datasets.types import (Interactions, RecDataset, Vocabulary,
                                          pad_ragged)
 
 ML1M_FILES = ("ratings.dat", "users.dat", "movies.dat")
 NCF_FILES = ("ml-1m.train.rating", "ml-1m.test.rating", "ml-1m.test.negative")
+_INT32_MAX = 2**31 - 1
 _YEAR = re.compile(r"\((\d{4})\)\s*$")
 
 
-def _read_lines(path: str, encoding: str = "utf-8") -> List[str]:
-  with open(path, encoding=encoding) as f:
-    lines = f.read().splitlines()
-  if not any(line.strip() for line in lines):
-    raise DataError(f"{path}: the file is empty")
-  return lines
-
-
-def _int_table(path: str, sep: str, columns: int, what: str) -> np.ndarray:
-  """A file of `columns` integer fields per line -> int64 `[n, columns]`."""
-  lines = _read_lines(path)
+def _int_table(path: str, sep: str, columns: int, what: str,
+               stats: Dict[str, Dict[str, int]]) -> np.ndarray:
+  """A file of `columns` integer fields per line -> int64 `[n, columns]`;
+  its rows read and skipped go to `stats`."""
+  lines = read_lines(path, stats)
   rows = np.empty((len(lines), columns), np.int64)
   count = 0
   for number, line in enumerate(lines, 1):
@@ -52,9 +48,9 @@ def _int_table(path: str, sep: str, columns: int, what: str) -> np.ndarray:
                       f"found {len(fields)}: {line[:80]!r}")
     try:
       rows[count] = [int(x) for x in fields]
-    except ValueError:
-      raise malformed(path, number, f"non-integer field in {line[:80]!r} "
-                      f"({what})") from None
+    except (ValueError, OverflowError):
+      raise malformed(path, number, f"non-integer or out-of-int64-range "
+                      f"field in {line[:80]!r} ({what})") from None
     count += 1
   rows = rows[:count]
   if (rows < 0).any():
@@ -63,11 +59,12 @@ def _int_table(path: str, sep: str, columns: int, what: str) -> np.ndarray:
   return rows
 
 
-def _records(path: str, layout: str, encoding: str = "utf-8"):
+def _records(path: str, layout: str, stats: Dict[str, Dict[str, int]],
+             encoding: str = "utf-8"):
   """The `::`-separated fields of each non-blank line; `layout` names them
   (e.g. "MovieID::Title::Genres") for the error message."""
   width = layout.count("::") + 1
-  for number, line in enumerate(_read_lines(path, encoding), 1):
+  for number, line in enumerate(read_lines(path, stats, encoding), 1):
     if not line.strip():
       continue
     fields = line.split("::")
@@ -77,9 +74,10 @@ def _records(path: str, layout: str, encoding: str = "utf-8"):
     yield fields
 
 
-def _read_users(path: str):
+def _read_users(path: str, stats: Dict[str, Dict[str, int]]):
   ids, gender, age, occupation = [], [], [], []
-  for fields in _records(path, "UserID::Gender::Age::Occupation::Zip"):
+  for fields in _records(path, "UserID::Gender::Age::Occupation::Zip",
+                         stats):
     ids.append(fields[0])
     gender.append(fields[1])
     age.append(fields[2])
@@ -94,9 +92,10 @@ def _read_users(path: str):
   return users, features, vocabularies
 
 
-def _read_movies(path: str):
+def _read_movies(path: str, stats: Dict[str, Dict[str, int]]):
   ids, titles, genres, years = [], [], [], []
-  for fields in _records(path, "MovieID::Title::Genres", encoding="latin-1"):
+  for fields in _records(path, "MovieID::Title::Genres", stats,
+                         encoding="latin-1"):
     ids.append(fields[0])
     titles.append(fields[1])
     genres.append(fields[2].split("|") if fields[2] else [])
@@ -115,13 +114,15 @@ def _read_movies(path: str):
 def load_ml1m(data_dir: str) -> RecDataset:
   """MovieLens-1M with user profile and movie title / year / genres."""
   require_files(data_dir, ML1M_FILES, "ml-1m")
+  stats = {}
   users, user_features, vocabs = _read_users(
-      os.path.join(data_dir, "users.dat"))
+      os.path.join(data_dir, "users.dat"), stats)
   items, titles, item_features, item_vocabs = _read_movies(
-      os.path.join(data_dir, "movies.dat"))
+      os.path.join(data_dir, "movies.dat"), stats)
   vocabs.update(item_vocabs)
   path = os.path.join(data_dir, "ratings.dat")
-  ratings = _int_table(path, "::", 4, "UserID::MovieID::Rating::Timestamp")
+  ratings = _int_table(path, "::", 4, "UserID::MovieID::Rating::Timestamp",
+                       stats)
   user_index = _dense_index(users, path, "user")
   item_index = _dense_index(items, path, "movie")
   u = _map(user_index, ratings[:, 0], path, "UserID")
@@ -131,7 +132,7 @@ def load_ml1m(data_dir: str) -> RecDataset:
     raise malformed(path, line, "rating outside 1..5")
   log = Interactions(u, i, timestamp=ratings[:, 3], rating=ratings[:, 2])
   return RecDataset("ml-1m", log, users, items, user_features, item_features,
-                    vocabs, item_titles=titles)
+                    vocabs, item_titles=titles, load_stats=stats)
 
 
 def _dense_index(vocab: Vocabulary, path: str, what: str) -> np.ndarray:
@@ -156,9 +157,10 @@ def _map(index: np.ndarray, values: np.ndarray, path: str, what: str
   return out
 
 
-def _read_negatives(path: str) -> Tuple[np.ndarray, np.ndarray]:
+def _read_negatives(path: str, stats: Dict[str, Dict[str, int]]
+                    ) -> Tuple[np.ndarray, np.ndarray]:
   pairs, negatives = [], []
-  for number, line in enumerate(_read_lines(path), 1):
+  for number, line in enumerate(read_lines(path, stats), 1):
     if not line.strip():
       continue
     head, *rest = line.rstrip("\t").split("\t")
@@ -170,10 +172,17 @@ def _read_negatives(path: str) -> Tuple[np.ndarray, np.ndarray]:
       negatives.append([int(x) for x in rest])
     except ValueError:
       raise malformed(path, number, "non-integer negative item") from None
+    if not all(0 <= x <= _INT32_MAX for x in negatives[-1]):
+      raise malformed(path, number, "negative item ids must be in "
+                      f"0..{_INT32_MAX}")
     if negatives and len(negatives[-1]) != len(negatives[0]):
       raise malformed(path, number, f"{len(negatives[-1])} negatives, "
                       f"expected {len(negatives[0])} as on line 1")
-    pairs.append((int(match.group(1)), int(match.group(2))))
+    pair = (int(match.group(1)), int(match.group(2)))
+    if max(pair) > _INT32_MAX:
+      raise malformed(path, number, f"user and item ids must be in "
+                      f"0..{_INT32_MAX}")
+    pairs.append(pair)
   return np.asarray(pairs, np.int64), np.asarray(negatives, np.int64)
 
 
@@ -183,9 +192,12 @@ def load_ncf_ml1m(data_dir: str, ml1m_dir: Optional[str] = None
   require_files(data_dir, NCF_FILES, "ncf-ml-1m")
   train_path, test_path, neg_path = (os.path.join(data_dir, n)
                                      for n in NCF_FILES)
-  train = _int_table(train_path, "\t", 4, "user, item, rating, timestamp")
-  test = _int_table(test_path, "\t", 4, "user, item, rating, timestamp")
-  pairs, negatives = _read_negatives(neg_path)
+  stats = {}
+  train = _int_table(train_path, "\t", 4, "user, item, rating, timestamp",
+                     stats)
+  test = _int_table(test_path, "\t", 4, "user, item, rating, timestamp",
+                    stats)
+  pairs, negatives = _read_negatives(neg_path, stats)
   if len(pairs) != len(test):
     raise DataError(f"{neg_path}: {len(pairs)} lines but {test_path} has "
                     f"{len(test)} test rows")
@@ -212,7 +224,7 @@ def load_ncf_ml1m(data_dir: str, ml1m_dir: Optional[str] = None
       users, items,
       test=Interactions(test[:, 0], test[:, 1], timestamp=test[:, 3],
                         rating=test[:, 2]),
-      test_negatives=negatives.astype(np.int32))
+      test_negatives=negatives.astype(np.int32), load_stats=stats)
   if ml1m_dir is not None:
     _attach_ml1m_features(dataset, np.concatenate([train, test]), ml1m_dir)
   return dataset
@@ -229,6 +241,7 @@ def _attach_ml1m_features(dataset: RecDataset, ncf_rows: np.ndarray,
                            ml.item_features.items()}
   dataset.feature_vocabularies = dict(ml.feature_vocabularies)
   dataset.item_titles = ml.item_titles[movie_of]
+  dataset.load_stats.update(ml.load_stats)
 
 
 def recover_item_mapping(ncf_rows: np.ndarray, ml: RecDataset) -> np.ndarray:

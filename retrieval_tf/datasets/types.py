@@ -175,6 +175,8 @@ class RecDataset:
     item_titles: object array `[num_items]` of readable titles, or None.
     test: a predefined test log (NCF leave-one-out), or None.
     test_negatives: int32 `[len(test), n]` sampled negatives per test row.
+    load_stats: file path -> `{"rows_read": records, "rows_skipped": blank
+      records}` of each file a loader read (empty for generated data).
   """
 
   name: str
@@ -190,6 +192,8 @@ class RecDataset:
   item_titles: Optional[np.ndarray] = None
   test: Optional[Interactions] = None
   test_negatives: Optional[np.ndarray] = None
+  load_stats: Dict[str, Dict[str, int]] = dataclasses.field(
+      default_factory=dict)
 
   @property
   def num_users(self) -> int:
@@ -270,6 +274,8 @@ class SearchDataset:
     judgments: graded query-item relevance, or None.
     interactions: query-carrying user events (clicks), or None.
     users: user vocabulary when `interactions` exist, else None.
+    load_stats: file path -> `{"rows_read": records, "rows_skipped": blank
+      records}` of each file a loader read (empty for generated data).
   """
 
   name: str
@@ -286,6 +292,8 @@ class SearchDataset:
   judgments: Optional[Judgments] = None
   interactions: Optional[Interactions] = None
   users: Optional[Vocabulary] = None
+  load_stats: Dict[str, Dict[str, int]] = dataclasses.field(
+      default_factory=dict)
 
   @property
   def num_queries(self) -> int:
