@@ -16,9 +16,9 @@ EXTRAS = {
     "bench": ["scann[tf]==1.4.2", "faiss-cpu", "hnswlib", "annoy",
               "matplotlib", "rank-bm25==0.2.2"],
     # tensorflow-serving-api: the REST -> PredictRequest check of servables.
-    # rank-bm25: DPSR's BM25 baseline.
-    "dev": ["pytest", "hypothesis", "scikit-learn", "scann[tf]==1.4.2", "faiss-cpu",
-            "tensorflow-serving-api==2.20.*", "rank-bm25==0.2.2"],
+    # rank-bm25: DPSR's BM25 baseline. hypothesis: the fuzz tests.
+    "dev": ["pytest", "hypothesis", "scikit-learn", "scann[tf]==1.4.2",
+            "faiss-cpu", "tensorflow-serving-api==2.20.*", "rank-bm25==0.2.2"],
 }
 
 setuptools.setup(

@@ -7,23 +7,37 @@ folder inside `export_dir` and renamed into place, so a failed export leaves
 no version folder and an existing version is never overwritten. The model
 card is written to `<version>/assets.extra/model_card.json` (TF Serving
 ignores `assets.extra`; tools read it).
+
+The temporary folder is named `.tmp-export-<pid>@<host>.<random>`. An export
+killed before its rename leaves it behind; the next export into the same
+folder removes such leftovers: those of this host whose process is gone, and
+any (another host's, an older naming's, a reused pid's) untouched for
+`STALE_AFTER_S` (a day). A live export on this host is never removed, nor
+one on another host that is younger than a day.
 """
 
 from __future__ import annotations
 
 import datetime
+import logging
 import os
 import platform
 import re
 import shutil
+import socket
 import tempfile
-from typing import Any, Dict, Mapping, Optional
+import time
+from typing import Any, Dict, List, Mapping, Optional
 
 from retrieval_tf.compat import keras, tf
 from retrieval_tf.files import write_json_atomic
 
 MODEL_CARD = os.path.join("assets.extra", "model_card.json")
 _VERSION = re.compile(r"^\d+$")
+_TMP = ".tmp-export-"
+_TMP_OWNER = re.compile(
+    r"^\.tmp-export-(?P<pid>\d+)@(?P<host>.+)\.[^.]+$")
+STALE_AFTER_S = 24 * 3600
 
 
 def versions(export_dir: str) -> list:
@@ -45,6 +59,50 @@ def latest_version_dir(export_dir: str) -> str:
     raise FileNotFoundError(f"{export_dir!r} holds no SavedModel version "
                             "folder (1/, 2/, ...)")
   return os.path.join(export_dir, str(found[-1]))
+
+
+def _host() -> str:
+  """This machine's name, reduced to characters safe in a folder name."""
+  return re.sub(r"[^A-Za-z0-9.-]", "_", socket.gethostname())
+
+
+def _temp_prefix() -> str:
+  """`.tmp-export-<pid>@<host>.`: the owner of a temporary export folder."""
+  return f"{_TMP}{os.getpid()}@{_host()}."
+
+
+def _running(pid: int) -> bool:
+  """Whether process `pid` exists on this machine."""
+  try:
+    os.kill(pid, 0)
+  except ProcessLookupError:
+    return False
+  except PermissionError:  # someone else's process
+    return True
+  return True
+
+
+def remove_stale_temp_dirs(export_dir: str) -> List[str]:
+  """Removes the temporary folders that killed exports left in `export_dir`
+  (see the module docstring for which); returns their paths."""
+  removed = []
+  for name in sorted(os.listdir(export_dir)):
+    path = os.path.join(export_dir, name)
+    if not name.startswith(_TMP) or not os.path.isdir(path):
+      continue
+    owner = _TMP_OWNER.match(name)
+    dead = (owner is not None and owner["host"] == _host()
+            and not _running(int(owner["pid"])))
+    try:
+      old = time.time() - os.path.getmtime(path) > STALE_AFTER_S
+    except OSError:  # renamed or removed meanwhile
+      continue
+    if dead or old:
+      shutil.rmtree(path, ignore_errors=True)
+      logging.getLogger(__name__).info(
+          "removed %s, left by an export that did not finish", path)
+      removed.append(path)
+  return removed
 
 
 def library_versions() -> Dict[str, str]:
@@ -82,7 +140,8 @@ def export_servable(export_dir: str, module: tf.Module,
   if "serving_default" not in signatures:
     raise ValueError("signatures must include 'serving_default'")
   os.makedirs(export_dir, exist_ok=True)
-  tmp = tempfile.mkdtemp(prefix=".tmp-export-", dir=export_dir)
+  remove_stale_temp_dirs(export_dir)
+  tmp = tempfile.mkdtemp(prefix=_temp_prefix(), dir=export_dir)
   try:
     tf.saved_model.save(module, tmp, signatures=dict(signatures))
     card = dict(model_card or {})
