@@ -20,6 +20,7 @@ from typing import Dict
 
 from absl import app
 from absl import flags
+import numpy as np
 
 from retrieval_tf.compat import tf
 from retrieval_tf.export import latest_version_dir
@@ -82,7 +83,8 @@ def request_tensors(request, specs: Dict[str, tf.TensorSpec],
 
   Args:
     request: the parsed JSON: `{input name: nested lists}`, batched (one
-      entry per request row).
+      entry per request row); in process, tuples, NumPy arrays and scalars
+      are taken as lists and Python scalars.
     specs: the signature's `{input name: tf.TensorSpec}` (the second part of
       `structured_input_signature`).
     signature: the signature's name, for messages.
@@ -140,6 +142,10 @@ def _tensor(name: str, value, spec: tf.TensorSpec) -> tf.Tensor:
     sizes = set()
     children = []
     for v in level:
+      if isinstance(v, (np.ndarray, np.generic)):
+        v = v.tolist()
+      elif isinstance(v, tuple):
+        v = list(v)
       if not isinstance(v, list):
         if depth:
           got = f"only {depth} level(s) of lists"
@@ -162,6 +168,7 @@ def _tensor(name: str, value, spec: tf.TensorSpec) -> tf.Tensor:
   for size, fixed in zip(shape, spec.shape.as_list()):
     if fixed is not None and size != fixed:
       raise QueryError(f"input {name!r} has shape {shape}; expected {want}")
+  level = [v.item() if isinstance(v, np.generic) else v for v in level]
   for leaf in level:
     _check_leaf(name, leaf, spec.dtype, want)
   return tf.reshape(tf.constant(level, spec.dtype), shape)
@@ -176,7 +183,7 @@ def _check_leaf(name: str, leaf, dtype: tf.DType, want: str) -> None:
                      f"where a {dtype.name} value belongs")
   is_number = isinstance(leaf, (int, float)) and not isinstance(leaf, bool)
   if dtype == tf.string:
-    ok = isinstance(leaf, str)
+    ok = isinstance(leaf, (str, bytes))
     hint = "; quote it" if is_number else ""
   elif dtype == tf.bool:
     ok, hint = isinstance(leaf, bool), ""
@@ -199,7 +206,7 @@ def _check_leaf(name: str, leaf, dtype: tf.DType, want: str) -> None:
 
 def _short(value) -> str:
   """A value as JSON, cut to 40 characters."""
-  text = json.dumps(value)
+  text = json.dumps(value, default=repr)
   return text if len(text) <= 40 else text[:37] + "..."
 
 

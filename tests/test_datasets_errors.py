@@ -105,7 +105,8 @@ def test_amazon_bad_input(tmp_path):
   with pytest.raises(DataError, match="Beauty.txt:2: a user with no items"):
     amazon.load_amazon(str(tmp_path))
   _write(tmp_path, "Beauty.txt", "1 1\n1 2\n")
-  with pytest.raises(DataError, match="duplicate id '1'"):
+  with pytest.raises(DataError, match="Beauty.txt:2: user '1' already has "
+                     "line 1; expected one line per user"):
     amazon.load_amazon(str(tmp_path))
   _write(tmp_path, "Beauty.txt", "")
   with pytest.raises(DataError, match="empty"):

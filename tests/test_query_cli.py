@@ -211,3 +211,14 @@ def test_export_removes_what_killed_exports_left(tmp_path):
   assert left == sorted([".tmp-export-file"] + [
       os.path.basename(f) for f in (live, elsewhere, legacy)])
   assert not os.path.exists(dead)
+
+
+def test_in_process_numpy_requests_are_accepted(exported, specs):
+  data = exported[0]
+  request = {n: np.asarray(v) for n, v in _good(data, rows=2).items()}
+  request["k"] = (np.int64(3), np.int32(3))
+  tensors = query.request_tensors(request, specs)
+  assert tensors["k"].dtype == tf.int32 and tensors["k"].shape == (2,)
+  assert tensors["history"].shape == (2, len(request["history"][0]))
+  with pytest.raises(query.QueryError, match="got the scalar 3"):
+    query.request_tensors(dict(request, k=np.int64(3)), specs)

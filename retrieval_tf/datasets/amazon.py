@@ -33,7 +33,7 @@ def load_sequences(sequences_path: str,
   if not os.path.isfile(sequences_path):
     raise DataError(f"{name}: sequence file {sequences_path!r} not found")
   stats = {}
-  user_ids, users, items = [], [], []
+  user_ids, users, items, first_line = [], [], [], {}
   for number, line in enumerate(read_lines(sequences_path, stats), 1):
     fields = line.split()
     if not fields:
@@ -41,10 +41,15 @@ def load_sequences(sequences_path: str,
     if len(fields) < 2:
       raise malformed(sequences_path, number,
                       "a user with no items (expected 'user item ...')")
+    if fields[0] in first_line:
+      raise malformed(sequences_path, number, f"user {fields[0]!r} already "
+                      f"has line {first_line[fields[0]]}; expected one line "
+                      "per user")
+    first_line[fields[0]] = number
     user_ids.append(fields[0])
     users.append(np.full(len(fields) - 1, len(user_ids) - 1))
     items.append(fields[1:])
-  user_vocab = Vocabulary(user_ids, name="user")  # duplicate user -> error
+  user_vocab = Vocabulary(user_ids, name="user")
   flat_items = [x for row in items for x in row]
   item_vocab = Vocabulary.from_values(flat_items, name="item")
   positions = np.concatenate([np.arange(len(row)) for row in items])

@@ -50,7 +50,7 @@ def load_crowdflower(data_dir: str) -> SearchDataset:
   missing = [c for c in COLUMNS if c not in header]
   if missing:
     raise malformed(path, 1, f"missing column(s) {', '.join(missing)}; "
-                    f"found {', '.join(header)}")
+                    f"found {header}")
   position = {c: i for i, c in enumerate(header)}
   rows, skipped = [], 0
   for line, fields in records:

@@ -53,7 +53,7 @@ def load_interactions_csv(path: str, user_col: str = "user",
                                         ()):
     if column not in fields:
       raise malformed(path, 1, f"no column {column!r} in the header "
-                      f"({', '.join(fields)})")
+                      f"(columns {fields})")
   position = {c: i for i, c in enumerate(fields)}
   has_time = timestamp_col in position
   has_query = query_col in position
