@@ -25,8 +25,6 @@ import numpy as np
 from retrieval_tf.compat import tf
 from retrieval_tf.export import latest_version_dir
 
-flags.DEFINE_string("json", None, "The request: {input name: batched value}.")
-flags.DEFINE_string("signature", "serving_default", "Signature to call.")
 FLAGS = flags.FLAGS
 
 
@@ -103,10 +101,10 @@ def request_tensors(request, specs: Dict[str, tf.TensorSpec],
     raise QueryError("the request must be a JSON object {input name: "
                      f"batched value}}, got {type(request).__name__}")
   accepted = ", ".join(sorted(specs))
-  unknown = sorted(set(request) - set(specs))
+  unknown = sorted(set(request) - set(specs), key=str)
   if unknown:
-    raise QueryError(f"unknown input(s) {', '.join(unknown)}; {signature} "
-                     f"takes {accepted}")
+    raise QueryError(f"unknown input(s) {', '.join(map(repr, unknown))}; "
+                     f"{signature} takes {accepted}")
   missing = sorted(set(specs) - set(request))
   if missing:
     raise QueryError(f"the request lacks input(s) {', '.join(missing)}; "
@@ -269,5 +267,15 @@ def main(argv):
   return 0
 
 
-if __name__ == "__main__":
+def run_main():
+  """Defines the CLI's flags and runs `main`. The flags are not defined at
+  import, so that a process may import this module next to others that
+  define `--signature` (e.g. `retrieval_tf.serving.check`)."""
+  flags.DEFINE_string("json", None,
+                      "The request: {input name: batched value}.")
+  flags.DEFINE_string("signature", "serving_default", "Signature to call.")
   app.run(main)
+
+
+if __name__ == "__main__":
+  run_main()

@@ -101,8 +101,8 @@ def test_unknown_inputs_are_refused(exported, specs):
   accepted = ", ".join(sorted(specs))
   with pytest.raises(query.QueryError) as error:
     query.request_tensors(dict(_good(data), kk=[3], zz=1), specs)
-  assert str(error.value) == (f"unknown input(s) kk, zz; serving_default "
-                              f"takes {accepted}")
+  assert str(error.value) == (f"unknown input(s) 'kk', 'zz'; "
+                              f"serving_default takes {accepted}")
 
 
 @pytest.mark.parametrize("change, message", [
@@ -151,7 +151,7 @@ def test_cli_exit_codes(exported):
   data, path = exported
   proc = _cli(path, dict(_good(data), extra=[1]))
   assert proc.returncode == 2
-  assert _error_line(proc) == ("error: unknown input(s) extra; "
+  assert _error_line(proc) == ("error: unknown input(s) 'extra'; "
                                 "serving_default takes history, k, user_age, "
                                 "user_gender, user_id, user_power")
   proc = _cli(path, "[[[")
