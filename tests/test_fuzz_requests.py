@@ -35,9 +35,11 @@ def servable(tmp_path_factory):
                          for f in data.user_features},
                         embedding_dim=4, output_dim=4, hidden_units=[8])
   items = model.item_embedding({"item_id": np.arange(data.num_items)})
-  path = export_two_tower(model, data, items.numpy(),
-                          str(tmp_path_factory.mktemp("export")), L,
-                          max_k=MAX_K)
+  # Keywords only: the argument order of export_two_tower may change.
+  path = export_two_tower(
+      model, dataset=data, item_vectors=items.numpy(),
+      export_dir=str(tmp_path_factory.mktemp("export")), history_length=L,
+      max_k=MAX_K)
   _, fn = query.load_signature(path)
   return data, _Rows(data), fn, fn.structured_input_signature[1]
 
@@ -130,7 +132,8 @@ def test_requests_get_a_clear_error_or_a_valid_answer(servable, drawn):
   try:
     out = {n: t.numpy() for n, t in fn(**tensors).items()}
   except tf.errors.InvalidArgumentError as e:
-    summary = query._error_summary(e.message)  # pylint: disable=protected-access
+    summary = query._error_summary(  # pylint: disable=protected-access
+        e.message)
     assert any(r in summary for r in SERVABLE_REFUSALS), summary
     event("servable refusal")
     return
