@@ -33,9 +33,11 @@ def exported(tmp_path_factory):
                          for f in data.user_features},
                         embedding_dim=4, output_dim=4, hidden_units=[8])
   items = model.item_embedding({"item_id": np.arange(data.num_items)})
-  path = export_two_tower(model, data, items.numpy(),
-                          str(tmp_path_factory.mktemp("export")), L,
-                          max_k=20)
+  # Keywords only: the argument order of export_two_tower may change.
+  path = export_two_tower(
+      model, dataset=data, item_vectors=items.numpy(),
+      export_dir=str(tmp_path_factory.mktemp("export")), history_length=L,
+      max_k=20)
   return data, path
 
 
