@@ -29,6 +29,8 @@ FLAGS = flags.FLAGS
 
 
 def _titles(path: str) -> Dict[str, str]:
+  """`{item id: title}` from the version folder `path`'s assets; empty
+  when it ships no titles."""
   ids = os.path.join(path, "assets", "items.txt")
   titles = os.path.join(path, "assets", "item_titles.txt")
   if not (os.path.exists(ids) and os.path.exists(titles)):
@@ -235,6 +237,9 @@ def _error_summary(message: str) -> str:
 
 
 def main(argv):
+  """Prints the top-K of the `--json` request to the export `argv[1]`;
+  returns the exit code: 0, 1 (the servable refused the request) or 2 (a
+  bad request or export: `QueryError`, or invalid JSON)."""
   if len(argv) != 2 or FLAGS.json is None:
     raise app.UsageError("usage: python -m retrieval_tf.query EXPORT_DIR "
                          "--json '{...}'")
