@@ -7,6 +7,9 @@
 * `HeldOutProtocol`: the held-out-user protocol of Deep Retrieval (Sec. 4.1):
   the input half of each test user's history in, the second half as truth,
   input items excluded, precision / recall / F@k averaged per user.
+* `evaluate_two_tower` (`retrieval_tf.evaluate`): a two-tower model on either
+  protocol, with the keys of `python -m retrieval_tf.train`'s metrics.json;
+  `leave_one_out_metrics` is the leave-one-out report of any scorer.
 
 Exclusions and histories are `scipy.sparse.csr_matrix` of shape
 `[num_rows, num_items]` (`exclusion_from_interactions`).
@@ -15,7 +18,7 @@ Exclusions and histories are `scipy.sparse.csr_matrix` of shape
 from __future__ import annotations
 
 import dataclasses
-from typing import Callable, Dict, Mapping, Optional, Sequence
+from typing import Callable, Dict, Mapping, Optional, Sequence, Tuple
 
 import numpy as np
 import scipy.sparse as sp
@@ -23,9 +26,10 @@ import scipy.sparse as sp
 from retrieval_tf import metrics
 from retrieval_tf.compat import tf
 from retrieval_tf.data.history import HistoryIndex
-from retrieval_tf.data.pipeline import user_eval_dataset
-from retrieval_tf.datasets.splits import HeldOutUsers
-from retrieval_tf.datasets.types import Interactions
+from retrieval_tf.data.pipeline import item_dataset, user_eval_dataset
+from retrieval_tf.datasets.registry import LeaveOneOut
+from retrieval_tf.datasets.splits import DRSplit, HeldOutUsers
+from retrieval_tf.datasets.types import Interactions, RecDataset
 
 # Bound on query rows x items scored at once (about 256 MiB of float32).
 _SCORES_PER_CHUNK = 1 << 26
@@ -152,3 +156,142 @@ class HeldOutProtocol:
     report = metrics.ranking_report(topk=topk, truth=self.truth, ks=ks)
     return {f"{prefix}{key}": value for key, value in report.items()
             if key.startswith(("recall", "precision", "f@"))}
+
+
+def leave_one_out_metrics(score_fn: Callable[[np.ndarray, np.ndarray],
+                                             np.ndarray],
+                          top: np.ndarray, split: LeaveOneOut,
+                          sampled_ks: Sequence[int] = (10,),
+                          full_ks: Sequence[int] = (10, 50)
+                          ) -> Dict[str, float]:
+  """The leave-one-out report of any scorer: `hr@k`, `ndcg@k`, `mrr` of the
+  target among its sampled negatives (`score_fn` as in `evaluate_sampled`,
+  rows = test rows), and `recall@k`, `full_ndcg@k` of `top [n, >= max k]`
+  (full-corpus top items, training items excluded). One target per user:
+  precision, F and HR over the full corpus restate recall, so they are left
+  out."""
+  report = evaluate_sampled(score_fn, np.arange(len(split.test)),
+                            split.test.item, split.negatives, ks=sampled_ks)
+  full = metrics.ranking_report(topk=top, truth=split.test.item[:, None],
+                                ks=full_ks)
+  report.update({key if key.startswith("recall") else f"full_{key}": value
+                 for key, value in full.items()
+                 if key.startswith(("recall", "ndcg"))})
+  return report
+
+
+def embed(tower: Callable, batches: tf.data.Dataset) -> np.ndarray:
+  """`tower(features, training=False)` over every batch, concatenated."""
+  call = tf.function(lambda features: tower(features, training=False))
+  return np.concatenate([call(batch).numpy() for batch in batches], axis=0)
+
+
+def item_tower_vectors(model, dataset: RecDataset,
+                       batch_size: int = 4096) -> np.ndarray:
+  """`[num_items, d]`: a two-tower's item tower over every item of
+  `dataset` (the item fields the model embeds), in item-index order."""
+  return embed(model.item_embedding, item_dataset(
+      dataset.num_items, _fields(model.item_features, dataset, "item"),
+      batch_size=batch_size))
+
+
+def two_tower_leave_one_out(model, split: LeaveOneOut,
+                            history_length: Optional[int],
+                            sampled_ks: Sequence[int] = (10,),
+                            full_ks: Sequence[int] = (10, 50),
+                            batch_size: int = 4096
+                            ) -> Tuple[Dict[str, float], np.ndarray,
+                                       np.ndarray]:
+  """`leave_one_out_metrics` of a two-tower, with the test users' and all
+  items' vectors: `(metrics, user_vectors [n, d], item_vectors [N, d])`."""
+  train = split.dataset.interactions
+  users = split.test.user
+  user_vectors = embed(model.user_embedding, user_eval_dataset(
+      users, HistoryIndex.from_interactions(train, split.dataset.num_users),
+      history_length, _fields(model.user_features, split.dataset, "user"),
+      batch_size=batch_size))
+  item_vectors = item_tower_vectors(model, split.dataset, batch_size)
+  top = top_k_items(user_vectors, item_vectors, max(full_ks),
+                    exclusion_from_interactions(train, users,
+                                                split.dataset.num_items))
+  score = lambda rows, items: np.einsum(
+      "nd,ncd->nc", user_vectors[rows], item_vectors[items])
+  return (leave_one_out_metrics(score, top, split, sampled_ks, full_ks),
+          user_vectors, item_vectors)
+
+
+def two_tower_held_out(model, dataset: RecDataset, split: DRSplit,
+                       history_length: Optional[int],
+                       ks: Sequence[int] = (10, 50), batch_size: int = 4096
+                       ) -> Tuple[Dict[str, float], np.ndarray, np.ndarray]:
+  """The held-out-user report (`precision@k`, `recall@k`, `f@k`) of a
+  two-tower, with the test users' and all items' vectors."""
+  protocol = HeldOutProtocol.from_held_out(split.test, dataset.num_items)
+  user_vectors = embed(model.user_embedding, protocol.user_dataset(
+      dataset.num_users, history_length,
+      _fields(model.user_features, dataset, "user"), batch_size=batch_size))
+  item_vectors = item_tower_vectors(model, dataset, batch_size)
+  top = top_k_items(user_vectors, item_vectors, max(ks), protocol.exclude)
+  return protocol.report(top, ks), user_vectors, item_vectors
+
+
+def evaluate_two_tower(model, data, dataset: Optional[RecDataset] = None, *,
+                       history_length: Optional[int] = None,
+                       sampled_ks: Sequence[int] = (10,),
+                       full_ks: Sequence[int] = (10, 50),
+                       batch_size: int = 4096) -> Dict[str, float]:
+  """Retrieval metrics of a trained two-tower, keyed as the training CLI's
+  metrics.json.
+
+      split = retrieval_tf.datasets.leave_one_out(dataset)
+      ...train on split.dataset.interactions...
+      retrieval_tf.evaluate(model, split, history_length=20)
+      # {"hr@10": .., "ndcg@10": .., "mrr": .., "recall@10": ..,
+      #  "recall@50": .., "full_ndcg@10": .., "full_ndcg@50": ..}
+
+  Args:
+    model: a `TwoTowerModel` (anything with `user_embedding`,
+      `item_embedding`, `user_features`, `item_features`).
+    data: a `LeaveOneOut` (`datasets.leave_one_out`): `hr@k`, `ndcg@k`,
+      `mrr` among the sampled negatives (k in `sampled_ks`), `recall@k`,
+      `full_ndcg@k` over the full corpus (k in `full_ks`), training items
+      excluded; or a `DRSplit` (`datasets.held_out_split`, needs `dataset`):
+      `precision@k`, `recall@k`, `f@k` (k in `full_ks`) of the held-out
+      users' second halves, their first halves as input and excluded.
+    dataset: the `RecDataset` a `DRSplit` was made from.
+    history_length: the history window the model was trained with;
+      required when the model pools a history.
+    sampled_ks, full_ks: the cut-offs.
+    batch_size: users / items embedded at once.
+
+  Returns:
+    `{metric name: value}`.
+
+  Raises:
+    ValueError: another `data` type, a `DRSplit` without `dataset`, or no
+      `history_length` for a model that reads a history.
+  """
+  if history_length is None and getattr(model, "use_history", False):
+    raise ValueError("evaluate needs history_length: the history window the "
+                     "model was trained with")
+  if not getattr(model, "use_history", True):
+    history_length = None
+  if isinstance(data, LeaveOneOut):
+    return two_tower_leave_one_out(model, data, history_length, sampled_ks,
+                                   full_ks, batch_size)[0]
+  if isinstance(data, DRSplit):
+    if dataset is None:
+      raise ValueError("evaluate on a DRSplit needs dataset= (the RecDataset "
+                       "it was made from)")
+    return two_tower_held_out(model, dataset, data, history_length, full_ks,
+                              batch_size)[0]
+  raise ValueError(f"data must be a LeaveOneOut (datasets.leave_one_out) or a "
+                   f"DRSplit (datasets.held_out_split), got "
+                   f"{type(data).__name__}")
+
+
+def _fields(names, dataset: RecDataset, side: str
+           ) -> Dict[str, np.ndarray]:
+  """The `side` ("user" / "item") field arrays a model embeds."""
+  features = getattr(dataset, f"{side}_features")
+  return {name: features[name] for name in names}

@@ -1,11 +1,19 @@
 """Pure-TF index layers for servables: stock TensorFlow ops only, state in
 non-trainable variables (so a 1M x 64 index never becomes a graph constant and
 never meets the 2 GB graph-proto limit).
+
+Both layers are filled the same way: the classmethod `from_embeddings(...)`
+returns a filled index, the instance method `index(embeddings)` (re)fills
+one; `IVFPQIndex.index_from_codes(...)` loads quantizers a model learned.
+`build_index` picks the kind and its defaults from the corpus size. Called
+eagerly, a layer runs its search through one cached `tf.function` (traced
+once per argument structure, with relaxed shapes), so a Python caller gets
+graph speed; inside a `tf.function` or a servable the search is inlined.
 """
 
 from __future__ import annotations
 
-from typing import Optional
+from typing import Callable, Optional
 
 import numpy as np
 
@@ -13,15 +21,42 @@ from retrieval_tf import quantization
 from retrieval_tf.compat import keras, tf
 
 
+class _CompiledSearch:
+  """An index layer's eager search as one cached `tf.function`.
+
+  A plain holder (not a trackable), set with `object.__setattr__`, so that
+  neither checkpoints nor SavedModels of the layer see the function."""
+
+  def __init__(self, search: Callable):
+    self.function = tf.function(search, reduce_retracing=True)
+
+
+def _eager_search(layer: keras.layers.Layer, *args):
+  """`layer._search(*args)` through the layer's cached `tf.function`."""
+  compiled = layer.__dict__.get("_compiled_search")
+  if compiled is None:
+    compiled = _CompiledSearch(layer._search)  # pylint: disable=protected-access
+    object.__setattr__(layer, "_compiled_search", compiled)
+  return compiled.function(*args)
+
+
 @keras.utils.register_keras_serializable(package="retrieval_tf")
 class BruteForceIndex(keras.layers.Layer):
   """Exact top-k by inner product (or cosine) over all items.
 
-  `call(queries [B, d], k, exclude=None) -> (scores [B, k], indices [B, k])`.
-  `k` is a Python int or an int32 scalar tensor, checked in the graph to be
-  in `1..min(max_k, num_items)`. `exclude [B, E]` (padded with -1) lists item
-  indices never to return for that row. With `chunk_size`, items are scanned
-  in chunks with a running top-k, so memory stays O(B x (chunk + k)).
+  `call(queries [B, d], k, exclude=None) -> (scores [B, k], indices [B, k])`:
+  float32 scores, best first, and int32 item indices (rows of the indexed
+  embeddings). `k` is a Python int or an int32 scalar tensor, checked in the
+  graph to be in `1..min(max_k, num_items)`. `exclude [B, E]` (padded with
+  -1) lists item indices never to return for that row. With `chunk_size`,
+  items are scanned in chunks with a running top-k, so memory stays
+  O(B x (chunk + k)).
+
+      item_vectors = model.item_embedding({"item_id": np.arange(n)})
+      index = BruteForceIndex.from_embeddings(item_vectors, max_k=100)
+      user_vectors = model.user_embedding(user_features)
+      scores, items = index(user_vectors, 10)          # [B, 10] each
+      scores, items = index(user_vectors, 10, exclude=seen_items)
 
   Args:
     num_items, dim: the index shape.
@@ -44,8 +79,21 @@ class BruteForceIndex(keras.layers.Layer):
         name="embeddings", shape=(self.num_items, self.dim),
         initializer="zeros", trainable=False)
 
-  def set_embeddings(self, embeddings) -> None:
-    """Loads the item vectors `[num_items, dim]`."""
+  @classmethod
+  def from_embeddings(cls, embeddings, metric: str = "dot",
+                      max_k: int = 1000, chunk_size: Optional[int] = None,
+                      **kwargs) -> "BruteForceIndex":
+    """A filled index over `embeddings [num_items, dim]` (kwargs go to the
+    constructor)."""
+    embeddings = _item_matrix(embeddings)
+    index = cls(len(embeddings), embeddings.shape[1], metric=metric,
+                max_k=max_k, chunk_size=chunk_size, **kwargs)
+    return index.index(embeddings)
+
+  def index(self, embeddings) -> "BruteForceIndex":
+    """Loads the item vectors `[num_items, dim]` (row i = item index i);
+    returns the index. Raises ValueError on another shape or non-finite
+    values."""
     embeddings = np.asarray(embeddings, np.float32)
     if embeddings.shape != (self.num_items, self.dim):
       raise ValueError(f"embeddings have shape {embeddings.shape}, the index "
@@ -56,6 +104,11 @@ class BruteForceIndex(keras.layers.Layer):
       norms = np.linalg.norm(embeddings, axis=1, keepdims=True)
       embeddings = embeddings / np.maximum(norms, 1e-12)
     self.embeddings.assign(embeddings)
+    return self
+
+  def set_embeddings(self, embeddings) -> "BruteForceIndex":
+    """The former name of `index` (dpsr_tf and mgdspr_tf servables)."""
+    return self.index(embeddings)
 
   def _scores(self, queries, items, offset, exclude):
     scores = tf.matmul(queries, items, transpose_b=True)
@@ -68,6 +121,14 @@ class BruteForceIndex(keras.layers.Layer):
 
   def call(self, queries, k, exclude=None):
     queries = tf.convert_to_tensor(queries, tf.float32)
+    k = tf.convert_to_tensor(k, tf.int32)
+    if exclude is not None:
+      exclude = tf.convert_to_tensor(exclude)
+    if tf.executing_eagerly():
+      return _eager_search(self, queries, k, exclude)
+    return self._search(queries, k, exclude)
+
+  def _search(self, queries, k, exclude):
     if self.metric == "cosine":
       queries = tf.math.l2_normalize(queries, axis=-1)
     k = _checked(k, 1, self.max_k, "k")
@@ -154,8 +215,16 @@ class IVFPQIndex(keras.layers.Layer):
   batched over queries: one matmul for the coarse scores, one for the LUTs,
   and gathers over the flattened candidates of the whole batch.
 
-  Build it from codes a model learned (`set_index`) or from embeddings with
-  the TF k-means / PQ trainer (`from_embeddings`).
+  Fill it from embeddings with the TF k-means / PQ trainer
+  (`IVFPQIndex.from_embeddings(...)`, or `index(embeddings)` on a built
+  layer) or from codes a model learned (`index_from_codes`).
+
+      item_vectors = model.item_embedding({"item_id": np.arange(n)})
+      index = IVFPQIndex.from_embeddings(item_vectors, num_lists=64,
+                                         num_subspaces=16, nprobe=8)
+      user_vectors = model.user_embedding(user_features)
+      scores, items = index(user_vectors, 10)       # [B, 10] each
+      scores, items = index(user_vectors, 10, nprobe=64)  # every list
 
   Args:
     num_items, dim: the index shape.
@@ -167,7 +236,7 @@ class IVFPQIndex(keras.layers.Layer):
     nprobe: default number of lists searched (None: min(8, num_lists)).
     rerank: default number of ADC candidates re-scored exactly (0: none).
     store_vectors: keep the full vectors for re-ranking.
-    rotation: hold a `[d, d]` query rotation (set by `set_index`).
+    rotation: hold a `[d, d]` query rotation (set by `index_from_codes`).
     list_scan_from: batches probing more than this many (query, list) pairs
       are scanned list by list (each list decoded once, one matmul with all
       its queries); smaller ones query by query with look-up tables. Both
@@ -225,22 +294,33 @@ class IVFPQIndex(keras.layers.Layer):
   def from_embeddings(cls, embeddings, num_lists: int, num_subspaces: int,
                       num_codewords: int = 256, iterations: int = 20,
                       seed: int = 0, **kwargs) -> "IVFPQIndex":
-    """Trains the quantizers on `embeddings` with the TF k-means / PQ
-    trainer and returns the filled index (kwargs go to the constructor)."""
-    embeddings = np.asarray(embeddings, np.float32)
+    """Trains the quantizers on `embeddings [num_items, dim]` with the TF
+    k-means / PQ trainer and returns the filled index (kwargs go to the
+    constructor)."""
+    embeddings = _item_matrix(embeddings)
     index = cls(len(embeddings), embeddings.shape[1], num_lists,
                 num_subspaces, num_codewords, **kwargs)
-    codebook = quantization.train_ivfpq(
-        embeddings, num_lists, num_subspaces, num_codewords, iterations,
-        seed=seed, normalize=index.metric == "cosine")
-    index.set_index(codebook.centroids, codebook.codebooks,
-                    codebook.assignments, codebook.codes,
-                    vectors=embeddings if index.store_vectors else None)
-    return index
+    return index.index(embeddings, iterations=iterations, seed=seed)
 
-  def set_index(self, centroids, codebooks, assignments, codes,
-                vectors=None, rotation=None) -> None:
-    """Loads quantizers and item codes (e.g. learned by a model).
+  def index(self, embeddings, iterations: int = 20,
+            seed: int = 0) -> "IVFPQIndex":
+    """Trains the quantizers on `embeddings [num_items, dim]` (`iterations`
+    of k-means, seeded) and loads the items' codes; returns the index."""
+    embeddings = np.asarray(embeddings, np.float32)
+    if embeddings.shape != (self.num_items, self.dim):
+      raise ValueError(f"embeddings have shape {embeddings.shape}, the index "
+                       f"expects {(self.num_items, self.dim)}")
+    codebook = quantization.train_ivfpq(
+        embeddings, self.num_lists, self.num_subspaces, self.num_codewords,
+        iterations, seed=seed, normalize=self.metric == "cosine")
+    return self.index_from_codes(
+        codebook.centroids, codebook.codebooks, codebook.assignments,
+        codebook.codes, vectors=embeddings if self.store_vectors else None)
+
+  def index_from_codes(self, centroids, codebooks, assignments, codes,
+                       vectors=None, rotation=None) -> "IVFPQIndex":
+    """Loads quantizers and item codes (e.g. learned by a model); returns
+    the index.
 
     Args:
       centroids: `[J, d]` coarse centroids (in the rotated space).
@@ -297,15 +377,31 @@ class IVFPQIndex(keras.layers.Layer):
     if rotation is not None:
       self.rotation.assign(array(rotation, "rotation", (self.dim, self.dim),
                                  np.float32))
+    return self
+
+  def set_index(self, *args, **kwargs) -> "IVFPQIndex":
+    """The former name of `index_from_codes` (poeem_tf's servable)."""
+    return self.index_from_codes(*args, **kwargs)
 
   def call(self, queries, k, nprobe=None, rerank=None, exclude=None):
     queries = tf.convert_to_tensor(queries, tf.float32)
+    k = tf.convert_to_tensor(k, tf.int32)
+    nprobe = tf.convert_to_tensor(self.nprobe if nprobe is None else nprobe,
+                                  tf.int32)
+    rerank = tf.convert_to_tensor(self.rerank if rerank is None else rerank,
+                                  tf.int32)
+    if exclude is not None:
+      exclude = tf.convert_to_tensor(exclude)
+    if tf.executing_eagerly():
+      return _eager_search(self, queries, k, nprobe, rerank, exclude)
+    return self._search(queries, k, nprobe, rerank, exclude)
+
+  def _search(self, queries, k, nprobe, rerank, exclude):
     if self.metric == "cosine":
       queries = tf.math.l2_normalize(queries, axis=-1)
     k = _checked(k, 1, self.max_k, "k")
-    nprobe = _checked(self.nprobe if nprobe is None else nprobe, 1,
-                      self.num_lists, "nprobe")
-    rerank = _checked(self.rerank if rerank is None else rerank, 0,
+    nprobe = _checked(nprobe, 1, self.num_lists, "nprobe")
+    rerank = _checked(rerank, 0,
                       self.num_items if self.store_vectors else 0, "rerank")
     rotated, coarse, probes = self._probe(queries, nprobe)
     if exclude is not None:
@@ -469,6 +565,15 @@ class IVFPQIndex(keras.layers.Layer):
     return config
 
 
+def _item_matrix(embeddings) -> np.ndarray:
+  """`embeddings` as a float32 `[N, d]` array, N, d >= 1 (else ValueError)."""
+  embeddings = np.asarray(embeddings, np.float32)
+  if embeddings.ndim != 2 or 0 in embeddings.shape:
+    raise ValueError(f"embeddings must be a non-empty [num_items, dim] "
+                     f"array, got shape {embeddings.shape}")
+  return embeddings
+
+
 def _check_shape_and_metric(layer, num_items, dim, metric, max_k) -> None:
   if num_items < 1 or dim < 1:
     raise ValueError(f"{type(layer).__name__} needs num_items >= 1 and "
@@ -562,10 +667,9 @@ def build_index(item_vectors, kind: str = "brute_force", metric: str = "dot",
   check_build_options(kind, dim, num_lists, num_subspaces, nprobe, rerank)
   max_k = min(max_k, count)
   if kind == "brute_force":
-    index = BruteForceIndex(count, dim, metric=metric, max_k=max_k,
-                            chunk_size=262_144 if count > 262_144 else None)
-    index.set_embeddings(item_vectors)
-    return index
+    return BruteForceIndex.from_embeddings(
+        item_vectors, metric=metric, max_k=max_k,
+        chunk_size=262_144 if count > 262_144 else None)
   if request_rows is not None and request_rows < 1:
     raise ValueError(f"request_rows must be >= 1, got {request_rows}")
   num_lists = num_lists or max(1, min(int(4 * np.sqrt(count)), count // 39))

@@ -76,13 +76,19 @@ class SavableModel:
       features = data[0] if isinstance(data, tuple) else data
       self._set_save_spec(features)
 
-  def save(self, filepath, *args, **kwargs):
-    """`keras.Model.save`, after creating the weights of an unbuilt model
-    and giving a SavedModel the signature of an example batch when `fit`
-    has not set one."""
+  def prepare_to_save(self) -> None:
+    """Creates every weight and, when neither a call nor `fit` has set one,
+    gives the model the input signature of `example_features()`: a SavedModel
+    holding the model (its own, or a servable's that tracks it) then
+    serializes it fully instead of warning "Skipping full serialization of
+    TF-Keras layer ... because it is not built"."""
     self.build_weights()
     if self._get_save_spec() is None:
       self._set_save_spec(self.example_features())
+
+  def save(self, filepath, *args, **kwargs):
+    """`keras.Model.save` after `prepare_to_save()`."""
+    self.prepare_to_save()
     return super().save(filepath, *args, **kwargs)
 
   def load_weights(self, filepath, *args, **kwargs):

@@ -36,9 +36,8 @@ from retrieval_tf import baselines
 from retrieval_tf import data as pipeline
 from retrieval_tf import evaluation
 from retrieval_tf import index as index_lib
-from retrieval_tf import metrics as metrics_lib
 from retrieval_tf import runner
-from retrieval_tf.compat import keras, tf
+from retrieval_tf.compat import keras
 from retrieval_tf.datasets import registry
 from retrieval_tf.models.two_tower import TwoTowerModel, save_model
 from retrieval_tf.models.two_tower_servable import export_two_tower
@@ -89,41 +88,24 @@ def run_experiment(ctx: runner.RunContext) -> Dict[str, Any]:
   data = registry.leave_one_out(dataset, num_negatives=f["num_negatives"],
                                 seed=f["seed"])
   train = data.dataset.interactions
-  test_users = data.test.user
   metrics = _dataset_metrics(f, data.dataset, len(train), len(data.test))
   if f["model"] == "two_tower":
-    model, item_vectors, fit_metrics = _train_two_tower(ctx, data.dataset)
+    model, fit_metrics = _train_two_tower(ctx, data.dataset)
     metrics.update(fit_metrics)
-    user_vectors = _embed(model.user_embedding, pipeline.user_eval_dataset(
-        test_users, pipeline.HistoryIndex.from_interactions(train),
-        f["history_length"], _categorical(f, dataset, "user"),
-        batch_size=f["eval_batch_size"]))
-    score = lambda rows, items: np.einsum(
-        "nd,ncd->nc", user_vectors[rows], item_vectors[items])
-    full = evaluation.evaluate_full_ranking(
-        user_vectors, item_vectors, truth=data.test.item[:, None],
-        exclude=evaluation.exclusion_from_interactions(
-            train, test_users, data.dataset.num_items),
-        ks=FULL_KS)
-  else:
-    model = _fit_floor(f["model"], train, data.dataset.num_items)
-    histories = evaluation.exclusion_from_interactions(
-        train, test_users, data.dataset.num_items)
-    score = lambda rows, items: model.score(histories[rows], items)
-    top = model.top_k(histories, max(FULL_KS), exclude_history=True)
-    full = metrics_lib.ranking_report(topk=top, truth=data.test.item[:, None],
-                                      ks=FULL_KS)
-  rows = np.arange(len(data.test))
-  metrics.update(evaluation.evaluate_sampled(
-      score, rows, data.test.item, data.negatives, ks=SAMPLED_KS))
-  # One target per user: precision, F and HR over the full corpus restate
-  # recall, so only recall@k and full_ndcg@k are kept.
-  metrics.update({k if k.startswith("recall") else f"full_{k}": v
-                  for k, v in full.items()
-                  if k.startswith(("recall", "ndcg"))})
-  if f["model"] == "two_tower":
+    report, user_vectors, item_vectors = evaluation.two_tower_leave_one_out(
+        model, data, f["history_length"], SAMPLED_KS, FULL_KS,
+        batch_size=f["eval_batch_size"])
+    metrics.update(report)
     _save_and_export(ctx, model, data.dataset, user_vectors, item_vectors,
                      metrics)
+    return metrics
+  model = _fit_floor(f["model"], train, data.dataset.num_items)
+  histories = evaluation.exclusion_from_interactions(
+      train, data.test.user, data.dataset.num_items)
+  metrics.update(evaluation.leave_one_out_metrics(
+      lambda rows, items: model.score(histories[rows], items),
+      model.top_k(histories, max(FULL_KS), exclude_history=True), data,
+      SAMPLED_KS, FULL_KS))
   return metrics
 
 
@@ -138,24 +120,20 @@ def _held_out_users(ctx: runner.RunContext, dataset) -> Dict[str, Any]:
   train_set = dataclasses.replace(dataset, interactions=split.train)
   metrics = _dataset_metrics(f, dataset, len(split.train),
                              len(protocol.users))
-  k = max(FULL_KS)
   if f["model"] == "two_tower":
-    model, item_vectors, fit_metrics = _train_two_tower(
-        ctx, train_set, use_user_id=False)
+    model, fit_metrics = _train_two_tower(ctx, train_set, use_user_id=False)
     metrics.update(fit_metrics)
-    user_vectors = _embed(model.user_embedding, protocol.user_dataset(
-        dataset.num_users, f["history_length"],
-        _categorical(f, dataset, "user"),
-        batch_size=f["eval_batch_size"]))
-    top = evaluation.top_k_items(user_vectors, item_vectors, k,
-                                 protocol.exclude)
-  else:
-    model = _fit_floor(f["model"], split.train, dataset.num_items)
-    top = model.top_k(protocol.exclude, k, exclude_history=True)
-  metrics.update(protocol.report(top, FULL_KS))
-  if f["model"] == "two_tower":
+    report, user_vectors, item_vectors = evaluation.two_tower_held_out(
+        model, dataset, split, f["history_length"], FULL_KS,
+        batch_size=f["eval_batch_size"])
+    metrics.update(report)
     _save_and_export(ctx, model, train_set, user_vectors, item_vectors,
                      metrics)
+    return metrics
+  model = _fit_floor(f["model"], split.train, dataset.num_items)
+  metrics.update(protocol.report(
+      model.top_k(protocol.exclude, max(FULL_KS), exclude_history=True),
+      FULL_KS))
   return metrics
 
 
@@ -187,8 +165,8 @@ def _save_and_export(ctx: runner.RunContext, model: TwoTowerModel, dataset,
     index = index_lib.build_index(item_vectors, seed=f["seed"],
                                   **runner.index_options(f))
     path = export_two_tower(
-        model, dataset, item_vectors, f["export_dir"],
-        f["history_length"],
+        model, f["export_dir"], dataset, item_vectors,
+        history_length=f["history_length"],
         model_card={"config": f, "dataset": f["dataset"],
                     "metrics": dict(metrics)}, index=index)
     metrics["export_path"] = path
@@ -197,7 +175,7 @@ def _save_and_export(ctx: runner.RunContext, model: TwoTowerModel, dataset,
 
 def _train_two_tower(ctx: runner.RunContext, dataset,
                      use_user_id: bool = True):
-  """Trains on `dataset.interactions`; (model, item vectors, fit metrics)."""
+  """Trains on `dataset.interactions`; (model, fit metrics)."""
   f = ctx.flags
   train = dataset.interactions
   user_features = _categorical(f, dataset, "user")
@@ -224,9 +202,6 @@ def _train_two_tower(ctx: runner.RunContext, dataset,
   model = result.model
   if ctx.chief:
     save_model(model, os.path.join(ctx.output_dir, "model"))
-  items = pipeline.item_dataset(dataset.num_items, item_features,
-                                batch_size=f["eval_batch_size"])
-  item_vectors = _embed(model.item_embedding, items)
   fit_metrics = {
       "train_seconds": round(result.train_seconds, 3),
       "train_examples_per_second": round(result.examples_per_second, 1),
@@ -236,7 +211,7 @@ def _train_two_tower(ctx: runner.RunContext, dataset,
       "final_loss": result.history["loss"][-1] if result.history.get(
           "loss") else math.nan,
   }
-  return model, item_vectors, fit_metrics
+  return model, fit_metrics
 
 
 def _categorical(f, dataset, side: str):
@@ -247,11 +222,6 @@ def _categorical(f, dataset, side: str):
   features = getattr(dataset, f"{side}_features")
   return {k: v for k, v in features.items()
           if k in dataset.feature_vocabularies}
-
-
-def _embed(tower, dataset) -> np.ndarray:
-  call = tf.function(lambda features: tower(features, training=False))
-  return np.concatenate([call(batch).numpy() for batch in dataset], axis=0)
 
 
 def validate_flags(values: Dict[str, Any]) -> None:

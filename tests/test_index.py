@@ -29,7 +29,7 @@ def test_brute_force_equals_numpy(metric, chunk_size):
   exclude = rng.integers(-1, 53, size=(9, 4)).astype(np.int32)
   index = BruteForceIndex(53, 6, metric=metric, max_k=20,
                           chunk_size=chunk_size)
-  index.set_embeddings(items)
+  index.index(items)
   for ban in (None, exclude):
     scores, ids = index(queries, 10, exclude=ban)
     want_scores, want_ids = _reference(queries, items, 10, ban,
@@ -41,7 +41,7 @@ def test_brute_force_equals_numpy(metric, chunk_size):
 
 def test_k_is_a_tensor_in_a_traced_function_and_checked():
   index = BruteForceIndex(30, 4, max_k=8, chunk_size=11)
-  index.set_embeddings(np.random.default_rng(1).normal(size=(30, 4)))
+  index.index(np.random.default_rng(1).normal(size=(30, 4)))
   search = tf.function(lambda q, k: index(q, k), input_signature=[
       tf.TensorSpec([None, 4], tf.float32), tf.TensorSpec([], tf.int32)])
   queries = tf.ones([2, 4])
@@ -58,14 +58,14 @@ def test_construction_and_loading_errors():
     BruteForceIndex(3, 2, metric="l2")
   index = BruteForceIndex(3, 2)
   with pytest.raises(ValueError, match="expects \\(3, 2\\)"):
-    index.set_embeddings(np.zeros((4, 2)))
+    index.index(np.zeros((4, 2)))
   with pytest.raises(ValueError, match="NaN"):
-    index.set_embeddings(np.full((3, 2), np.nan))
+    index.index(np.full((3, 2), np.nan))
 
 
 def test_config_and_checkpoint_round_trip(tmp_path):
   index = BruteForceIndex(20, 3, metric="cosine", max_k=5, chunk_size=6)
-  index.set_embeddings(np.random.default_rng(2).normal(size=(20, 3)))
+  index.index(np.random.default_rng(2).normal(size=(20, 3)))
   clone = keras.layers.deserialize(keras.layers.serialize(index))
   assert clone.get_config() == index.get_config()
   path = tf.train.Checkpoint(index=index).write(str(tmp_path / "ckpt"))
@@ -111,7 +111,7 @@ def _random_ivfpq(num_items=300, dim=8, lists=6, subspaces=4, codewords=16,
                      metric=metric, max_k=50, nprobe=2, rotation=rotation,
                      store_vectors=store_vectors,
                      list_scan_from=list_scan_from)
-  index.set_index(**parts)
+  index.index_from_codes(**parts)
   return index, parts
 
 
@@ -239,17 +239,17 @@ def test_ivfpq_construction_and_loading_errors():
   index, parts = _random_ivfpq()
   bad = dict(parts, codes=parts["codes"] + 16)
   with pytest.raises(ValueError, match="codes must be in 0..15"):
-    index.set_index(**bad)
+    index.index_from_codes(**bad)
   with pytest.raises(ValueError, match="assignments"):
-    index.set_index(**dict(parts, assignments=parts["assignments"] - 1))
+    index.index_from_codes(**dict(parts, assignments=parts["assignments"] - 1))
   with pytest.raises(ValueError, match="centroids has shape"):
-    index.set_index(**dict(parts, centroids=parts["centroids"][:2]))
+    index.index_from_codes(**dict(parts, centroids=parts["centroids"][:2]))
   with pytest.raises(ValueError, match="NaN"):
-    index.set_index(**dict(parts, centroids=parts["centroids"] * np.nan))
+    index.index_from_codes(**dict(parts, centroids=parts["centroids"] * np.nan))
   with pytest.raises(ValueError, match="vectors must be given"):
-    index.set_index(**dict(parts, vectors=np.zeros((300, 8))))
+    index.index_from_codes(**dict(parts, vectors=np.zeros((300, 8))))
   with pytest.raises(ValueError, match="rotation must be given"):
-    index.set_index(**dict(parts, rotation=np.eye(8)))
+    index.index_from_codes(**dict(parts, rotation=np.eye(8)))
 
 
 def test_ivfpq_config_and_checkpoint_round_trip(tmp_path):
@@ -316,4 +316,5 @@ def test_build_index_defaults_by_corpus_size():
       build_index(vectors, kind, **options)
   with pytest.raises(ValueError, match="non-empty"):
     build_index(np.zeros((0, 4)))
+
 

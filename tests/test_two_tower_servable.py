@@ -29,9 +29,8 @@ def exported(tmp_path_factory):
                          for f in data.user_features},
                         embedding_dim=8, output_dim=8, hidden_units=[16])
   items = model.item_embedding({"item_id": np.arange(data.num_items)})
-  path = export_two_tower(model, data, items.numpy(),
-                          str(tmp_path_factory.mktemp("export")), L,
-                          max_k=50)
+  path = export_two_tower(model, str(tmp_path_factory.mktemp("export")),
+                          data, items.numpy(), history_length=L, max_k=50)
   return data, model, items.numpy(), path
 
 
@@ -139,8 +138,8 @@ def test_ivfpq_servable_passes_the_checker_and_matches_its_index(
     exported, tmp_path):
   data, model, items, _ = exported
   index = build_index(items, "ivfpq", max_k=50, num_lists=8, rerank=0)
-  path = export_two_tower(model, data, items, str(tmp_path / "ivfpq"), L,
-                          max_k=50, index=index)
+  path = export_two_tower(model, str(tmp_path / "ivfpq"), data, items,
+                          history_length=L, max_k=50, index=index)
   check.check(path)
   card = json.loads((tmp_path / "ivfpq" / "1" / "assets.extra" /
                      "model_card.json").read_text())

@@ -32,6 +32,24 @@ from retrieval_tf.saving import SavableModel
 class TwoTowerModel(SavableModel, tfrs.Model):
   """Two-tower retrieval model on `tfrs.tasks.Retrieval`.
 
+  Inputs: a dict of feature batches named as in `retrieval_tf.data.pipeline`
+  (`training_dataset` builds them): `user_id [B]`, `history` / `history_mask`
+  `[B, L]`, `user_<field> [B]` for the user tower; `item_id [B]`,
+  `item_<field> [B]` or `[B, G]` for the item tower; optional `item_log_q
+  [B]` (logQ correction of the in-batch softmax). Outputs: `model(features)`
+  and `user_embedding(features)` give `[B, output_dim]` L2-normalised user
+  vectors, `item_embedding(features)` the item vectors; score = <u, v>.
+  `fit` minimises the in-batch softmax; `fit` and `evaluate` report
+  `in_batch_hr@k`: the share of rows whose positive ranks in the top
+  `in_batch_k` of the batch's items by <u, v> (other rows with the same
+  positive excluded; 1.0 whenever the batch holds no more than k items).
+
+      model = TwoTowerModel(num_users=1000, num_items=500)
+      model.compile(optimizer=keras.optimizers.Adagrad(0.1))
+      model.fit(retrieval_tf.training_dataset(log, batch_size=256,
+                                              history_length=20), epochs=3)
+      users = model({"user_id": ids, "history": h, "history_mask": h >= 0})
+
   Args:
     num_users: user vocabulary size (ignored when `use_user_id` is False,
       e.g. for held-out users in the DR protocol).
@@ -45,6 +63,11 @@ class TwoTowerModel(SavableModel, tfrs.Model):
     use_user_id: embed the user id (off for held-out-user protocols).
     use_history: pool the behaviour history (needs `history`).
     l2: L2 regularisation of the embedding tables.
+    in_batch_k: the k of the `in_batch_hr@k` metric.
+
+  Raises:
+    ValueError: num_items < 2, num_users < 1 with use_user_id, temperature
+      <= 0 or in_batch_k < 1.
   """
 
   def __init__(self, num_users: int, num_items: int,
@@ -57,6 +80,7 @@ class TwoTowerModel(SavableModel, tfrs.Model):
                use_user_id: bool = True,
                use_history: bool = True,
                l2: float = 0.0,
+               in_batch_k: int = 10,
                **kwargs):
     super().__init__(**kwargs)
     if num_items < 2:
@@ -65,6 +89,8 @@ class TwoTowerModel(SavableModel, tfrs.Model):
       raise ValueError("use_user_id=True needs num_users >= 1")
     if temperature <= 0:
       raise ValueError(f"temperature must be > 0, got {temperature}")
+    if in_batch_k < 1:
+      raise ValueError(f"in_batch_k must be >= 1, got {in_batch_k}")
     self.num_users = int(num_users)
     self.num_items = int(num_items)
     self.user_features = dict(user_features or {})
@@ -76,6 +102,7 @@ class TwoTowerModel(SavableModel, tfrs.Model):
     self.use_user_id = bool(use_user_id)
     self.use_history = bool(use_history)
     self.l2 = float(l2)
+    self.in_batch_k = int(in_batch_k)
     regularizer = keras.regularizers.l2(l2) if l2 else None
 
     self.item_id_embedding = keras.layers.Embedding(
@@ -103,6 +130,8 @@ class TwoTowerModel(SavableModel, tfrs.Model):
                         name="item_mlp")
     self.task = tfrs.tasks.Retrieval(temperature=self.temperature,
                                      remove_accidental_hits=True)
+    self.in_batch_hr = keras.metrics.TopKCategoricalAccuracy(
+        self.in_batch_k, name=f"in_batch_hr@{self.in_batch_k}")
 
   def user_embedding(self, features: Dict[str, tf.Tensor],
                      training: bool = False) -> tf.Tensor:
@@ -147,19 +176,35 @@ class TwoTowerModel(SavableModel, tfrs.Model):
     return features
 
   def create_weights(self, features) -> None:
-    self.user_embedding(features)
-    self.item_embedding(features)
+    """Runs both towers and the task (every sub-layer built)."""
+    users = self.user_embedding(features)
+    items = self.item_embedding(features)
+    self.task(users, items, candidate_ids=features["item_id"],
+              compute_metrics=False)
 
   def compute_loss(self, features, training=False) -> tf.Tensor:
     users = self.user_embedding(features, training=training)
     items = self.item_embedding(features, training=training)
     log_q = features.get("item_log_q")
+    self._update_in_batch_hr(users, items, features["item_id"])
     return self.task(
         users, items,
         candidate_sampling_probability=(None if log_q is None
                                         else tf.exp(log_q)),
         candidate_ids=features["item_id"],
         compute_metrics=not training)
+
+  def _update_in_batch_hr(self, users, items, item_ids) -> None:
+    """`in_batch_hr@k` on the raw scores <u, v> of the batch's items (one
+    B x B matmul); another row holding the same positive is no competitor."""
+    scores = tf.matmul(users, items, transpose_b=True)
+    item_ids = tf.reshape(item_ids, [-1])
+    labels = tf.eye(tf.shape(scores)[0], dtype=scores.dtype)
+    duplicate = tf.logical_and(
+        tf.equal(item_ids[:, tf.newaxis], item_ids[tf.newaxis, :]),
+        labels < 0.5)
+    scores = tf.where(duplicate, tf.constant(-1e9, scores.dtype), scores)
+    self.in_batch_hr.update_state(labels, scores)
 
   def get_config(self):
     return {
@@ -174,6 +219,7 @@ class TwoTowerModel(SavableModel, tfrs.Model):
         "use_user_id": self.use_user_id,
         "use_history": self.use_history,
         "l2": self.l2,
+        "in_batch_k": self.in_batch_k,
     }
 
   @classmethod

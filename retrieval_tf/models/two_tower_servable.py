@@ -32,8 +32,10 @@ from retrieval_tf import export as export_lib
 from retrieval_tf.compat import keras, tf
 from retrieval_tf.data.history import HistoryIndex
 from retrieval_tf.datasets.types import RecDataset, Vocabulary
+from retrieval_tf.evaluation import item_tower_vectors
 from retrieval_tf.index import build_index, index_parameters
 from retrieval_tf.models.two_tower import TwoTowerModel
+from retrieval_tf.saving import SavableModel
 from retrieval_tf.serving.assets import (id_table, index_table, non_empty,
                                          request_k, write_vocabulary)
 
@@ -127,16 +129,63 @@ def raw_requests(dataset: RecDataset, users: Sequence[int],
   return request
 
 
-def export_two_tower(model: TwoTowerModel, dataset: RecDataset,
-                     item_vectors: np.ndarray, export_dir: str,
-                     history_length: int, max_k: int = 1000,
+def export_two_tower(model: TwoTowerModel, export_dir: str,
+                     dataset: RecDataset,
+                     item_vectors: Optional[np.ndarray] = None,
+                     history_length: Optional[int] = None,
+                     max_k: int = 1000,
                      model_card: Optional[Mapping] = None,
                      index: Optional[keras.layers.Layer] = None) -> str:
-  """Exports the servable as the next version of `export_dir`; returns it.
+  """Exports the two-tower servable as the next version of `export_dir`.
 
-  `index` is a filled index layer over `item_vectors` (e.g. from
-  `retrieval_tf.index.build_index`); by default an exact `BruteForceIndex`.
+  The servable maps a raw request (original string ids, see the module
+  docstring) through vocabulary assets and the user tower to the top-k item
+  ids of an index over the item vectors.
+
+      path = export_two_tower(model, "/tmp/exports", dataset,
+                              history_length=20)
+      serve = tf.saved_model.load(path).signatures["serving_default"]
+      serve(user_id=tf.constant(["7"]), history=tf.constant([["3", "9"]]),
+            k=tf.constant([10]))   # -> {"item_ids": [1, 10], "scores": ...}
+
+  Args:
+    model: a `TwoTowerModel` (or a model with its `user_embedding`,
+      `item_embedding`, `user_features`, `item_features`, `use_user_id`).
+    export_dir: the folder of versions; the export is `export_dir/<n + 1>`.
+    dataset: the `RecDataset` the model was trained on (vocabularies, user
+      and item fields, titles).
+    item_vectors: `[num_items, d]` item vectors to index; None: the model's
+      item tower over every item of `dataset`.
+    history_length: the history window the model was trained with (the
+      last `history_length` request items are read); required when the
+      model pools a history.
+    max_k: the largest k a request may ask for.
+    model_card: extra entries of the export's model card.
+    index: a filled index layer over `item_vectors` (e.g. from
+      `retrieval_tf.build_index(item_vectors, "ivfpq")`); None: an exact
+      `BruteForceIndex`.
+
+  Returns:
+    The path of the exported version folder.
+
+  Raises:
+    ValueError: no `history_length` for a history model, or an index whose
+      size is not the number of items.
+
+  The older argument order `(model, dataset, item_vectors, export_dir,
+  history_length)` is still accepted.
   """
+  if isinstance(export_dir, RecDataset):  # the older argument order
+    export_dir, dataset, item_vectors = item_vectors, export_dir, dataset
+  if isinstance(model, SavableModel):
+    model.prepare_to_save()
+  if history_length is None:
+    if getattr(model, "use_history", True):
+      raise ValueError("export_two_tower needs history_length: the history "
+                       "window the model was trained with")
+    history_length = 1
+  if item_vectors is None:
+    item_vectors = item_tower_vectors(model, dataset)
   vocab_dir = tempfile.mkdtemp(prefix="two_tower_vocab_")
   vocabularies = {
       "users": write_vocabulary(vocab_dir, "users", dataset.users.ids),
