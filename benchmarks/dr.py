@@ -218,7 +218,7 @@ def timing(args) -> None:
         history[:, 0])})
     folder = tempfile.mkdtemp(prefix="dr_timing_")
     start = time.perf_counter()
-    path = export_dr(model, _timing_dataset(num_items), folder, 69,
+    path = export_dr(model, folder, _timing_dataset(num_items), 69,
                      beam_size=args.beam, max_k=args.k)
     export_seconds = time.perf_counter() - start
     serve = tf.saved_model.load(path).signatures["serving_default"]

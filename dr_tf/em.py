@@ -131,14 +131,29 @@ class EMCallback(keras.callbacks.Callback):
   and the statistics are appended to `history` and written to TensorBoard
   (`log_dir/em`).
 
+  `DeepRetrievalModel.fit` adds one built from the model's config when the
+  callbacks hold none; pass one to change the schedule or to log.
+
   Args:
-    counts: `[V]` N_v over the training data.
+    counts: `[V]` N_v over the training data; None: the model's
+      `item_counts` (set by `model.set_item_counts`).
     alpha: penalty factor; sweeps: T of Algorithm 2; power: f's exponent.
     reset_scores: forget the score estimates after each M-step (default:
       keep streaming across epochs, as the decayed estimate is meant to).
+
+  Raises:
+    ValueError (when training begins): a model without score collection
+      (`score_paths=0`), counts of another length than V, or no counts
+      at all (neither given nor set on the model).
+
+  Example:
+
+      model.fit(data, epochs=4, callbacks=[dr_tf.EMCallback(
+          counts, alpha=1.0, every_steps=500, log_dir="logs")])
   """
 
-  def __init__(self, counts: np.ndarray, alpha: float, sweeps: int = 3,
+  def __init__(self, counts: Optional[np.ndarray], alpha: float,
+               sweeps: int = 3,
                power: float = 4.0, start_epoch: int = 0,
                every_epochs: int = 1, every_steps: int = 0,
                log_dir: Optional[str] = None, reset_scores: bool = False,
@@ -147,7 +162,7 @@ class EMCallback(keras.callbacks.Callback):
     if every_epochs < 1 or every_steps < 0 or start_epoch < 0:
       raise ValueError("need every_epochs >= 1, every_steps >= 0 and "
                        "start_epoch >= 0")
-    self.counts = np.asarray(counts)
+    self.counts = None if counts is None else np.asarray(counts, np.float64)
     self.alpha, self.sweeps, self.power = float(alpha), int(sweeps), power
     self.start_epoch, self.every_epochs = int(start_epoch), int(every_epochs)
     self.every_steps = int(every_steps)
@@ -156,15 +171,37 @@ class EMCallback(keras.callbacks.Callback):
                    if log_dir else None)
     self.history: List[Dict[str, float]] = []
     self._epoch = 0
+    self._counts: Optional[np.ndarray] = None
 
   def on_train_begin(self, logs=None):
-    assignment = self.model.assignment
+    self._counts = self.item_counts()
+    model = self.model
+    assignment = model.assignment
     self.history.append(dict(
         path_size_stats(assignment.item_paths.numpy(),
                         assignment.total_paths), step=0, m_step=0))
 
   def on_epoch_begin(self, epoch, logs=None):
     self._epoch = epoch
+
+  def item_counts(self) -> np.ndarray:
+    """N_v: the given counts, else the model's `item_counts` (checked)."""
+    model = self.model
+    if model.score_estimator is None:
+      raise ValueError("EMCallback needs a model that collects path scores "
+                       "(score_paths >= num_paths); this one has "
+                       "score_paths=0")
+    counts = (self.counts if self.counts is not None
+              else model.item_counts.numpy().astype(np.float64))
+    if counts.shape != (model.num_items,):
+      raise ValueError(f"EMCallback counts must have shape "
+                       f"({model.num_items},), got {counts.shape}")
+    if not counts.any():
+      raise ValueError(
+          "the M-step needs N_v, the training count of each item: call "
+          "model.set_item_counts(np.bincount(train.item, minlength=V)) "
+          "before fit, or pass counts to EMCallback")
+    return counts
 
   def on_train_batch_end(self, batch, logs=None):
     if self.every_steps and self._epoch >= self.start_epoch:
@@ -186,7 +223,8 @@ class EMCallback(keras.callbacks.Callback):
     estimator, assignment = model.score_estimator, model.assignment
     start = time.perf_counter()
     new, stats = penalized_assignment(
-        estimator.paths.numpy(), estimator.scores.numpy(), self.counts,
+        estimator.paths.numpy(), estimator.scores.numpy(),
+        self._counts if self._counts is not None else self.item_counts(),
         assignment.item_paths.numpy(), self.alpha, self.sweeps, self.power)
     assignment.assign(new)
     if self.reset_scores:

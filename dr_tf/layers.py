@@ -148,14 +148,20 @@ class StructureModel(keras.layers.Layer):
     self.depth = int(depth)
     self.code_dim = None if code_dim is None else int(code_dim)
     self.hidden_units = [int(u) for u in hidden_units]
-    self.layer_mlps = []
+    # One flat list (nested lists of layers escape Keras' `.keras` saving);
+    # layer d's MLP is `mlp(d)`.
+    self.mlp_layers = []
     for d in range(self.depth):
-      blocks = [keras.layers.Dense(u, activation="relu",
-                                   name=f"layer{d}_hidden{i}")
-                for i, u in enumerate(self.hidden_units)]
-      blocks.append(keras.layers.Dense(self.num_nodes,
-                                       name=f"layer{d}_logits"))
-      self.layer_mlps.append(blocks)
+      self.mlp_layers += [keras.layers.Dense(u, activation="relu",
+                                             name=f"layer{d}_hidden{i}")
+                          for i, u in enumerate(self.hidden_units)]
+      self.mlp_layers.append(keras.layers.Dense(self.num_nodes,
+                                                name=f"layer{d}_logits"))
+
+  def mlp(self, d: int):
+    """The Dense layers of structure layer `d` (0-based), input first."""
+    size = len(self.hidden_units) + 1
+    return self.mlp_layers[d * size:(d + 1) * size]
 
   def build(self, input_shape):
     user_dim = int(input_shape[-1])
@@ -166,7 +172,8 @@ class StructureModel(keras.layers.Layer):
                         initializer=keras.initializers.RandomNormal(
                             stddev=0.1))
         for d in range(self.depth - 1)]
-    for d, blocks in enumerate(self.layer_mlps):
+    for d in range(self.depth):
+      blocks = self.mlp(d)
       width = user_dim + d * dim
       for block in blocks:
         block.build(tf.TensorShape([None, width]))
@@ -190,7 +197,7 @@ class StructureModel(keras.layers.Layer):
     for level in range(d):
       parts.append(tf.gather(self.code_embeddings[level], prefix[..., level]))
     x = tf.concat(parts, axis=-1) if d else parts[0]
-    for block in self.layer_mlps[d]:
+    for block in self.mlp(d):
       x = block(x)
     return tf.nn.log_softmax(x, axis=-1)
 
@@ -322,6 +329,7 @@ class PathAssignment(keras.layers.Layer):
     self.index_keys = self._state("index_keys", keys)
     self.index_offsets = self._state("index_offsets", offsets)
     self.index_items = self._state("index_items", items)
+    self.built = True     # every weight exists, whatever `call` sees
 
   def _state(self, name: str, value: np.ndarray):
     return self.add_weight(
@@ -422,6 +430,7 @@ class PathScoreEstimator(keras.layers.Layer):
     self.scores = self.add_weight(
         name="scores", shape=(self.num_items, self.top_s), dtype=tf.float32,
         trainable=False, initializer="zeros", aggregation=agg)
+    self.built = True     # every weight exists, whatever `call` sees
 
   def reset(self) -> None:
     self.paths.assign(tf.fill(tf.shape(self.paths), -1))

@@ -16,16 +16,24 @@ score estimator used by the M-step (`dr_tf.em`).
 (B paths) -> the paths' items through the inverted index -> duplicates and
 excluded items dropped -> top-k by the reranker (or, without reranking, in
 path order).
+
+`fit` runs the EM of Sec. 3 by itself: unless the callbacks already hold
+one, it adds a `dr_tf.em.EMCallback` (M-step at epoch ends, from the config's
+`alpha`, `m_step_sweeps`, `m_step_start_epoch`, N_v from `set_item_counts`)
+and, with `freeze_epoch` set, a `dr_tf.em.FreezeReranker`.
 """
 
 from __future__ import annotations
 
-from typing import Dict, Optional, Sequence
+from typing import Dict, List, Optional, Sequence
 
 import numpy as np
 
 from retrieval_tf.compat import keras, tf
 
+from retrieval_tf.saving import SavableModel
+
+from dr_tf import em
 from dr_tf import layers as dr_layers
 from dr_tf.layers import NO_SCORE
 
@@ -33,15 +41,36 @@ SOFTMAX_ESTIMATORS = ("sampled", "in_batch")
 
 
 @keras.utils.register_keras_serializable(package="dr_tf")
-class DeepRetrievalModel(keras.Model):
-  """Deep Retrieval with the softmax reranker.
+class DeepRetrievalModel(SavableModel, keras.Model):
+  """Deep Retrieval with the softmax reranker (Sec. 2-3).
+
+  Inputs (feature dicts, as `dr_tf.training_dataset` yields them):
+  `history` int32 `[N, L]` item ids (-1 = padding, most recent last),
+  `history_mask` bool `[N, L]` (optional), and for training `item_id` int32
+  `[N]`, the positive. `call` returns emb(x) `[N, user_dim]`; `retrieve`
+  gives the top-k items; `model.evaluate` reports the losses, `hr@{eval_k}`
+  (the positive in the top `eval_k` of `retrieve`, over the whole catalogue)
+  and `beam_recall` (the positive among the items of the B beam paths).
+
+  All state lives in variables whose shapes follow from the config (pi and
+  its inverted index, the score estimates, N_v, log Q), so `.keras` files,
+  SavedModels and `load_weights` restore every answer of `retrieve`.
+
+  Example:
+
+      model = dr_tf.DeepRetrievalModel(num_items, num_nodes=16, depth=2)
+      model.set_item_counts(np.bincount(train.item, minlength=num_items))
+      model.compile(optimizer=keras.optimizers.Adam(0.005))
+      model.fit(dr_tf.training_dataset(train, batch_size=256,
+                                       history_length=20), epochs=4)
+      items, scores, _ = model.retrieve(history, k=10)
 
   Args:
     num_items: V.
     num_nodes, depth, num_paths: K, D, J.
     beam_size: B of retrieval (Algorithm 1), 1..K^D.
     score_paths: S, candidate paths per item kept for the M-step (>= J;
-      0: no score collection, e.g. a model used only for serving).
+      0: no score collection and no EM, e.g. a model used only for serving).
     score_decay: eta of the streaming estimate (0.999).
     embedding_dim: item embedding size of the encoder; gru_units: its state.
     user_dim: size of emb(x); code_dim: of a code embedding.
@@ -54,6 +83,17 @@ class DeepRetrievalModel(keras.Model):
     num_sampled: sampled-softmax negatives; softmax_weight: weight of
       Q_softmax in Q.
     seed: seed of the random initial pi.
+    alpha, m_step_sweeps, m_step_start_epoch: the M-step that `fit` runs
+      by default (Algorithm 2's penalty factor and T; the first epoch,
+      0-based, that ends with an M-step).
+    freeze_epoch: epoch (0-based) from which `fit` freezes the reranker's
+      item embeddings (Sec. 4.1); None: never.
+    eval_k: the k of the `hr@k` metric of `model.evaluate`.
+
+  Raises:
+    ValueError: a structure outside check_structure's bounds, S outside
+      0 or J..K^D, an unknown `softmax`, `num_sampled` outside 1..V-1, or
+      negative EM settings.
   """
 
   def __init__(self, num_items: int, num_nodes: int = 30, depth: int = 3,
@@ -63,7 +103,11 @@ class DeepRetrievalModel(keras.Model):
                user_dim: int = 64, code_dim: Optional[int] = None,
                hidden_units: Sequence[int] = (128,), rerank_dim: int = 64,
                softmax: str = "in_batch", num_sampled: int = 200,
-               softmax_weight: float = 1.0, seed: int = 0, **kwargs):
+               softmax_weight: float = 1.0, seed: int = 0,
+               alpha: float = 1.0, m_step_sweeps: int = 3,
+               m_step_start_epoch: int = 0,
+               freeze_epoch: Optional[int] = None, eval_k: int = 10,
+               **kwargs):
     super().__init__(**kwargs)
     dr_layers.check_structure(num_nodes, depth, num_paths, beam_size)
     if score_paths and not num_paths <= score_paths <= num_nodes ** depth:
@@ -76,6 +120,15 @@ class DeepRetrievalModel(keras.Model):
     if num_sampled < 1 or num_sampled >= num_items:
       raise ValueError(f"num_sampled must be in 1..V-1 = {num_items - 1}, "
                        f"got {num_sampled}")
+    if alpha < 0 or m_step_sweeps < 1 or m_step_start_epoch < 0:
+      raise ValueError(f"need alpha >= 0, m_step_sweeps >= 1 and "
+                       f"m_step_start_epoch >= 0, got {alpha}, "
+                       f"{m_step_sweeps}, {m_step_start_epoch}")
+    if freeze_epoch is not None and freeze_epoch < 0:
+      raise ValueError(f"freeze_epoch must be None or >= 0, got "
+                       f"{freeze_epoch}")
+    if eval_k < 1:
+      raise ValueError(f"eval_k must be >= 1, got {eval_k}")
     self.config_ = dict(
         num_items=int(num_items), num_nodes=int(num_nodes), depth=int(depth),
         num_paths=int(num_paths), beam_size=int(beam_size),
@@ -85,11 +138,16 @@ class DeepRetrievalModel(keras.Model):
         hidden_units=[int(u) for u in hidden_units],
         rerank_dim=int(rerank_dim), softmax=softmax,
         num_sampled=int(num_sampled),
-        softmax_weight=float(softmax_weight), seed=int(seed))
+        softmax_weight=float(softmax_weight), seed=int(seed),
+        alpha=float(alpha), m_step_sweeps=int(m_step_sweeps),
+        m_step_start_epoch=int(m_step_start_epoch),
+        freeze_epoch=None if freeze_epoch is None else int(freeze_epoch),
+        eval_k=int(eval_k))
     self.num_items, self.beam_size = int(num_items), int(beam_size)
     self.num_nodes, self.depth = int(num_nodes), int(depth)
     self.softmax, self.num_sampled = softmax, num_sampled
     self.softmax_weight = softmax_weight
+    self.eval_k = int(eval_k)
     self.encoder = dr_layers.BehaviorEncoder(num_items, embedding_dim,
                                              gru_units, name="encoder")
     self.user_projection = keras.layers.Dense(user_dim,
@@ -105,19 +163,70 @@ class DeepRetrievalModel(keras.Model):
     self.score_estimator = (dr_layers.PathScoreEstimator(
         num_items, score_paths, score_decay, name="score_estimator")
                             if score_paths else None)
-    # log Q of the softmax negatives (uniform until set).
+    # N_v of the M-step (zeros until `set_item_counts`) and log Q of the
+    # softmax negatives (uniform until set).
+    self.item_counts = self.add_weight(
+        name="item_counts", shape=(num_items,), trainable=False,
+        initializer="zeros")
     self.sampling_log_q = self.add_weight(
         name="sampling_log_q", shape=(num_items,), trainable=False,
         initializer=keras.initializers.Constant(-np.log(num_items)))
     self.reranker_frozen = False
+    self.hit_rate = keras.metrics.Mean(name=f"hr@{self.eval_k}")
+    self.beam_recall = keras.metrics.Mean(name="beam_recall")
 
-  def set_sampling_distribution(self, counts: np.ndarray,
-                                power: float = 1.0) -> None:
-    """log Q ~ (counts + 1)^power (normalised): the sampled softmax draws
-    its negatives from it; for the in-batch softmax it should be the
-    training examples' item frequency (power 1)."""
-    weights = (np.asarray(counts, np.float64) + 1.0) ** power
+  def set_item_counts(self, counts: np.ndarray, power: float = 1.0) -> None:
+    """Sets N_v, the training occurrences of each item, which the M-step
+    weighs the paths by (Algorithm 2), and log Q ~ (counts + 1)^power
+    (normalised), the distribution the sampled softmax draws its negatives
+    from; for the in-batch softmax it should be the training examples' item
+    frequency (power 1).
+
+    Args:
+      counts: `[V]` non-negative counts, e.g.
+        `np.bincount(train.item, minlength=V)`.
+      power: exponent of the sampling distribution.
+
+    Raises:
+      ValueError: counts of another length, or negative or non-finite.
+    """
+    counts = np.asarray(counts, np.float64)
+    if counts.shape != (self.num_items,):
+      raise ValueError(f"counts must have shape ({self.num_items},) (one "
+                       f"count per item), got {counts.shape}")
+    if not np.isfinite(counts).all() or (counts < 0).any():
+      raise ValueError("counts must be finite and >= 0")
+    self.item_counts.assign(counts.astype(np.float32))
+    weights = (counts + 1.0) ** power
     self.sampling_log_q.assign(np.log(weights / weights.sum()))
+
+  def default_callbacks(self, callbacks: Sequence[keras.callbacks.Callback]
+                        ) -> List[keras.callbacks.Callback]:
+    """The callbacks `fit` adds to `callbacks`: an `EMCallback` from the
+    config (when the model collects scores and none is given) and a
+    `FreezeReranker` (when `freeze_epoch` is set and none is given)."""
+    config, added = self.config_, []
+    if self.score_estimator is not None and not any(
+        isinstance(c, em.EMCallback) for c in callbacks):
+      added.append(em.EMCallback(
+          None, config["alpha"], sweeps=config["m_step_sweeps"],
+          start_epoch=config["m_step_start_epoch"], verbose=False))
+    if config["freeze_epoch"] is not None and not any(
+        isinstance(c, em.FreezeReranker) for c in callbacks):
+      added.append(em.FreezeReranker(config["freeze_epoch"]))
+    return added
+
+  def fit(self, *args, callbacks=None, **kwargs):
+    """`keras.Model.fit` with the EM of Sec. 3: `default_callbacks` are
+    added, and the EM callbacks (`EMCallback`, `FreezeReranker`) run before
+    the others, so that a checkpoint written at an epoch's end holds that
+    epoch's M-step."""
+    callbacks = list(callbacks or [])
+    callbacks += self.default_callbacks(callbacks)
+    first = [c for c in callbacks
+             if isinstance(c, (em.EMCallback, em.FreezeReranker))]
+    return super().fit(*args, callbacks=first + [
+        c for c in callbacks if c not in first], **kwargs)
 
   # -- towers -------------------------------------------------------------
 
@@ -128,11 +237,21 @@ class DeepRetrievalModel(keras.Model):
     return self.user_projection(h), self.query_projection(h)
 
   def call(self, features, training=False):
+    """emb(x) `[N, user_dim]` of `features` (`history`, optional
+    `history_mask`); also runs the structure model and, when `item_id` is
+    given, the reranker on it."""
     user, query = self.encode(features, training=training)
     self.structure(user)
     if "item_id" in features:
       self.reranker(query, features["item_id"][:, tf.newaxis])
     return user
+
+  def example_features(self) -> Dict[str, tf.Tensor]:
+    """Two rows reading item 0 and predicting item 0 (builds every
+    tower)."""
+    return {"history": tf.zeros([2, 1], tf.int32),
+            "history_mask": tf.ones([2, 1], tf.bool),
+            "item_id": tf.zeros([2], tf.int32)}
 
   # -- training -----------------------------------------------------------
 
@@ -155,6 +274,7 @@ class DeepRetrievalModel(keras.Model):
             "user": user}
 
   def train_step(self, data):
+    self._remember_input_spec(data)
     features = data[0] if isinstance(data, tuple) else data
     with tf.GradientTape() as tape:
       parts = self.losses_of(features, training=True)
@@ -176,12 +296,31 @@ class DeepRetrievalModel(keras.Model):
             "softmax_loss": parts["softmax_loss"]}
 
   def test_step(self, data):
+    """The losses of `losses_of`, `hr@{eval_k}` (the positive among the
+    top `eval_k` items of `retrieve`, history not excluded) and
+    `beam_recall` (one of the positive's J paths among the B beam
+    paths)."""
+    self._remember_input_spec(data)
     features = data[0] if isinstance(data, tuple) else data
     parts = self.losses_of(features)
+    items = tf.reshape(tf.cast(features["item_id"], tf.int32), [-1])
+    top, _, _ = self.retrieve(features["history"],
+                              features.get("history_mask"), k=self.eval_k)
+    self.hit_rate.update_state(tf.cast(tf.reduce_any(
+        tf.equal(top, items[:, tf.newaxis]), axis=1), tf.float32))
+    paths, _ = dr_layers.beam_search(self.structure, parts["user"],
+                                     self.beam_size)
+    beam = dr_layers.path_ids(paths, self.num_nodes)            # [N, B]
+    own = tf.gather(self.assignment.item_paths, items)          # [N, J]
+    self.beam_recall.update_state(tf.cast(tf.reduce_any(
+        tf.equal(beam[:, :, tf.newaxis], own[:, tf.newaxis, :]),
+        axis=[1, 2]), tf.float32))
     return {"loss": parts["structure_nll"] + self.softmax_weight *
                     parts["softmax_loss"],
             "structure_nll": parts["structure_nll"],
-            "softmax_loss": parts["softmax_loss"]}
+            "softmax_loss": parts["softmax_loss"],
+            self.hit_rate.name: self.hit_rate.result(),
+            "beam_recall": self.beam_recall.result()}
 
   # -- inference ----------------------------------------------------------
 

@@ -77,16 +77,45 @@ class DRServable(tf.Module):
             "scores": scores, "num_candidates": count}
 
 
-def export_dr(model: DeepRetrievalModel, dataset: RecDataset,
-              export_dir: str, history_length: int,
+def export_dr(model: DeepRetrievalModel, export_dir: str,
+              dataset: RecDataset, history_length: int,
               beam_size: Optional[int] = None, max_k: int = 1000,
               exclude_history: bool = True,
               model_card: Optional[Mapping[str, Any]] = None) -> str:
-  """Exports the servable as the next version of `export_dir` (atomic, via
-  `retrieval_tf.export`); returns its path."""
+  """Exports the servable as the next version of `export_dir`.
+
+  The version folder is written atomically (`retrieval_tf.export`) with a
+  model card (structure, path sizes, example requests); the servable's
+  `serving_default(history [N, L] string, k [N] int32)` returns
+  `item_ids [N, k]` string, `scores [N, k]` and `num_candidates [N]` (see
+  the module docstring).
+
+  Args:
+    model: the trained `DeepRetrievalModel`.
+    export_dir: the folder of versions (created when missing).
+    dataset: the `RecDataset` whose item ids the model indexes.
+    history_length: L, the last L request items read (as in training).
+    beam_size: B at serving (default: the model's).
+    max_k: the largest k a request may ask (capped at V).
+    exclude_history: never return the request's own history items.
+    model_card: extra entries of the model card.
+
+  Returns:
+    The path of the exported version folder.
+
+  Raises:
+    ValueError: a dataset with another number of items than the model.
+
+  Example:
+
+      path = dr_tf.export_dr(model, "/tmp/dr", dataset, history_length=20)
+      serve = tf.saved_model.load(path).signatures["serving_default"]
+      serve(history=tf.constant([["12", "7"]]), k=tf.constant([10]))
+  """
   if len(dataset.items.ids) != model.num_items:
     raise ValueError(f"the dataset has {len(dataset.items.ids)} items, the "
                      f"model {model.num_items}")
+  model.prepare_to_save()   # every weight built, the model fully saved
   folder = tempfile.mkdtemp(prefix="dr_vocab_")
   vocabulary = write_vocabulary(folder, "items",
                                  [str(i) for i in dataset.items.ids])

@@ -35,15 +35,13 @@ from typing import Any, Dict
 from absl import flags
 import numpy as np
 
-from retrieval_tf import data as pipeline
 from retrieval_tf import runner
-from retrieval_tf.baselines import MostPopular
-from retrieval_tf.compat import keras, tf
+from retrieval_tf.compat import keras
 from retrieval_tf.datasets import registry
-from retrieval_tf.evaluation import HeldOutProtocol, top_k_items
 
-from dr_tf import em
+from dr_tf import data, em
 from dr_tf.em import path_size_stats
+from dr_tf.evaluation import evaluate
 from dr_tf.layers import check_structure
 from dr_tf.model import SOFTMAX_ESTIMATORS, DeepRetrievalModel
 from dr_tf import servable
@@ -95,9 +93,6 @@ flags.DEFINE_list("eval_beam_sizes", [], "Also evaluate DR (reranked) at "
 flags.DEFINE_string("export_dir", None, "Export the servable (raw history "
                     "-> item ids) as the next version of this folder.")
 
-EVAL_BATCH = 256
-
-
 def run_experiment(ctx: runner.RunContext) -> Dict[str, Any]:
   f = ctx.flags
   ks = sorted(int(k) for k in f["ks"])
@@ -108,7 +103,7 @@ def run_experiment(ctx: runner.RunContext) -> Dict[str, Any]:
       dataset, f["num_test_users"], f["seed"],
       min_user_events=f["min_user_events"], min_rating=f["min_rating"])
   counts = np.bincount(split.train.item, minlength=dataset.num_items)
-  dataset_fn = pipeline.distributed_dataset_fn(
+  dataset_fn = data.dataset_fn(
       split.train, batch_size=f["batch_size"],
       history_length=f["history_length"], num_users=dataset.num_users,
       num_items=dataset.num_items, shuffle=True, seed=f["seed"],
@@ -122,9 +117,11 @@ def run_experiment(ctx: runner.RunContext) -> Dict[str, Any]:
         embedding_dim=f["embedding_dim"], gru_units=f["gru_units"],
         user_dim=f["embedding_dim"], rerank_dim=f["embedding_dim"],
         softmax=f["softmax"], num_sampled=f["num_sampled"],
-        softmax_weight=f["softmax_weight"],
-        seed=f["seed"])
-    model.set_sampling_distribution(counts)
+        softmax_weight=f["softmax_weight"], seed=f["seed"],
+        alpha=f["alpha"], m_step_sweeps=f["m_step_sweeps"],
+        m_step_start_epoch=f["m_step_start_epoch"],
+        freeze_epoch=f["freeze_epoch"])
+    model.set_item_counts(counts)
     model.compile(optimizer=keras.optimizers.Adam(f["learning_rate"]))
     return model
 
@@ -135,9 +132,9 @@ def run_experiment(ctx: runner.RunContext) -> Dict[str, Any]:
       every_steps=f["m_step_every_steps"],
       log_dir=os.path.join(ctx.output_dir, "logs") if ctx.chief else None,
       verbose=f["verbose"] > 0)
+  # The model's `fit` adds the FreezeReranker of its `freeze_epoch`.
   result = ctx.fit(build, dataset_fn, num_examples=len(split.train),
-                   callbacks=[em_callback, em.FreezeReranker(
-                       f["freeze_epoch"])])
+                   callbacks=[em_callback])
   model = result.model
 
   metrics: Dict[str, Any] = {
@@ -151,8 +148,9 @@ def run_experiment(ctx: runner.RunContext) -> Dict[str, Any]:
       "final_loss": result.history["loss"][-1] if result.history.get(
           "loss") else math.nan,
       "unseen_items": int((counts == 0).sum())}
-  metrics.update(evaluate(model, dataset, split, counts, f["history_length"],
-                          ks, [int(b) for b in f["eval_beam_sizes"]]))
+  metrics.update(evaluate(model, split, dataset,
+                          history_length=f["history_length"], ks=ks,
+                          beam_sizes=[int(b) for b in f["eval_beam_sizes"]]))
   assignment = model.assignment
   metrics.update(path_size_stats(assignment.item_paths.numpy(),
                                  assignment.total_paths))
@@ -166,7 +164,7 @@ def run_experiment(ctx: runner.RunContext) -> Dict[str, Any]:
       for h in em_callback.history]
   if f["export_dir"] and ctx.chief:
     path = servable.export_dr(
-        model, dataset, f["export_dir"], f["history_length"],
+        model, f["export_dir"], dataset, f["history_length"],
         max_k=min(1000, dataset.num_items),
         model_card={"config": f, "dataset": f["dataset"],
                     "metrics": {k: v for k, v in metrics.items()
@@ -174,55 +172,6 @@ def run_experiment(ctx: runner.RunContext) -> Dict[str, Any]:
     metrics["export_path"] = path
     print(f"exported the servable to {path}")
   return metrics
-
-
-def evaluate(model: DeepRetrievalModel, dataset, split, counts,
-             history_length: int, ks, beam_sizes=()) -> Dict[str, float]:
-  """The DR protocol's metrics of DR (with and without rerank, and at the
-  extra `beam_sizes`), brute force over the softmax embeddings and
-  most-popular (see the module)."""
-  protocol = HeldOutProtocol.from_held_out(split.test, dataset.num_items)
-  k = max(ks)
-  users = protocol.user_dataset(dataset.num_users, history_length,
-                                batch_size=EVAL_BATCH)
-  retrieve = tf.function(
-      lambda h, m, e, rerank, beam: model.retrieve(
-          h, m, e, k=k, rerank=rerank, beam_size=beam),
-      reduce_retracing=True)
-  encode = tf.function(lambda b: model.encode(b)[1])
-  runs = [("", True, model.beam_size), ("norerank_", False, model.beam_size)]
-  runs += [(f"b{b}_", True, b) for b in beam_sizes]
-  ranked = {prefix: [] for prefix, _, _ in runs}
-  candidates = {prefix: [] for prefix, _, _ in runs}
-  queries = []
-  for start, batch in zip(range(0, len(protocol.users), EVAL_BATCH), users):
-    ban = tf.constant(protocol.banned[start:start + EVAL_BATCH], tf.int32)
-    for prefix, rerank, beam in runs:
-      items, _, count = retrieve(batch["history"], batch["history_mask"],
-                                 ban, rerank, beam)
-      ranked[prefix].append(items.numpy())
-      candidates[prefix].append(count.numpy())
-    queries.append(encode(batch).numpy())
-  queries = np.concatenate(queries)
-  reranker = model.reranker
-  augmented_items = np.concatenate(
-      [reranker.item_weights.numpy(), reranker.item_bias.numpy()[:, None]],
-      axis=1)
-  augmented_queries = np.concatenate(
-      [queries, np.ones((len(queries), 1), np.float32)], axis=1)
-  rankings = {prefix: np.concatenate(rows) for prefix, rows in ranked.items()}
-  rankings["brute_"] = top_k_items(augmented_queries, augmented_items, k,
-                                   protocol.exclude)
-  popular = MostPopular()
-  popular.counts = counts.astype(np.float32)
-  rankings["popular_"] = popular.top_k(protocol.exclude, k,
-                                       exclude_history=True)
-  out: Dict[str, float] = {
-      f"{prefix}mean_candidates": float(np.concatenate(rows).mean())
-      for prefix, rows in candidates.items() if prefix != "norerank_"}
-  for prefix, top in rankings.items():
-    out.update(protocol.report(top, ks, prefix))
-  return out
 
 
 def validate_flags(values: Dict[str, Any]) -> None:

@@ -139,7 +139,7 @@ def test_em_recovers_a_planted_structure():
       user_dim=16, rerank_dim=16, hidden_units=(32,), softmax="sampled",
       num_sampled=10, seed=0)
   counts = np.bincount(log.item, minlength=num_items)
-  model.set_sampling_distribution(counts)
+  model.set_item_counts(counts)
   model.compile(optimizer=keras.optimizers.Adam(0.01))
   data = pipeline.training_dataset(log, batch_size=128, history_length=8,
                                    repeat=True, drop_remainder=True)

@@ -55,14 +55,16 @@ def _python_beam_search(structure, user, beam):
 
   first = structure.layer_log_probs(
       user[None], tf.zeros([1, 0], tf.int32)).numpy()[0]
+  # Ties (e.g. a dead ReLU layer's uniform logits) keep the earlier
+  # candidate first, as tf.math.top_k does: a stable sort on the score.
   beams = sorted(((float(lp), (c,)) for c, lp in enumerate(first)),
-                 reverse=True)[:beam]
+                 key=lambda t: -t[0])[:beam]
   for _ in range(1, structure.depth):
     grown = []
     for score, prefix in beams:
       for c, lp in enumerate(next_log_probs(prefix)):
         grown.append((score + float(lp), prefix + (c,)))
-    beams = sorted(grown, reverse=True)[:beam]
+    beams = sorted(grown, key=lambda t: -t[0])[:beam]
   return beams
 
 

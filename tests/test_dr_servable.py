@@ -28,7 +28,7 @@ def trained(tmp_path_factory):
       score_paths=8, embedding_dim=16, gru_units=16, user_dim=16,
       rerank_dim=16, hidden_units=(32,), num_sampled=50)
   counts = np.bincount(log.item, minlength=dataset.num_items)
-  model.set_sampling_distribution(counts)
+  model.set_item_counts(counts)
   model.compile(optimizer=keras.optimizers.Adam(0.01))
   data = pipeline.training_dataset(log, batch_size=256,
                                    history_length=HISTORY, repeat=True,
@@ -38,7 +38,7 @@ def trained(tmp_path_factory):
             verbose=0)
   assert len(callback.history) == 3     # the start + two M-steps
   export = tmp_path_factory.mktemp("dr") / "export"
-  path = export_dr(model, dataset, str(export), HISTORY, max_k=100)
+  path = export_dr(model, str(export), dataset, HISTORY, max_k=100)
   return dataset, model, str(export), path
 
 
