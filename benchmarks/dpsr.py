@@ -373,7 +373,8 @@ def _latency_model():
   model.compile(optimizer=keras.optimizers.Adagrad(0.05))
   ds = tf.data.Dataset.from_tensor_slices(
       {"query": task.train["query"].astype(str),
-       "item": task.train["item"]}).repeat().batch(64, drop_remainder=True)
+       "item_id": task.train["item_id"]}).repeat().batch(
+           64, drop_remainder=True)
   model.fit(ds, steps_per_epoch=50, epochs=1, verbose=0)
   return task, model, titles
 

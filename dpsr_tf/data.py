@@ -4,8 +4,10 @@ A `SearchTask` holds what training and Table 2's evaluation need:
 
 * the item side: original ids, the text the item tower tokenizes (title,
   plus description on CrowdFlower), categorical columns and their sizes;
-* `train`: positive examples (query string, item, and for the synthetic
-  world the user's profile and recent browsing history, Table 2's -p / -h);
+* `train`: positive examples (`query` string, `item_id`, and for the
+  synthetic world the user's profile `user_<field>` and recent browsing
+  `history`, Table 2's -p / -h), feature names as in
+  `retrieval_tf.data.pipeline`;
 * `test`: held-out positives (Top-k among random items);
 * `judged`: human (or ground-truth) labelled pairs of the test queries (AUC);
 * `unclicked`: per training example, items shown for its query but not
@@ -27,19 +29,25 @@ query_disjoint_split`, so test queries are never trained on):
   ground-truth relevance.
 
 `load_supervision` reads a human supervision file (Sec. 4.5).
+`training_dataset` turns training examples into the `tf.data` batches
+`DPSRModel.fit` takes.
 """
 
 from __future__ import annotations
 
 import dataclasses
 import os
-from typing import Dict, List, Optional
+from typing import Any, Dict, List, Mapping, Optional, Union
 
 import numpy as np
 
+from retrieval_tf.compat import tf
 from retrieval_tf.datasets import bestbuy, crowdflower, splits, synthetic
 from retrieval_tf.datasets.errors import DataError
 from retrieval_tf.datasets.types import Vocabulary
+from retrieval_tf.text import Tokenizer
+
+from dpsr_tf.model import DPSRModel, check_batch_size
 
 DATASETS = {"synthetic": False, "crowdflower": True, "bestbuy": True}
 MAX_POSITIVES_PER_QUERY = 50
@@ -48,6 +56,10 @@ UNCLICKED_WIDTH = 4
 
 @dataclasses.dataclass
 class SearchTask:
+  """A search task: the catalogue and its train / test / judged rows (see
+  the module docstring). `train` and `test` map feature names (`query`,
+  `item_id`, `user_<field>`, `history`) to arrays of one row per example;
+  `judged` holds `query`, `item_id` and a bool `label`."""
   name: str
   item_ids: np.ndarray  # object [N]
   item_text: np.ndarray  # object [N]
@@ -77,6 +89,23 @@ def load_task(name: str, data_dir: Optional[str] = None, seed: int = 0,
               synthetic_config: Optional[synthetic.SyntheticConfig] = None,
               history_length: int = 20, test_fraction: float = 0.2
               ) -> SearchTask:
+  """Loads a `SearchTask` (protocols in the module docstring).
+
+  Args:
+    name: "synthetic", "crowdflower" or "bestbuy" (`DATASETS`).
+    data_dir: the real dataset's folder (unused for "synthetic").
+    seed: the query-disjoint split's (and the synthetic world's) seed.
+    synthetic_config: the world to generate (default: `SyntheticConfig(
+      seed=seed)`).
+    history_length: DPSR-h's browsing events per example (synthetic).
+    test_fraction: share of the queries held out.
+
+  Returns:
+    The task; e.g. `load_task("synthetic").train["item_id"]`.
+
+  Raises:
+    DataError: an unknown name or unreadable data.
+  """
   if name == "crowdflower":
     return _judged_task(crowdflower.load_crowdflower(data_dir), seed,
                         test_fraction, relevant=3)
@@ -129,11 +158,11 @@ def _judged_task(ds, seed: int, test_fraction: float, relevant: float,
   pos_rank[sel] = np.arange(len(sel)) - first
   keep = positive & (pos_rank < (max_positives or len(j)))
   train = {"query": query[train_rows & keep].astype(object),
-           "item": j.item[train_rows & keep].astype(np.int32)}
+           "item_id": j.item[train_rows & keep].astype(np.int32)}
   test = {"query": query[test_rows & keep].astype(object),
-          "item": j.item[test_rows & keep].astype(np.int32)}
+          "item_id": j.item[test_rows & keep].astype(np.int32)}
   judged = {"query": query[test_rows].astype(object),
-            "item": j.item[test_rows].astype(np.int32),
+            "item_id": j.item[test_rows].astype(np.int32),
             "label": positive[test_rows]}
   text = ds.item_titles.astype(str)
   if "description" in ds.item_text:
@@ -147,7 +176,7 @@ def _judged_task(ds, seed: int, test_fraction: float, relevant: float,
   return SearchTask(ds.name, ds.items.ids, text.astype(object), item_columns,
                     sizes, train, test, judged, unclicked,
                     item_popularity=(popularity if popularity.any() else
-                                     np.bincount(train["item"],
+                                     np.bincount(train["item_id"],
                                                  minlength=ds.num_items)),
                     item_titles=ds.item_titles.astype(object))
 
@@ -167,7 +196,7 @@ def _synthetic_task(world: synthetic.SyntheticWorld, seed: int,
   history = browsing_history(world, clicks.user, clicks.timestamp,
                              history_length)
   examples = {"query": clicks.query.astype(object),
-              "item": clicks.item.astype(np.int32),
+              "item_id": clicks.item.astype(np.int32),
               "history": history}
   for c in USER_COLUMNS:
     examples[f"user_{c}"] = getattr(world, f"user_{c}")[clicks.user].astype(
@@ -180,7 +209,7 @@ def _synthetic_task(world: synthetic.SyntheticWorld, seed: int,
   test_queries = set(np.unique(test["query"]))
   on_test = np.asarray([q in test_queries for q in judged_query])
   judged = {"query": judged_query[on_test].astype(object),
-            "item": ds.judgments.item[on_test],
+            "item_id": ds.judgments.item[on_test],
             "label": ds.judgments.grade[on_test] >= 2}
   low = ds.judgments.grade <= 1
   unclicked = _unclicked(train["query"], judged_query[low],
@@ -219,7 +248,7 @@ def load_supervision(path: str, items: Vocabulary
   `query<TAB>item_id<TAB>label` with label 1 (an extra positive) or 0 (a
   negative for that query); blank lines and `#` comments are skipped.
 
-  Returns `{"query", "item", "label"}`. Raises `DataError` listing the line
+  Returns `{"query", "item_id", "label"}`. Raises `DataError` listing the line
   numbers of malformed lines and of unknown item ids.
   """
   if not os.path.isfile(path):
@@ -252,7 +281,7 @@ def load_supervision(path: str, items: Vocabulary
   if not query:
     raise DataError(f"{path}: no supervision pairs")
   return {"query": np.asarray(query, object),
-          "item": np.asarray(item, np.int32), "label": np.asarray(label)}
+          "item_id": np.asarray(item, np.int32), "label": np.asarray(label)}
 
 
 def _lines(numbers: List[int]) -> str:
@@ -266,8 +295,8 @@ def _append_positives(train: Dict[str, np.ndarray], query: np.ndarray,
   (user profile, history, hard negatives) are -1: no user, nothing
   labelled."""
   extra = {"query": np.asarray(query, object),
-           "item": np.asarray(item, np.int32)}
-  n = len(extra["item"])
+           "item_id": np.asarray(item, np.int32)}
+  n = len(extra["item_id"])
   for key, value in train.items():
     if key not in extra:
       extra[key] = np.full((n,) + value.shape[1:], -1, value.dtype)
@@ -299,11 +328,107 @@ def add_supervision(task: SearchTask, pairs: Dict[str, np.ndarray],
   example, up to `width` negatives labelled for its (normalised) query."""
   good = pairs["label"]
   train = _append_positives(task.train, pairs["query"][good],
-                            pairs["item"][good])
+                            pairs["item_id"][good])
   norm = np.asarray([splits.normalize_query(q) for q in train["query"]],
                     object)
   bad_query = np.asarray([splits.normalize_query(q)
                           for q in pairs["query"][~good]], object)
   train["hard_negatives"] = _unclicked(norm, bad_query,
-                                       pairs["item"][~good], seed)[:, :width]
+                                       pairs["item_id"][~good], seed)[:, :width]
   return train
+
+
+def model_features(config: Mapping[str, Any],
+                   examples: Mapping[str, np.ndarray]
+                   ) -> Dict[str, np.ndarray]:
+  """The columns of `examples` a model of `config` (`DPSRModel.get_config()`)
+  reads: `query`, `item_id`, `hard_negatives` when present, `user_<field>`
+  of its profile fields (-p, -h) and `history` (-h)."""
+  keep = {"query", "item_id", "hard_negatives"}
+  keep |= {f"user_{name}" for name in config.get("user_feature_sizes") or {}}
+  if config.get("personalization") == "history":
+    keep.add("history")
+  return {k: v for k, v in examples.items() if k in keep}
+
+
+def training_dataset(examples: Mapping[str, np.ndarray],
+                     model: Union[DPSRModel, Mapping[str, Any]],
+                     batch_size: int, seed: int = 0, repeat: bool = True,
+                     input_context: Optional[tf.distribute.InputContext] = None
+                     ) -> tf.data.Dataset:
+  """Shuffled training batches for `DPSRModel.fit` (Algorithm 1's input).
+
+  Args:
+    examples: per-example arrays (`SearchTask.train`, or `add_supervision`
+      / `add_title_positives` of it): `query` (strings), `item_id` (int,
+      the positive), and as the model needs them `user_<field>`, `history`
+      `[n, L]` (-1 padded) and `hard_negatives` `[n, H]` (-1 padded).
+    model: the `DPSRModel` (or its `get_config()`) the batches are for: its
+      tokenizer turns `query` into `query_tokens` (the same ids as in the
+      model and the servable) and its variant picks the columns.
+    batch_size: examples per batch (per replica under `input_context`'s
+      strategy); the last partial batch is dropped, so every batch has it.
+    seed: shuffle seed. repeat: repeat forever (use `steps_per_epoch`).
+    input_context: `tf.distribute.InputContext` to shard by (the CLI's
+      runner passes it); None: one pipeline.
+
+  Returns:
+    A `tf.data.Dataset` of dicts: `query_tokens` ragged int64 `[B, None]`,
+    `item_id` `[B]` and the model's other columns, batched `[B, ...]`.
+
+  Raises:
+    ValueError: `batch_size` below what the hinge loss's batch negatives
+      need (`check_batch_size`, named with the fix), missing or ragged
+      columns, item ids outside the model's catalogue, or `loss="dssm"`
+      without `hard_negatives`.
+
+      ds = training_dataset(task.train, model, batch_size=64)
+      model.fit(ds, epochs=2, steps_per_epoch=len(task.train["item_id"]) // 64)
+  """
+  config = model.get_config() if isinstance(model, DPSRModel) else dict(model)
+  context = input_context or tf.distribute.InputContext()
+  per_replica = context.get_per_replica_batch_size(int(batch_size))
+  if per_replica < 1:
+    raise ValueError(f"batch_size must be >= 1, got {batch_size}")
+  if config.get("loss", "hinge") == "hinge":
+    check_batch_size(per_replica, config["num_negatives"], config["alpha"])
+  for key in ("query", "item_id"):
+    if key not in examples:
+      raise ValueError(f"examples need {key!r}; got {sorted(examples)}")
+  columns = model_features(config, examples)
+  needed = {f"user_{n}" for n in config.get("user_feature_sizes") or {}}
+  if config.get("personalization") == "history":
+    needed.add("history")
+  if config.get("loss") == "dssm":
+    needed.add("hard_negatives")
+  missing = sorted(needed - set(columns))
+  if missing:
+    raise ValueError(f"examples lack {missing}, which this model reads")
+  n = len(columns["item_id"])
+  if n < per_replica:
+    raise ValueError(f"{n} examples make no batch of {per_replica}; use a "
+                     "smaller batch_size")
+  for key, value in columns.items():
+    if len(value) != n:
+      raise ValueError(f"examples[{key!r}] has {len(value)} rows, "
+                       f"item_id {n}")
+  items = np.asarray(columns["item_id"])
+  if items.min() < 0 or items.max() >= config["num_items"]:
+    raise ValueError(f"examples['item_id'] must lie in [0, "
+                     f"{config['num_items']}), got [{items.min()}, "
+                     f"{items.max()}]")
+  tokenizer = Tokenizer.from_config(config["tokenizer"])
+  rows = dict(columns, query=np.asarray(columns["query"]).astype(str))
+  ds = tf.data.Dataset.from_tensor_slices(rows)
+  ds = ds.shard(context.num_input_pipelines, context.input_pipeline_id)
+  ds = ds.shuffle(min(n, 100_000), seed=seed)
+  if repeat:
+    ds = ds.repeat()
+  ds = ds.batch(per_replica, drop_remainder=True)
+
+  def tokenize(batch):
+    batch = dict(batch)
+    batch["query_tokens"] = tokenizer(batch.pop("query"))
+    return batch
+
+  return ds.map(tokenize, num_parallel_calls=tf.data.AUTOTUNE).prefetch(2)

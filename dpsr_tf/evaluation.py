@@ -1,7 +1,8 @@
 """Table 2's offline metrics (Sec. 6.2.1) for any scorer: the DPSR model,
 DSSM or BM25.
 
-A *scorer* is `score(rows, items) -> float [n, C]`: `rows` a dict of
+`evaluate(model, task)` computes all of them at once (the CLI's
+metrics.json keys). A *scorer* is `score(rows, items) -> float [n, C]`: `rows` a dict of
 per-row arrays (`query` strings, and user features when the model reads
 them), `items` int `[n, C]` the candidates of each row. A *retriever* is
 `retrieve(rows, k) -> int [n, k]` over the whole catalogue.
@@ -27,12 +28,14 @@ them), `items` int `[n, C]` the candidates of each row. A *retriever* is
 
 from __future__ import annotations
 
-from typing import Callable, Dict, Mapping
+from typing import Callable, Dict, Mapping, Optional
 
 import numpy as np
 
 from retrieval_tf import metrics as metrics_lib
 from retrieval_tf.compat import tf
+
+from dpsr_tf.model import DPSRModel, all_item_embeddings
 
 Scorer = Callable[[Mapping[str, np.ndarray], np.ndarray], np.ndarray]
 Retriever = Callable[[Mapping[str, np.ndarray], int], np.ndarray]
@@ -48,14 +51,14 @@ def top_k_metrics(score: Scorer, test: Mapping[str, np.ndarray],
                   ) -> Dict[str, float]:
   """Top-1, Top-10 and MRR of the positives among random items."""
   rng = np.random.default_rng(seed)
-  n = len(test["item"])
+  n = len(test["item_id"])
   take = np.sort(rng.choice(n, min(n, max_rows), replace=False))
   rows = _rows(test, take)
   random_items = rng.integers(0, num_items, (len(take), num_random))
   positive, random_scores = [], []
   for s in range(0, len(take), batch_size):
     part = _rows(rows, slice(s, s + batch_size))
-    items = np.concatenate([part["item"][:, None],
+    items = np.concatenate([part["item_id"][:, None],
                             random_items[s:s + batch_size]], axis=1)
     scores = score(part, items)
     positive.append(scores[:, 0])
@@ -90,8 +93,8 @@ def auc_metric(score: Scorer, judged: Mapping[str, np.ndarray],
   """AUC of the labelled pairs (`query`, `item`, `label`)."""
   scores = np.concatenate([
       score(_rows(judged, slice(s, s + batch_size)),
-            judged["item"][s:s + batch_size, None])[:, 0]
-      for s in range(0, len(judged["item"]), batch_size)])
+            judged["item_id"][s:s + batch_size, None])[:, 0]
+      for s in range(0, len(judged["item_id"]), batch_size)])
   return {"auc": metrics_lib.auc(judged["label"], scores),
           "num_auc_pairs": int(len(scores))}
 
@@ -104,7 +107,7 @@ def relevance_metrics(retrieve: Retriever, test: Mapping[str, np.ndarray],
   >= 2), over test rows (one per distinct (query, user) at most
   `max_rows`)."""
   rng = np.random.default_rng(seed)
-  n = len(test["item"])
+  n = len(test["item_id"])
   take = np.sort(rng.choice(n, min(n, max_rows), replace=False))
   rows = _rows(test, take)
   good_share, recall = [], []
@@ -203,7 +206,7 @@ def popularity_metric(retrieve: Retriever, test: Mapping[str, np.ndarray],
   """Figure 7: the mean popularity percentile (0 = least, 1 = most popular
   item) of the top-k retrieved for test rows."""
   rng = np.random.default_rng(seed)
-  n = len(test["item"])
+  n = len(test["item_id"])
   take = np.sort(rng.choice(n, min(n, max_rows), replace=False))
   percentile = np.argsort(np.argsort(popularity, kind="stable"),
                           kind="stable") / max(1, len(popularity) - 1)
@@ -219,12 +222,12 @@ def head_usage(scorer: "ModelScorer", test: Mapping[str, np.ndarray],
   the test rows (at most `max_rows`, the first) whose positive item has its
   largest inner product with head i. A share of 1.0 means the other heads
   never win, i.e. the heads collapsed into one."""
-  n = min(len(test["item"]), max_rows)
+  n = min(len(test["item_id"]), max_rows)
   wins = []
   for s in range(0, n, batch_size):
     part = _rows(test, slice(s, min(s + batch_size, n)))
     heads = scorer.heads(part)
-    items = tf.gather(scorer.vectors, tf.constant(part["item"], tf.int32))
+    items = tf.gather(scorer.vectors, tf.constant(part["item_id"], tf.int32))
     wins.append(tf.argmax(tf.einsum("bmd,bd->bm", heads, items),
                           axis=1).numpy())
   wins = np.concatenate(wins)
@@ -279,4 +282,64 @@ def polysemy_metrics(scorer: "ModelScorer", world, k: int = 100
     out[f"polysemy_meanings_covered@{k}"] = float(np.mean(covered))
   if recall:
     out[f"polysemy_recall@{k}"] = float(np.mean(recall))
+  return out
+
+
+def evaluate(model, task, num_random_items: int = 1024, seed: int = 0,
+             item_vectors: Optional[np.ndarray] = None) -> Dict[str, float]:
+  """Table 2's metrics (Sec. 6.2.1) of a trained model on a `SearchTask`.
+
+  Args:
+    model: a `DPSRModel`, or any scorer with a `retrieve` method
+      (`ModelScorer`, `dpsr_tf.bm25.BM25Scorer`).
+    task: the `dpsr_tf.data.SearchTask` (its `test` rows, `judged` pairs
+      and, on the synthetic world, `world`).
+    num_random_items: random items each positive is ranked among (the
+      paper's 1,024).
+    seed: the random items' and the row samples' seed.
+    item_vectors: S(s) of every item `[N, d]` when already computed (a
+      `DPSRModel` only); computed by `all_item_embeddings` otherwise.
+
+  Returns:
+    Flat metrics, the keys of the CLI's metrics.json: `top1`, `top10`,
+    `mrr`, `num_top_k_rows`, `auc`, `num_auc_pairs`; for a `DPSRModel`
+    `token_table_{top1,top10,mrr,auc}` and, with several heads,
+    `head_win_share_<i>`; on the synthetic world `polysemous_*`,
+    `p_good@100`, `recall@100`, `popularity@100` and the Figure 6
+    `polysemy_*` keys (a `DPSRModel` only).
+
+  Raises:
+    ValueError: num_random_items < 1, or a model of another catalogue size.
+
+      metrics = evaluate(model, task)        # {"top10": 0.71, "auc": ...}
+  """
+  if num_random_items < 1:
+    raise ValueError(f"num_random_items must be >= 1, got "
+                     f"{num_random_items}")
+  if isinstance(model, DPSRModel):
+    if model.num_items != task.num_items:
+      raise ValueError(f"the model has {model.num_items} items, the task "
+                       f"{task.num_items}")
+    scorer = ModelScorer(model, all_item_embeddings(model)
+                         if item_vectors is None else item_vectors)
+  else:
+    scorer = model
+  out = top_k_metrics(scorer, task.test, task.num_items, num_random_items,
+                      seed=seed)
+  out.update(auc_metric(scorer, task.judged))
+  if isinstance(scorer, ModelScorer):
+    out.update(token_table_metrics(scorer.model, task, num_random_items,
+                                   seed=seed))
+    if scorer.model.num_heads > 1:
+      out.update(head_usage(scorer, task.test))
+  if task.world is not None:
+    out.update(polysemous_top_k_metrics(
+        scorer, task.test, task.world.polysemous_words(), task.num_items,
+        num_random_items, seed=seed))
+    out.update(relevance_metrics(scorer.retrieve, task.test, task.world,
+                                 seed=seed))
+    out.update(popularity_metric(scorer.retrieve, task.test,
+                                 task.item_popularity, seed=seed))
+    if isinstance(scorer, ModelScorer):
+      out.update(polysemy_metrics(scorer, task.world))
   return out

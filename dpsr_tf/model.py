@@ -11,7 +11,9 @@ Tokenizer` (Sec. 5.1.1) -> mean n-gram embedding, concatenated with
 
 -> `QueryTower` (m heads). Item side: the item id indexes in-memory feature
 tables (title token ids and categorical columns, Sec. 5.1.2's feature
-lookups) -> `ItemTower`. Training (Algorithm 1): each batch's positives and
+lookups) -> `ItemTower`. Feature names follow `retrieval_tf.data.pipeline`:
+`query` (raw strings) or `query_tokens` (the pipeline's ragged ids),
+`item_id` (the positive), `user_<field>`, `history`. Training (Algorithm 1): each batch's positives and
 R random items go through the item tower once; `MixedNegatives` picks each
 example's negatives among them; the score is the soft dot product G (Eq. 1)
 and the loss the attention hinge loss (Eq. 2). Optional human-supervision
@@ -46,6 +48,7 @@ import numpy as np
 
 from retrieval_tf.compat import keras, tf
 from retrieval_tf.layers import MaskedMeanEmbedding
+from retrieval_tf.saving import SavableModel
 from retrieval_tf.text import Tokenizer
 
 from dpsr_tf.layers import (ItemTower, MixedNegatives, QueryTower,
@@ -88,9 +91,47 @@ def check_head_balance(head_balance: float, num_heads: int,
                      f"loss={loss!r})")
 
 
+def check_batch_size(batch_size: int, num_negatives: int, alpha: float
+                     ) -> None:
+  """ValueError unless a batch of `batch_size` examples can give each
+  example its M - R batch negatives (Algorithm 1, `MixedNegatives`): they
+  are other examples of the batch, so the batch needs M - R + 1 rows."""
+  batch_part = int(num_negatives) - int(round(float(alpha) *
+                                              int(num_negatives)))
+  if int(batch_size) < batch_part + 1:
+    raise ValueError(
+        f"batch_size={batch_size} is too small: num_negatives="
+        f"{num_negatives} with alpha={alpha} takes {batch_part} negatives "
+        f"from the other examples of each batch (Algorithm 1), so a batch "
+        f"needs at least {batch_part + 1} examples; use batch_size >= "
+        f"{batch_part + 1}, or fewer num_negatives or a larger alpha")
+
+
 @keras.utils.register_keras_serializable(package="dpsr_tf")
-class DPSRModel(keras.Model):
-  """See the module docstring.
+class DPSRModel(SavableModel, keras.Model):
+  """The DPSR model (Sec. 4): query heads Q(q) `[B, m, d]`, item vectors
+  S(s) `[N, d]`, score G (Eq. 1), trained with Eq. 2 on mixed negatives.
+
+  Inputs (a dict of batches, as `dpsr_tf.training_dataset` builds them):
+  `query` string `[B]` (or `query_tokens` ragged int64 ids), `item_id`
+  int `[B]` (the positive; training only), `user_<field>` int `[B]`
+  (DPSR-p/-h), `history` int `[B, L]` -1 padded (DPSR-h), optional
+  `hard_negatives` int `[B, H]` -1 padded (Sec. 4.5; DSSM's unclicked
+  items). Outputs: `model(features)` and `query_heads(features)` give the
+  m unit head vectors `[B, m, d]`; `item_embedding(ids)` the unit item
+  vectors `[n, d]`; `similarity(heads, vectors)` G. `fit` and `evaluate`
+  report the loss and `in_batch_hr@k`: the share of examples whose positive
+  ranks in the top `in_batch_k` of the batch's positives by G (other
+  examples with the same positive excluded). Training batches need at
+  least `min_batch_size` examples (see `check_batch_size`).
+
+      model = DPSRModel(task.num_items, titles.shape[1],
+                        task.item_feature_sizes, num_negatives=31)
+      model.set_item_tables(titles, task.item_columns)
+      model.compile(optimizer=keras.optimizers.Adagrad(0.05))
+      model.fit(dpsr_tf.training_dataset(task.train, model, 64), epochs=2,
+                steps_per_epoch=100)
+      heads = model({"query": tf.constant(["red shoes"])})  # [1, 2, 64]
 
   Args:
     num_items: N; item ids are `0..N-1`.
@@ -108,6 +149,12 @@ class DPSRModel(keras.Model):
     lexical_skip_init: P's initializer, one of `LEXICAL_SKIP_INITS`.
     head_balance: weight of the head load-balancing term (0: the paper's
       loss; needs num_heads >= 2 and the hinge loss).
+    in_batch_k: the k of the `in_batch_hr@k` metric.
+
+  Raises:
+    ValueError: an unknown personalization, loss or lexical_skip_init, a
+      bad head_balance, personalization without user_feature_sizes, or
+      in_batch_k < 1.
   """
 
   def __init__(self, num_items: int, title_width: int,
@@ -121,7 +168,7 @@ class DPSRModel(keras.Model):
                loss: str = "hinge", gamma: float = 10.0,
                lexical_skip: bool = False,
                lexical_skip_init: str = "glorot_uniform",
-               head_balance: float = 0.0, **kwargs):
+               head_balance: float = 0.0, in_batch_k: int = 10, **kwargs):
     super().__init__(**kwargs)
     if personalization not in PERSONALIZATION:
       raise ValueError(f"personalization must be one of {PERSONALIZATION}, "
@@ -131,6 +178,8 @@ class DPSRModel(keras.Model):
     check_lexical_skip(lexical_skip, lexical_skip_init, token_dim,
                        output_dim)
     check_head_balance(head_balance, num_heads, loss)
+    if int(in_batch_k) < 1:
+      raise ValueError(f"in_batch_k must be >= 1, got {in_batch_k}")
     if personalization != "none" and not user_feature_sizes:
       raise ValueError(f"personalization={personalization!r} needs user "
                        "profile features (user_feature_sizes)")
@@ -152,6 +201,7 @@ class DPSRModel(keras.Model):
     self.lexical_skip = bool(lexical_skip)
     self.lexical_skip_init = lexical_skip_init
     self.head_balance = float(head_balance)
+    self.in_batch_k = int(in_batch_k)
 
     self.tokenizer = Tokenizer.from_config(self.tokenizer_config) \
         if self.tokenizer_config else Tokenizer()
@@ -191,6 +241,12 @@ class DPSRModel(keras.Model):
                               trainable=False)
         for name in self.item_feature_sizes}
     self.loss_tracker = keras.metrics.Mean(name="loss")
+    self.in_batch_hr = keras.metrics.Mean(name=f"in_batch_hr@{self.in_batch_k}")
+
+  @property
+  def min_batch_size(self) -> int:
+    """The smallest training batch the hinge loss takes (M - R + 1)."""
+    return (self.negatives.num_batch + 1 if self.loss_name == "hinge" else 1)
 
   # -- item side ------------------------------------------------------------
 
@@ -248,22 +304,51 @@ class DPSRModel(keras.Model):
 
   def call(self, features, training=False):
     heads = self.query_heads(features, training)
-    if "item" in features:  # builds the item tower too
-      self.item_embedding(features["item"][:1], training)
+    if "item_id" in features:  # builds the item tower too
+      self.item_embedding(features["item_id"][:1], training)
     return heads
+
+  # -- saving (retrieval_tf.saving.SavableModel) ----------------------------
+
+  def example_features(self) -> Dict[str, tf.Tensor]:
+    """Two rows of valid features, made from the config alone."""
+    features = {"query": tf.constant(["red shoes", ""]),
+                "item_id": tf.constant([0, self.num_items - 1], tf.int32)}
+    for name in self.user_feature_sizes:
+      features[f"user_{name}"] = tf.constant([0, -1], tf.int32)
+    if self.personalization == "history":
+      features["history"] = tf.constant([[0, -1], [-1, -1]], tf.int32)
+    return features
+
+  def create_weights(self, features) -> None:
+    """Runs the query tower, the item tower and G once."""
+    heads = self.query_heads(features)
+    self.similarity(heads, self.item_embedding(features["item_id"]))
 
   # -- training -------------------------------------------------------------
 
   def compute_loss_value(self, features, training=True) -> tf.Tensor:
+    """The loss of a batch (Eq. 2, or DSSM's softmax); also updates
+    `in_batch_hr@k`. Raises ValueError when the batch's static size is
+    below `min_batch_size`."""
+    if "item_id" not in features:
+      raise ValueError("training features need 'item_id' (the positive "
+                       f"item); got {sorted(features)}")
+    positive_ids = tf.cast(features["item_id"], tf.int32)
+    batch = positive_ids.shape[0]
+    if batch is not None and self.loss_name == "hinge":
+      check_batch_size(batch, self.num_negatives, self.alpha)
     heads = self.query_heads(features, training)
-    positive_ids = tf.cast(features["item"], tf.int32)
     hard = features.get("hard_negatives")
     if self.loss_name == "dssm":
+      self._update_in_batch_hr(
+          heads, self.item_embedding(positive_ids, training), positive_ids)
       return self._dssm_loss(heads, positive_ids, hard, training)
     candidates, columns, valid = self.negatives(positive_ids)
     vectors = self.item_embedding(candidates, training)
-    scores = self.similarity(heads, vectors)  # [b, b + R]
     b = tf.shape(heads)[0]
+    self._update_in_batch_hr(heads, vectors[:b], positive_ids)
+    scores = self.similarity(heads, vectors)  # [b, b + R]
     positive = tf.linalg.diag_part(scores[:, :b])
     negative = tf.gather(scores, columns, batch_dims=1)
     if hard is not None:
@@ -278,6 +363,17 @@ class DPSRModel(keras.Model):
       loss += self.head_balance * head_balance_loss(
           inner, HEAD_BALANCE_TEMPERATURE)
     return loss
+
+  def _update_in_batch_hr(self, heads, positives, positive_ids) -> None:
+    """`in_batch_hr@k`: the positive's rank by G among the batch's
+    positives `[b, d]` (rows with the same item are no competitors)."""
+    scores = tf.stop_gradient(self.similarity(heads, positives))  # [b, b]
+    own = tf.linalg.diag_part(scores)
+    same = tf.equal(positive_ids[:, tf.newaxis], positive_ids[tf.newaxis, :])
+    beaten = tf.logical_and(scores > own[:, tf.newaxis], tf.logical_not(same))
+    rank = tf.reduce_sum(tf.cast(beaten, tf.int32), axis=1)
+    self.in_batch_hr.update_state(
+        tf.cast(rank < self.in_batch_k, tf.float32))
 
   def _pair_scores(self, heads, items, training):
     """G of each query with its own items `[b, H]` (-1 padded; padding
@@ -300,6 +396,7 @@ class DPSRModel(keras.Model):
     return tf.reduce_mean(-tf.nn.log_softmax(logits, axis=1)[:, 0])
 
   def train_step(self, features):
+    self._remember_input_spec(features)
     if isinstance(features, tuple):
       features = features[0]
     with tf.GradientTape() as tape:
@@ -309,11 +406,19 @@ class DPSRModel(keras.Model):
     self.optimizer.apply_gradients(zip(tape.gradient(total, variables),
                                        variables))
     self.loss_tracker.update_state(loss)
-    return {"loss": self.loss_tracker.result()}
+    return {m.name: m.result() for m in self.metrics}
+
+  def test_step(self, features):
+    self._remember_input_spec(features)
+    if isinstance(features, tuple):
+      features = features[0]
+    self.loss_tracker.update_state(
+        self.compute_loss_value(features, training=False))
+    return {m.name: m.result() for m in self.metrics}
 
   @property
   def metrics(self):
-    return [self.loss_tracker]
+    return [self.loss_tracker, self.in_batch_hr]
 
   def get_config(self):
     return {"num_items": self.num_items, "title_width": self.title_width,
@@ -328,7 +433,8 @@ class DPSRModel(keras.Model):
             "loss": self.loss_name, "gamma": self.gamma,
             "lexical_skip": self.lexical_skip,
             "lexical_skip_init": self.lexical_skip_init,
-            "head_balance": self.head_balance}
+            "head_balance": self.head_balance,
+            "in_batch_k": self.in_batch_k}
 
   @classmethod
   def from_config(cls, config):

@@ -57,7 +57,7 @@ from retrieval_tf.index import (BruteForceIndex, IVFPQIndex, build_index,
 from retrieval_tf.serving.assets import (index_table, non_empty, request_k,
                                          write_vocabulary)
 
-from dpsr_tf.model import DPSRModel
+from dpsr_tf.model import DPSRModel, all_item_embeddings
 
 PAPER = ("Zhang et al., Towards Personalized and Semantic Retrieval: An "
          "End-to-End Solution for E-commerce Search via Embedding Learning "
@@ -230,8 +230,9 @@ def example_request(fields: Sequence[str], personalization: str,
   return request
 
 
-def export_dpsr(model: DPSRModel, item_vectors: np.ndarray,
-                item_ids: Sequence[str], export_dir: str,
+def export_dpsr(model: DPSRModel, export_dir: str,
+                item_ids: Optional[Sequence[str]] = None,
+                item_vectors: Optional[np.ndarray] = None,
                 user_vocabularies: Optional[Mapping[str, Sequence[str]]] = None,
                 num_shards: int = 1, max_k: int = 1000,
                 model_card: Optional[Mapping] = None,
@@ -240,14 +241,23 @@ def export_dpsr(model: DPSRModel, item_vectors: np.ndarray,
                 num_subspaces: Optional[int] = None,
                 nprobe: Optional[int] = None, rerank: int = 100,
                 seed: int = 0) -> List[str]:
-  """Exports the servable (`num_shards` = 1: `export_dir/<version>`) or N
-  shards (`export_dir/shard-i-of-N/<version>`); returns the version paths.
+  """Exports the one servable (raw query -> top-k item ids, Sec. 5.2.1).
+
+  `num_shards` = 1 writes `export_dir/<version>`; N > 1 writes N servables
+  over contiguous item ranges, `export_dir/shard-i-of-N/<version>`
+  (Sec. 5.2.2), which `retrieval_tf.serving.fanout` merges.
 
   Args:
-    item_vectors: S(s) of every item `[N, d]` (`all_item_embeddings`).
-    item_ids: the N original item ids (strings without line breaks).
+    model: the trained `DPSRModel`.
+    export_dir: where the version folder(s) go.
+    item_ids: the N original item ids (strings without line breaks) that
+      the servable answers with; default "0".."N-1".
+    item_vectors: S(s) of every item `[N, d]`; default
+      `all_item_embeddings(model)`.
     user_vocabularies: profile field -> its values (index order), for
-      DPSR-p/-h.
+      DPSR-p/-h: requests send these strings as `user_<field>`.
+    num_shards: item shards; max_k: the largest k a request may ask.
+    model_card: extra entries of the model card.
     only_shards: write only these shard numbers (e.g. the one a machine
       serves); all by default.
     index: "brute_force" (exact, the default) or "ivfpq"; with "ivfpq",
@@ -255,7 +265,26 @@ def export_dpsr(model: DPSRModel, item_vectors: np.ndarray,
       `retrieval_tf.index.build_index` with `num_lists`, `num_subspaces`,
       `nprobe` (None: its defaults from the shard's size), `rerank`
       (candidates re-scored exactly) and `seed`.
+
+  Returns:
+    The written version folders, one per shard (one for `num_shards=1`).
+    Each loads with `tf.saved_model.load`; its `serving_default` takes
+    `query [B]` string, `k [B]` int32 (+ `user_<field> [B]` string,
+    `history [B, L]` string item ids) and returns `item_ids [B, k]`,
+    `scores [B, k]`.
+
+  Raises:
+    ValueError: item ids / vectors / model of different sizes, a bad
+      `num_shards`, missing user vocabularies or bad index options.
+
+      path = export_dpsr(model, "/tmp/dpsr_export")[0]
+      serve = tf.saved_model.load(path).signatures["serving_default"]
+      serve(query=tf.constant(["red shoes"]), k=tf.constant([10]))
   """
+  if item_vectors is None:
+    item_vectors = all_item_embeddings(model)
+  if item_ids is None:
+    item_ids = [str(i) for i in range(model.num_items)]
   item_vectors = np.asarray(item_vectors, np.float32)
   check_build_options(index, item_vectors.shape[1]
                       if item_vectors.ndim == 2 else 0,

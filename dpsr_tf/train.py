@@ -10,7 +10,7 @@
 real datasets have no users). `--model=dssm` trains the same towers as DSSM
 (one head, softmax over the clicked and unclicked items); `--model=bm25` and
 `--model=bm25_bigram` score with Okapi BM25 (no training). Every model is
-evaluated the same way (`dpsr_tf.evaluation`): `top1`, `top10`, `mrr` among
+evaluated the same way (`dpsr_tf.evaluation.evaluate`): `top1`, `top10`, `mrr` among
 `--num_random_items` random items, `auc` on the test queries' labelled pairs,
 and on the synthetic world `p_good@100` and `recall@100`.
 
@@ -31,7 +31,6 @@ import time
 from typing import Any, Dict
 
 from absl import flags
-import numpy as np
 
 from retrieval_tf import runner
 from retrieval_tf.compat import keras, tf
@@ -41,8 +40,8 @@ from retrieval_tf.text import Tokenizer, padded_ids
 from dpsr_tf import data as data_lib
 from dpsr_tf import evaluation
 from dpsr_tf.model import (LEXICAL_SKIP_INITS, PERSONALIZATION, DPSRModel,
-                            all_item_embeddings, check_head_balance,
-                            check_lexical_skip)
+                            all_item_embeddings, check_batch_size,
+                            check_head_balance, check_lexical_skip)
 from dpsr_tf import servable
 
 MODELS = ("dpsr", "dssm", "bm25", "bm25_bigram")
@@ -90,11 +89,13 @@ flags.DEFINE_integer("max_k", 1000, "Largest k the servable answers.")
 runner.define_index_flags("each shard's item embeddings")
 
 
-def build_model(task: data_lib.SearchTask, f: Dict[str, Any],
-                title_width: int) -> DPSRModel:
+def model_config(task: data_lib.SearchTask, f: Dict[str, Any],
+                 title_width: int) -> Dict[str, Any]:
+  """`DPSRModel`'s arguments from the flags."""
   dssm = f["model"] == "dssm"
-  return DPSRModel(
-      task.num_items, title_width, task.item_feature_sizes,
+  return dict(
+      num_items=task.num_items, title_width=title_width,
+      item_feature_sizes=task.item_feature_sizes,
       tokenizer=Tokenizer(num_buckets=f["num_buckets"]).get_config(),
       num_heads=1 if dssm else f["num_heads"], token_dim=f["token_dim"],
       output_dim=f["embedding_dim"],
@@ -107,64 +108,6 @@ def build_model(task: data_lib.SearchTask, f: Dict[str, Any],
       lexical_skip=f["lexical_skip"],
       lexical_skip_init=f["lexical_skip_init"],
       head_balance=f["head_balance"])
-
-
-def training_features(personalization: str, user_fields,
-                      train: Dict[str, np.ndarray]) -> Dict[str, np.ndarray]:
-  """The columns of `train` the model of `personalization` reads."""
-  keep = {"query", "item", "hard_negatives"}
-  if personalization != "none":
-    keep |= {f"user_{n}" for n in user_fields}
-  if personalization == "history":
-    keep.add("history")
-  return {k: v for k, v in train.items() if k in keep}
-
-
-def dataset_fn_for(columns: Dict[str, np.ndarray], tokenizer_config,
-                   batch_size: int, seed: int):
-  """`InputContext -> Dataset` of shuffled, repeated batches whose queries
-  are tokenized by a `Tokenizer` rebuilt from the model's config."""
-
-  def dataset_fn(context: tf.distribute.InputContext) -> tf.data.Dataset:
-    tokenizer = Tokenizer.from_config(tokenizer_config)
-    rows = dict(columns, query=np.asarray(columns["query"]).astype(str))
-    ds = tf.data.Dataset.from_tensor_slices(rows)
-    ds = ds.shard(context.num_input_pipelines, context.input_pipeline_id)
-    ds = ds.shuffle(min(len(rows["item"]), 100_000), seed=seed).repeat()
-    ds = ds.batch(context.get_per_replica_batch_size(batch_size),
-                  drop_remainder=True)
-
-    def tokenize(batch):
-      batch = dict(batch)
-      batch["query_tokens"] = tokenizer(batch.pop("query"))
-      return batch
-
-    return ds.map(tokenize, num_parallel_calls=tf.data.AUTOTUNE).prefetch(2)
-
-  return dataset_fn
-
-
-def evaluate(scorer, task: data_lib.SearchTask, f: Dict[str, Any]
-             ) -> Dict[str, Any]:
-  out = evaluation.top_k_metrics(scorer, task.test, task.num_items,
-                                 f["num_random_items"], seed=f["seed"])
-  out.update(evaluation.auc_metric(scorer, task.judged))
-  if isinstance(scorer, evaluation.ModelScorer):
-    out.update(evaluation.token_table_metrics(
-        scorer.model, task, f["num_random_items"], seed=f["seed"]))
-    if scorer.model.num_heads > 1:
-      out.update(evaluation.head_usage(scorer, task.test))
-  if task.world is not None:
-    out.update(evaluation.polysemous_top_k_metrics(
-        scorer, task.test, task.world.polysemous_words(), task.num_items,
-        f["num_random_items"], seed=f["seed"]))
-    out.update(evaluation.relevance_metrics(scorer.retrieve, task.test,
-                                            task.world, seed=f["seed"]))
-    out.update(evaluation.popularity_metric(
-        scorer.retrieve, task.test, task.item_popularity, seed=f["seed"]))
-    if isinstance(scorer, evaluation.ModelScorer):
-      out.update(evaluation.polysemy_metrics(scorer, task.world))
-  return out
 
 
 def run_experiment(ctx: runner.RunContext) -> Dict[str, Any]:
@@ -182,34 +125,34 @@ def run_experiment(ctx: runner.RunContext) -> Dict[str, Any]:
     train = data_lib.add_title_positives(task, train)
   metrics: Dict[str, Any] = {
       "model": f["model"], "num_items": task.num_items,
-      "num_train_examples": int(len(train["item"])),
-      "num_test_examples": int(len(task.test["item"]))}
+      "num_train_examples": int(len(train["item_id"])),
+      "num_test_examples": int(len(task.test["item_id"]))}
   if f["model"].startswith("bm25"):
     from dpsr_tf.bm25 import BM25Scorer  # pylint: disable=g-import-not-at-top
     start = time.perf_counter()
     scorer = BM25Scorer(task.item_text, bigrams=f["model"] == "bm25_bigram")
     metrics["index_build_seconds"] = round(time.perf_counter() - start, 3)
-    metrics.update(evaluate(scorer, task, f))
+    metrics.update(evaluation.evaluate(scorer, task, f["num_random_items"],
+                                       seed=f["seed"]))
     return metrics
   if f["model"] == "dssm":
     train = dict(train, hard_negatives=task.unclicked if "hard_negatives"
                  not in train else train["hard_negatives"])
   tokenizer = Tokenizer(num_buckets=f["num_buckets"])
   titles = padded_ids(tokenizer, task.item_text, max_tokens=ITEM_TOKENS)
-  holder = {}
+  config = model_config(task, f, titles.shape[1])
 
   def build():
-    model = build_model(task, f, titles.shape[1])
+    model = DPSRModel(**config)
     model.set_item_tables(titles, task.item_columns)
     model.compile(optimizer=keras.optimizers.Adagrad(f["learning_rate"]))
-    holder["model"] = model
     return model
 
-  columns = training_features(f["personalization"], task.user_feature_sizes,
-                              train)
-  dataset_fn = dataset_fn_for(columns, tokenizer.get_config(),
-                              f["batch_size"], f["seed"])
-  result = ctx.fit(build, dataset_fn, num_examples=len(train["item"]))
+  def dataset_fn(context: tf.distribute.InputContext) -> tf.data.Dataset:
+    return data_lib.training_dataset(train, config, f["batch_size"],
+                                     seed=f["seed"], input_context=context)
+
+  result = ctx.fit(build, dataset_fn, num_examples=len(train["item_id"]))
   model = result.model
   vectors = all_item_embeddings(model)
   metrics.update({
@@ -218,11 +161,13 @@ def run_experiment(ctx: runner.RunContext) -> Dict[str, Any]:
       "train_examples_per_second": round(result.examples_per_second, 1),
       "final_loss": result.history["loss"][-1] if result.history.get(
           "loss") else math.nan})
-  metrics.update(evaluate(evaluation.ModelScorer(model, vectors), task, f))
+  metrics.update(evaluation.evaluate(model, task, f["num_random_items"],
+                                     seed=f["seed"], item_vectors=vectors))
   if f["export_dir"] and ctx.chief:
     paths = servable.export_dpsr(
-        model, vectors, [str(i) for i in task.item_ids], f["export_dir"],
-        task.user_vocabularies, num_shards=f["num_shards"],
+        model, f["export_dir"], [str(i) for i in task.item_ids],
+        item_vectors=vectors, user_vocabularies=task.user_vocabularies,
+        num_shards=f["num_shards"],
         max_k=f["max_k"],
         model_card={"dataset": f["dataset"], "flags": f,
                     "metrics": dict(metrics)},
@@ -290,10 +235,13 @@ def validate_flags(values: Dict[str, Any]) -> None:
     raise runner.UsageError("--num_negatives must be >= 0 and the batch "
                             "must hold at least 2 examples")
   batch_part = negatives - int(round(values["alpha"] * negatives))
-  if batch_part > values["batch_size"] - 1:
+  try:  # the rule of DPSRModel and dpsr_tf.training_dataset
+    check_batch_size(values["batch_size"], negatives, values["alpha"])
+  except ValueError:
     raise runner.UsageError(
         f"{batch_part} batch negatives (--num_negatives={negatives}, "
-        f"--alpha={values['alpha']}) need --batch_size >= {batch_part + 1}")
+        f"--alpha={values['alpha']}) need --batch_size >= {batch_part + 1}"
+    ) from None
   if not 0.0 < values["test_fraction"] < 1.0:
     raise runner.UsageError("--test_fraction must be in (0, 1)")
   if values["export_dir"]:

@@ -95,8 +95,8 @@ def test_supervision_file(task, tmp_path):
   pairs = data_lib.load_supervision(str(path), items)
   assert list(pairs["label"]) == [True, False, False]
   train = data_lib.add_supervision(task, pairs)
-  n = len(task.train["item"])
-  assert len(train["item"]) == n + 1 and train["item"][-1] == 3
+  n = len(task.train["item_id"])
+  assert len(train["item_id"]) == n + 1 and train["item_id"][-1] == 3
   assert (train["history"][-1] == -1).all() and train["user_age"][-1] == -1
   last = train["hard_negatives"][-1]
   assert sorted(last[last >= 0]) == [4, 5]  # normalised query matches
@@ -108,9 +108,9 @@ def test_title_positives_add_one_example_per_titled_item(task):
   titled = dataclasses.replace(task, item_titles=np.asarray(
       [" Red  Mouse "] + [""] + list(task.item_titles[2:]), object))
   train = data_lib.add_title_positives(titled, titled.train)
-  n = len(task.train["item"])
+  n = len(task.train["item_id"])
   added = {k: v[n:] for k, v in train.items()}
-  assert list(added["item"]) == [0] + list(range(2, task.num_items))
+  assert list(added["item_id"]) == [0] + list(range(2, task.num_items))
   assert added["query"][0] == "Red Mouse"  # whitespace collapsed
   assert list(added["query"][1:]) == list(task.item_titles[2:])
   assert (added["history"] == -1).all() and (added["user_age"] == -1).all()

@@ -115,7 +115,7 @@ def _rank_scorer(rank_of_positive):
 def test_polysemous_top_k_counts_only_the_polysemous_rows():
   test = {"query": np.asarray(["apple", "red shoe", "apple", "bass"],
                               object),
-          "item": np.asarray([1, 2, 3, 4])}
+          "item_id": np.asarray([1, 2, 3, 4])}
   score = _rank_scorer({"apple": 0, "bass": 5, "red shoe": 50})
   out = evaluation.polysemous_top_k_metrics(score, test, ["apple", "bass"],
                                             num_items=100, num_random=64)
@@ -125,3 +125,35 @@ def test_polysemous_top_k_counts_only_the_polysemous_rows():
   assert out["polysemous_mrr"] == pytest.approx((1 + 1 + 1 / 6) / 3)
   assert evaluation.polysemous_top_k_metrics(score, test, ["jaguar"],
                                              num_items=100) == {}
+
+
+def test_public_evaluate_gives_table_2_metrics_of_a_model():
+  import dpsr_tf  # pylint: disable=g-import-not-at-top
+  from retrieval_tf.text import Tokenizer, padded_ids  # pylint: disable=g-import-not-at-top
+  task = dpsr_tf.load_task("synthetic", synthetic_config=(
+      synthetic.SyntheticConfig.scaled(200, num_users=60, seed=1)))
+  tok = Tokenizer(num_buckets=1024)
+  titles = padded_ids(tok, task.item_text, max_tokens=16)
+  model = dpsr_tf.DPSRModel(task.num_items, titles.shape[1],
+                            task.item_feature_sizes,
+                            tokenizer=tok.get_config(), token_dim=8,
+                            output_dim=8, hidden_units=(8,),
+                            num_negatives=7)
+  model.set_item_tables(titles, task.item_columns)
+  got = dpsr_tf.evaluate(model, task, num_random_items=64, seed=2)
+  for key in ("top1", "top10", "mrr", "auc", "p_good@100", "recall@100",
+              "popularity@100", "token_table_top10", "head_win_share_1",
+              "polysemy_min_share@100"):
+    assert key in got, key
+  scorer = evaluation.ModelScorer(model, dpsr_tf.all_item_embeddings(model))
+  want = evaluation.top_k_metrics(scorer, task.test, task.num_items, 64,
+                                  seed=2)
+  want.update(evaluation.auc_metric(scorer, task.judged))
+  for key, value in want.items():
+    assert got[key] == pytest.approx(value), key
+  with pytest.raises(ValueError, match="num_random_items"):
+    dpsr_tf.evaluate(model, task, num_random_items=0)
+  other = dpsr_tf.DPSRModel(task.num_items + 1, titles.shape[1],
+                            task.item_feature_sizes, num_negatives=7)
+  with pytest.raises(ValueError, match="items"):
+    dpsr_tf.evaluate(other, task)

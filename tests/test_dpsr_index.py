@@ -38,14 +38,16 @@ def setup(tmp_path_factory):
   model.set_item_tables(titles, task.item_columns)
   model.compile(optimizer=keras.optimizers.Adagrad(0.1))
   ds = tf.data.Dataset.from_tensor_slices(
-      {"query": task.train["query"].astype(str), "item": task.train["item"]}
+      {"query": task.train["query"].astype(str),
+       "item_id": task.train["item_id"]}
   ).shuffle(4096, seed=0).repeat().batch(32, drop_remainder=True)
-  ds = ds.map(lambda r: {"item": r["item"], "query_tokens": tok(r["query"])})
+  ds = ds.map(lambda r: {"item_id": r["item_id"], "query_tokens": tok(r["query"])})
   model.fit(ds, steps_per_epoch=20, epochs=1, verbose=0)
   vectors = all_item_embeddings(model)
   ids = [str(i) for i in task.item_ids]
   root = tmp_path_factory.mktemp("dpsr_index")
-  export = functools.partial(export_dpsr, model, vectors, ids, max_k=100)
+  export = functools.partial(export_dpsr, model, item_ids=ids,
+                             item_vectors=vectors, max_k=100)
   paths = {
       "exact": export(str(root / "exact"))[0],
       # Every list probed, every item re-scored exactly: an exact search.

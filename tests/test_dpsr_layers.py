@@ -177,8 +177,8 @@ def _toy_model(**kwargs):
 
 def _toy_data(tok, extra=None):
   n = len(QUERIES)
-  rows = {"query": np.array(QUERIES * 4), "item": np.array(ITEMS * 4,
-                                                           np.int32)}
+  rows = {"query": np.array(QUERIES * 4),
+          "item_id": np.array(ITEMS * 4, np.int32)}
   rows.update(extra or {})
   ds = tf.data.Dataset.from_tensor_slices(rows).repeat().shuffle(
       64, seed=0).batch(n, drop_remainder=True)
@@ -282,3 +282,75 @@ def test_lexical_skip_init_errors():
   with pytest.raises(ValueError, match="token_dim == output_dim"):
     DPSRModel(len(TITLES), 4, {}, token_dim=8, output_dim=4,
               lexical_skip=True, lexical_skip_init="identity")
+
+
+def test_model_evaluate_reports_in_batch_hit_rate():
+  tf.random.set_seed(0)
+  model, tok = _toy_model(num_heads=2, in_batch_k=1)
+  model.fit(_toy_data(tok), steps_per_epoch=10, epochs=1, verbose=0)
+  batch = next(iter(_toy_data(tok)))
+  one = tf.data.Dataset.from_tensors(batch)
+  got = model.evaluate(one, return_dict=True, verbose=0)
+  assert set(got) == {"loss", "in_batch_hr@1"}
+  heads = model.query_heads(batch).numpy()
+  items = batch["item_id"].numpy()
+  vectors = all_item_embeddings(model)[items]
+  inner = np.einsum("bmd,cd->bcm", heads, vectors)
+  weights = np.exp(inner / model.beta)
+  scores = (weights * inner).sum(-1) / weights.sum(-1)  # G, Eq. 1
+  beaten = (scores > np.diag(scores)[:, None]) & (items[:, None] !=
+                                                   items[None, :])
+  assert got["in_batch_hr@1"] == pytest.approx(
+      np.mean(beaten.sum(1) < 1), abs=1e-6)
+  with pytest.raises(ValueError, match="in_batch_k"):
+    _toy_model(in_batch_k=0)
+
+
+def test_too_small_batches_are_refused_before_training():
+  import dpsr_tf  # pylint: disable=g-import-not-at-top
+  model, tok = _toy_model(num_heads=2)  # M = 5, alpha 0.5: 3 batch negatives
+  examples = {"query": np.array(QUERIES * 4),
+              "item_id": np.array(ITEMS * 4, np.int32)}
+  with pytest.raises(ValueError, match=r"batch_size=3 is too small.*at "
+                     r"least 4 examples; use batch_size >= 4"):
+    dpsr_tf.training_dataset(examples, model, batch_size=3)
+  before = [w.numpy() for w in model.trainable_weights]
+  small = tf.data.Dataset.from_tensor_slices(examples).batch(
+      3, drop_remainder=True).map(
+          lambda r: {"item_id": r["item_id"],
+                     "query_tokens": tok(r["query"])})
+  with pytest.raises(ValueError, match="batch_size=3 is too small"):
+    model.fit(small, epochs=1, verbose=0)
+  for weight, old in zip(model.trainable_weights, before):
+    np.testing.assert_array_equal(weight.numpy(), old)
+  assert model.min_batch_size == 4
+  dpsr_tf.training_dataset(examples, model, batch_size=4)
+  dssm, _ = _toy_model(num_heads=1, loss="dssm")  # no batch negatives
+  dpsr_tf.training_dataset(dict(examples, hard_negatives=np.full(
+      (24, 2), -1, np.int32)), dssm, batch_size=2)
+
+
+def test_training_dataset_checks_its_examples():
+  import dpsr_tf  # pylint: disable=g-import-not-at-top
+  model, tok = _toy_model(num_heads=2)
+  examples = {"query": np.array(QUERIES * 4),
+              "item_id": np.array(ITEMS * 4, np.int32)}
+  one_per_item = {"query": np.array([f"word{i}" for i in range(18)]),
+                  "item_id": np.arange(18, dtype=np.int32)}
+  batch = next(iter(dpsr_tf.training_dataset(one_per_item, model, 6)))
+  assert sorted(batch) == ["item_id", "query_tokens"]
+  items = batch["item_id"].numpy()
+  assert len(set(items)) == 6  # shuffled rows, each with its own query
+  assert batch["query_tokens"].to_list() == tok(
+      tf.constant([f"word{i}" for i in items])).to_list()
+  with pytest.raises(ValueError, match="need 'item_id'"):
+    dpsr_tf.training_dataset({"query": examples["query"]}, model, 6)
+  with pytest.raises(ValueError, match=r"must lie in \[0, 18\)"):
+    dpsr_tf.training_dataset(dict(examples, item_id=np.full(24, 18)),
+                             model, 6)
+  with pytest.raises(ValueError, match="hard_negatives"):
+    dpsr_tf.training_dataset(examples, _toy_model(num_heads=1,
+                                                  loss="dssm")[0], 6)
+  with pytest.raises(ValueError, match="no batch of 64"):
+    dpsr_tf.training_dataset(examples, DPSRModel(len(TITLES), 4, {},
+                                                 num_negatives=5), 64)

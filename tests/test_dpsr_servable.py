@@ -31,7 +31,7 @@ TEXTS = ["red wireless mouse", "Red  WIRELESS-mouse!!", "", "   ", "ＡＰＰＬ
 
 def _train(model, task, steps, seed):
   tok = Tokenizer.from_config(model.tokenizer_config)
-  rows = {k: task.train[k] for k in ("item", "history", "user_gender",
+  rows = {k: task.train[k] for k in ("item_id", "history", "user_gender",
                                      "user_age", "user_power")}
   rows["query"] = task.train["query"].astype(str)
   ds = tf.data.Dataset.from_tensor_slices(rows).shuffle(
@@ -61,14 +61,14 @@ def setup(tmp_path_factory):
   vectors = all_item_embeddings(model)
   ids = [str(i) for i in task.item_ids]
   root = tmp_path_factory.mktemp("dpsr")
-  full = export_dpsr(model, vectors, ids, str(root / "full"),
+  full = export_dpsr(model, str(root / "full"), ids, vectors,
                      task.user_vocabularies, max_k=100)[0]
-  shards = export_dpsr(model, vectors, ids, str(root / "sharded"),
+  shards = export_dpsr(model, str(root / "sharded"), ids, vectors,
                        task.user_vocabularies, num_shards=2, max_k=100)
   weights = model.get_weights()
   _train(model, task, 2, 1)  # another model: the weights moved
-  other = export_dpsr(model, all_item_embeddings(model), ids,
-                      str(root / "other"), task.user_vocabularies,
+  other = export_dpsr(model, str(root / "other"), ids,
+                      all_item_embeddings(model), task.user_vocabularies,
                       num_shards=2, max_k=100, only_shards=[1])
   model.set_weights(weights)
   return dict(task=task, model=model, vectors=vectors, full=full,
@@ -233,13 +233,13 @@ def test_export_rejects_bad_arguments(setup):
   model, vectors = setup["model"], setup["vectors"]
   ids = [str(i) for i in setup["task"].item_ids]
   with pytest.raises(ValueError, match="num_shards"):
-    export_dpsr(model, vectors, ids, str(setup["root"] / "x"),
+    export_dpsr(model, str(setup["root"] / "x"), ids, vectors,
                 setup["task"].user_vocabularies, num_shards=0)
   with pytest.raises(ValueError, match="differ"):
-    export_dpsr(model, vectors[:-1], ids, str(setup["root"] / "x"),
+    export_dpsr(model, str(setup["root"] / "x"), ids, vectors[:-1],
                 setup["task"].user_vocabularies)
   with pytest.raises(ValueError, match="user vocabularies"):
-    export_dpsr(model, vectors, ids, str(setup["root"] / "x"), {})
+    export_dpsr(model, str(setup["root"] / "x"), ids, vectors, {})
 
 
 def test_head_usage_counts_each_positives_best_head(setup):
@@ -249,7 +249,7 @@ def test_head_usage_counts_each_positives_best_head(setup):
   usage = evaluation.head_usage(scorer, test_rows, batch_size=16)
   heads = scorer.heads(test_rows).numpy()
   best = np.einsum("bmd,bd->bm", heads,
-                   setup["vectors"][test_rows["item"]]).argmax(1)
+                   setup["vectors"][test_rows["item_id"]]).argmax(1)
   assert sorted(usage) == [f"head_win_share_{i}"
                            for i in range(model.num_heads)]
   for i in range(model.num_heads):
