@@ -17,7 +17,7 @@ Protocols (splits are query-disjoint, `retrieval_tf.datasets.splits.
 query_disjoint_split`, so test queries are never trained on):
 
 * `crowdflower`: positives are judgments with median relevance >= 3; AUC
-  labels >= 3 relevant, <= 2 not (as the issue asks); unclicked = the
+  labels >= 3 relevant, <= 2 not; unclicked = the
   query's judged items with median <= 2.
 * `bestbuy`: positives are the derived grade-3 pairs (all category facets
   match), at most `MAX_POSITIVES_PER_QUERY` per query, the most popular
