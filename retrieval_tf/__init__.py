@@ -8,15 +8,17 @@ when TensorFlow already bound Keras 3.
 The public API (loaded on first use, so that `import retrieval_tf` itself
 imports no TensorFlow):
 
-    import retrieval_tf
+    import retrieval_tf                # before TensorFlow
     from retrieval_tf import datasets
+    import tensorflow as tf
     split = datasets.leave_one_out(datasets.generate(
         datasets.SyntheticConfig(num_items=500)).to_rec_dataset())
     train = retrieval_tf.training_dataset(split.dataset.interactions,
                                           batch_size=256, history_length=20)
     model = retrieval_tf.TwoTowerModel(split.dataset.num_users,
                                        split.dataset.num_items)
-    model.compile(optimizer="adagrad"); model.fit(train, epochs=3)
+    model.compile(optimizer=tf.keras.optimizers.Adagrad(0.3))
+    model.fit(train, epochs=3)
     retrieval_tf.evaluate(model, split, history_length=20)   # {"hr@10": ...}
     retrieval_tf.export_two_tower(model, "/tmp/exports", split.dataset,
                                   history_length=20)

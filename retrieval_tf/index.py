@@ -648,7 +648,14 @@ def build_index(item_vectors, kind: str = "brute_force", metric: str = "dot",
                 ) -> keras.layers.Layer:
   """The index a servable ships, filled with `item_vectors [N, d]`.
 
-  `brute_force` is exact (chunked above 262,144 items so memory stays
+      index = build_index(item_vectors, "ivfpq", max_k=100)
+      scores, items = index(user_vectors, 10)   # [B, 10] each, best first
+
+  Returns a `BruteForceIndex` (`kind="brute_force"`) or an `IVFPQIndex`
+  (`kind="ivfpq"`); `metric` is "dot" or "cosine", `max_k` the largest k a
+  caller may ask for (capped at N); the other options apply to `ivfpq`
+  only (ValueError otherwise, or when they cannot work on d-dimensional
+  vectors, see `check_build_options`). `brute_force` is exact (chunked above 262,144 items so memory stays
   bounded). `ivfpq` trains its quantizers on the vectors with defaults from
   the corpus size: J = min(4 sqrt(N), N / 39) lists (Faiss' guidance), the
   divisor of d nearest d / 4 as sub-spaces (4-d sub-spaces, one byte each),

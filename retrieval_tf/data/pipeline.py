@@ -64,6 +64,15 @@ def training_dataset(
     num_items: Optional[int] = None) -> tf.data.Dataset:
   """Batches of training feature dicts, one example per interaction.
 
+      split = retrieval_tf.datasets.leave_one_out(dataset)
+      train = training_dataset(split.dataset.interactions, batch_size=256,
+                               history_length=20, with_log_q=True,
+                               user_features={"gender": genders})
+      model.fit(train, epochs=3)
+      # batch: {"user_id" [256], "item_id" [256], "history" [256, 20],
+      #         "history_mask" [256, 20], "user_gender" [256],
+      #         "item_log_q" [256], "timestamp" [256]}
+
   Args:
     interactions: the training log (one example per row).
     batch_size: the GLOBAL batch size; with `input_context` each pipeline
@@ -86,7 +95,8 @@ def training_dataset(
       dimension, else to the largest id + 1.
 
   Returns:
-    A `tf.data.Dataset` of feature dicts (see the module docstring).
+    A `tf.data.Dataset` of feature dicts (names and dtypes in the module
+    docstring), ready for `model.fit`.
 
   Raises:
     DataError: empty log, ids outside the vocabularies, feature arrays whose

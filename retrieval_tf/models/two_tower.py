@@ -186,7 +186,7 @@ class TwoTowerModel(SavableModel, tfrs.Model):
     users = self.user_embedding(features, training=training)
     items = self.item_embedding(features, training=training)
     log_q = features.get("item_log_q")
-    self._update_in_batch_hr(users, items, features["item_id"])
+    self.update_in_batch_hr(users, items, features["item_id"])
     return self.task(
         users, items,
         candidate_sampling_probability=(None if log_q is None
@@ -194,9 +194,11 @@ class TwoTowerModel(SavableModel, tfrs.Model):
         candidate_ids=features["item_id"],
         compute_metrics=not training)
 
-  def _update_in_batch_hr(self, users, items, item_ids) -> None:
-    """`in_batch_hr@k` on the raw scores <u, v> of the batch's items (one
-    B x B matmul); another row holding the same positive is no competitor."""
+  def update_in_batch_hr(self, users, items, item_ids) -> None:
+    """Updates `in_batch_hr@k` from user and item vectors `[B, d]` and the
+    positives' ids `[B]`: raw scores <u, v> over the batch's items (one
+    B x B matmul), another row holding the same positive is no competitor.
+    A subclass with its own `compute_loss` calls it to keep the metric."""
     scores = tf.matmul(users, items, transpose_b=True)
     item_ids = tf.reshape(item_ids, [-1])
     labels = tf.eye(tf.shape(scores)[0], dtype=scores.dtype)
