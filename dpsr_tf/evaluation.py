@@ -2,8 +2,8 @@
 DSSM or BM25.
 
 `evaluate(model, task)` computes all of them at once (the CLI's
-metrics.json keys). A *scorer* is `score(rows, items) -> float [n, C]`: `rows` a dict of
-per-row arrays (`query` strings, and user features when the model reads
+metrics.json keys). A *scorer* is `score(rows, items) -> float [n, C]`:
+`rows` a dict of per-row arrays (`query` strings, and user features when the model reads
 them), `items` int `[n, C]` the candidates of each row. A *retriever* is
 `retrieve(rows, k) -> int [n, k]` over the whole catalogue.
 

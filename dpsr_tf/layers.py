@@ -76,6 +76,8 @@ class QueryTower(keras.layers.Layer):
     projection_dim: width of each projected representation.
     hidden_units: ReLU layers of every head's encoding MLP.
     output_dim: d.
+
+      heads = QueryTower(num_heads=2, output_dim=64)(queries)  # [B, 2, 64]
   """
 
   def __init__(self, num_heads: int, output_dim: int,
@@ -128,6 +130,9 @@ class ItemTower(keras.layers.Layer):
     feature_dim: embedding size of each categorical feature.
     token_embedding: optionally the query side's `keras.layers.Embedding`
       of shape (num_tokens, token_dim), to share.
+
+      tower = ItemTower(4096, 32, {"brand": 50}, output_dim=64)
+      vectors = tower({"tokens": title_ids, "brand": brand_ids})  # [N, 64]
   """
 
   def __init__(self, num_tokens: int, token_dim: int,
@@ -173,6 +178,8 @@ class SoftDotProduct(keras.layers.Layer):
   `call(heads [B, m, d], items)` with items `[C, d]` (every query against
   every item) -> `[B, C]`, or items `[B, C, d]` (each query against its own
   items) -> `[B, C]`.
+
+      scores = SoftDotProduct(beta=0.1)(heads, item_vectors)  # [B, C]
   """
 
   def __init__(self, beta: float = 0.1, **kwargs):
@@ -199,7 +206,13 @@ class SoftDotProduct(keras.layers.Layer):
 
 def attention_hinge_loss(positive, negatives, mask=None, delta: float = 0.1):
   """Eq. 2 per example: sum_j max(0, delta - f(q, s+) + f(q, s_j-)) over the
-  valid (`mask`) negatives `[B, M]`; returns the mean over the batch."""
+  valid (`mask`) negatives `[B, M]`; returns the mean over the batch.
+
+  `positive` `[B]` holds f(q, s+), `negatives` `[B, M]` f(q, s_j-), `mask`
+  bool `[B, M]` (None: all valid); returns a scalar.
+
+      loss = attention_hinge_loss(g_pos, g_neg, valid, delta=0.1)
+  """
   terms = tf.nn.relu(delta - positive[:, tf.newaxis] + negatives)
   if mask is not None:
     terms = terms * tf.cast(mask, terms.dtype)
@@ -240,7 +253,11 @@ class MixedNegatives(keras.layers.Layer):
 
   `call(positive_ids [b])` -> `(candidate_ids [b + R], columns [b, M],
   valid [b, M])`; `valid` is False where a negative is the example's own
-  positive item (duplicates in the batch or a random draw).
+  positive item (duplicates in the batch or a random draw). A batch needs
+  at least M - R + 1 examples (`dpsr_tf.model.check_batch_size`).
+
+      candidates, columns, valid = MixedNegatives(1000, 63, 0.5)(positives)
+      negatives = tf.gather(scores, columns, batch_dims=1)  # [b, 63]
   """
 
   def __init__(self, num_items: int, num_negatives: int, alpha: float,
@@ -262,8 +279,10 @@ class MixedNegatives(keras.layers.Layer):
     b = tf.shape(positive_ids)[0]
     tf.debugging.assert_less_equal(
         self.num_batch, b - 1,
-        message=f"MixedNegatives: {self.num_batch} batch negatives need a "
-        "batch of at least that many + 1 examples")
+        message=f"MixedNegatives: {self.num_batch} batch negatives need "
+        f"batches of at least {self.num_batch + 1} examples; batch with "
+        f"batch_size >= {self.num_batch + 1} and drop_remainder=True (as "
+        "dpsr_tf.training_dataset does)")
     random_ids = tf.random.uniform([self.num_random], 0, self.num_items,
                                    tf.int32)
     offsets = 1 + tf.random.shuffle(tf.range(b - 1))[:self.num_batch]

@@ -13,9 +13,10 @@ Tokenizer` (Sec. 5.1.1) -> mean n-gram embedding, concatenated with
 tables (title token ids and categorical columns, Sec. 5.1.2's feature
 lookups) -> `ItemTower`. Feature names follow `retrieval_tf.data.pipeline`:
 `query` (raw strings) or `query_tokens` (the pipeline's ragged ids),
-`item_id` (the positive), `user_<field>`, `history`. Training (Algorithm 1): each batch's positives and
-R random items go through the item tower once; `MixedNegatives` picks each
-example's negatives among them; the score is the soft dot product G (Eq. 1)
+`item_id` (the positive), `user_<field>`, `history`. Training
+(Algorithm 1): each batch's positives and R random items go through the
+item tower once; `MixedNegatives` picks each example's negatives among
+them; the score is the soft dot product G (Eq. 1)
 and the loss the attention hinge loss (Eq. 2). Optional human-supervision
 negatives (Sec. 4.5) arrive per example as `hard_negatives` int `[B, H]`
 (-1 padded) and join the example's negative set.
@@ -95,7 +96,11 @@ def check_batch_size(batch_size: int, num_negatives: int, alpha: float
                      ) -> None:
   """ValueError unless a batch of `batch_size` examples can give each
   example its M - R batch negatives (Algorithm 1, `MixedNegatives`): they
-  are other examples of the batch, so the batch needs M - R + 1 rows."""
+  are other examples of the batch, so the batch needs M - R + 1 rows.
+
+      check_batch_size(64, num_negatives=63, alpha=0.5)  # fine: 32 + 1 <= 64
+      check_batch_size(16, num_negatives=63, alpha=0.5)  # ValueError
+  """
   batch_part = int(num_negatives) - int(round(float(alpha) *
                                               int(num_negatives)))
   if int(batch_size) < batch_part + 1:
@@ -443,7 +448,11 @@ class DPSRModel(SavableModel, keras.Model):
 
 def all_item_embeddings(model: DPSRModel, batch_size: int = 8192
                         ) -> np.ndarray:
-  """S(s) of every item, float32 `[N, d]`."""
+  """S(s) of every item, float32 `[N, d]`, in item-id order, computed in
+  batches of `batch_size` ids.
+
+      vectors = all_item_embeddings(model)   # [model.num_items, d]
+  """
   embed = tf.function(lambda ids: model.item_embedding(ids, training=False))
   return np.concatenate([
       embed(tf.range(s, min(s + batch_size, model.num_items))).numpy()

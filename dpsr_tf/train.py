@@ -10,8 +10,8 @@
 real datasets have no users). `--model=dssm` trains the same towers as DSSM
 (one head, softmax over the clicked and unclicked items); `--model=bm25` and
 `--model=bm25_bigram` score with Okapi BM25 (no training). Every model is
-evaluated the same way (`dpsr_tf.evaluation.evaluate`): `top1`, `top10`, `mrr` among
-`--num_random_items` random items, `auc` on the test queries' labelled pairs,
+evaluated the same way (`dpsr_tf.evaluation.evaluate`): `top1`, `top10`,
+`mrr` among `--num_random_items` random items, `auc` on the test queries' labelled pairs,
 and on the synthetic world `p_good@100` and `recall@100`.
 
 `--supervision_file` adds human supervision pairs (Sec. 4.5);

@@ -41,7 +41,8 @@ def setup(tmp_path_factory):
       {"query": task.train["query"].astype(str),
        "item_id": task.train["item_id"]}
   ).shuffle(4096, seed=0).repeat().batch(32, drop_remainder=True)
-  ds = ds.map(lambda r: {"item_id": r["item_id"], "query_tokens": tok(r["query"])})
+  ds = ds.map(lambda r: {"item_id": r["item_id"],
+                         "query_tokens": tok(r["query"])})
   model.fit(ds, steps_per_epoch=20, epochs=1, verbose=0)
   vectors = all_item_embeddings(model)
   ids = [str(i) for i in task.item_ids]
