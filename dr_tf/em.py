@@ -251,7 +251,13 @@ class FreezeReranker(keras.callbacks.Callback):
   """From epoch `epoch` (0-based) on, the softmax reranker's item
   embeddings are frozen (Sec. 4.1: joint training for two epochs, then the
   softmax embeddings fixed while DR trains on). The train function is
-  retraced once so the optimizer no longer touches them."""
+  retraced once so the optimizer no longer touches them.
+  `DeepRetrievalModel.fit` adds one when the model's `freeze_epoch` is set.
+
+  Example:
+
+      model.fit(data, epochs=4, callbacks=[dr_tf.FreezeReranker(2)])
+  """
 
   def __init__(self, epoch: int):
     super().__init__()
