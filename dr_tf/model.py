@@ -172,6 +172,10 @@ class DeepRetrievalModel(SavableModel, keras.Model):
         name="sampling_log_q", shape=(num_items,), trainable=False,
         initializer=keras.initializers.Constant(-np.log(num_items)))
     self.reranker_frozen = False
+    # `model.evaluate`'s report: the losses and retrieval metrics averaged
+    # over the evaluated batches.
+    self.eval_losses = {name: keras.metrics.Mean(name=name) for name in
+                        ("loss", "structure_nll", "softmax_loss")}
     self.hit_rate = keras.metrics.Mean(name=f"hr@{self.eval_k}")
     self.beam_recall = keras.metrics.Mean(name="beam_recall")
 
@@ -315,12 +319,15 @@ class DeepRetrievalModel(SavableModel, keras.Model):
     self.beam_recall.update_state(tf.cast(tf.reduce_any(
         tf.equal(beam[:, :, tf.newaxis], own[:, tf.newaxis, :]),
         axis=[1, 2]), tf.float32))
-    return {"loss": parts["structure_nll"] + self.softmax_weight *
-                    parts["softmax_loss"],
-            "structure_nll": parts["structure_nll"],
-            "softmax_loss": parts["softmax_loss"],
-            self.hit_rate.name: self.hit_rate.result(),
-            "beam_recall": self.beam_recall.result()}
+    values = {"loss": parts["structure_nll"] + self.softmax_weight *
+                      parts["softmax_loss"],
+              "structure_nll": parts["structure_nll"],
+              "softmax_loss": parts["softmax_loss"]}
+    for name, value in values.items():
+      self.eval_losses[name].update_state(value)
+    return {name: metric.result() for name, metric in
+            [*self.eval_losses.items(), (self.hit_rate.name, self.hit_rate),
+             ("beam_recall", self.beam_recall)]}
 
   # -- inference ----------------------------------------------------------
 

@@ -86,6 +86,13 @@ def test_model_evaluate_reports_retrieval_metrics(trained, data):
     assert 0.0 < report[key] <= 1.0, report
   # The hit rate of the whole pipeline beats ten random items of 200.
   assert report["hr@10"] > 10 / dataset.num_items
+  # The losses are averages over the batches, not the last batch's.
+  batches = list(_train(split, dataset, shuffle=False).take(3))
+  report = model.evaluate(_train(split, dataset, shuffle=False), steps=3,
+                          return_dict=True, verbose=0)
+  nll = [model.losses_of(b)["structure_nll"].numpy() for b in batches]
+  np.testing.assert_allclose(report["structure_nll"], np.mean(nll),
+                             rtol=1e-5)
 
 
 def test_evaluate_gives_the_cli_keys(trained, data):
