@@ -18,7 +18,7 @@
   max(0, delta - f(q, s+) + f(q, s-)) (Eq. 2), averaged over the batch.
 * `head_balance_loss` (not in the paper): a load-balancing term that keeps
   every head winning a share of the positives, against the heads'
-  collapse into one (see the README).
+  collapse into one (see docs/dpsr.md).
 * `MixedNegatives`: Algorithm 1's negative set: a proportion alpha of random
   items shared by the batch (Sec. 4.4.1) and 1 - alpha of the batch's other
   positives (Sec. 4.4.2), as columns of one score matrix (Sec. 4.4.3).

@@ -25,7 +25,7 @@ negatives (Sec. 4.5) arrive per example as `hard_negatives` int `[B, H]`
 before their normalisation, t the mean n-gram embedding of the query or of
 the title and P one `Dense(d, use_bias=False)` shared by the two sides, so
 that the shared n-gram table's lexical match reaches the score past the
-MLPs (which keep only part of it; see the README's CrowdFlower results).
+MLPs (which keep only part of it; see docs/dpsr.md, CrowdFlower).
 `lexical_skip_init="identity"` (needs `token_dim == output_dim`) starts P
 as the identity, so that at the start the skip passes the table's match
 through unchanged instead of through a random projection.
@@ -33,7 +33,7 @@ through unchanged instead of through a random projection.
 `head_balance > 0` (not in the paper) adds `head_balance` times
 `layers.head_balance_loss` of the positives' per-head inner products to the
 hinge loss, so that every head keeps winning some positives (without it the
-heads collapse into one; see the README).
+heads collapse into one; see docs/dpsr.md).
 
 `loss="dssm"` turns the same towers into the DSSM baseline of Table 2: one
 head, softmax over (the clicked item, the example's `hard_negatives`, i.e.
@@ -61,7 +61,7 @@ LOSSES = ("hinge", "dssm")
 LEXICAL_SKIP_INITS = ("glorot_uniform", "identity")
 # Routing temperature of the head load-balancing term (inner products of
 # unit vectors lie in [-1, 1]). beta = 0.1 cures the collapse too, but at 1
-# the heads more often take one meaning each (see the README's Results).
+# the heads more often take one meaning each (docs/dpsr.md, Results).
 HEAD_BALANCE_TEMPERATURE = 1.0
 
 
