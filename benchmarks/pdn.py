@@ -336,7 +336,7 @@ def synthetic_servable(num_items: int, export_dir: str, index_k: int = 100,
                       "history": tf.zeros([1, 2], tf.int32),
                       **{f"user_{f}": tf.zeros([1], tf.int32)
                          for f in user_features}}, 10)
-  path = servable.export_pdn(retriever, dataset, export_dir,
+  path = servable.export_pdn(retriever, export_dir, dataset,
                              {"warning": "untrained, random I2I index: "
                               "latency benchmark only"})
   users = rng.choice(dataset.num_users, 200, replace=False)

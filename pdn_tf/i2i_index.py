@@ -101,8 +101,24 @@ def candidate_pairs(model: PDNModel, cooccurrence: CooccurrenceTable,
 def build_i2i_index(model: PDNModel, cooccurrence: CooccurrenceTable, k: int,
                     num_cooccurring: int = 200, num_neighbors: int = 100,
                     batch_items: int = 512) -> I2IIndex:
-  """Steps 1-3 (see the module); `cooccurrence` is the training table the
-  model was trained with."""
+  """The SimNet I2I index of a trained model (Sec. 5.2): candidate pairs
+  from co-occurrence and embedding neighbours, ranked by s_ji (Eq. 9), the
+  top `k` kept per trigger item.
+
+      index = build_i2i_index(model, cooccurrence, k=100)
+      index.items[j], index.scores[j]  # trigger j's targets, best first
+
+  Args:
+    model: a trained `PDNModel`.
+    cooccurrence: the training co-occurrence table the model was built with.
+    k: targets kept per trigger (>= 1; padded with -1 / -inf).
+    num_cooccurring, num_neighbors: candidates per trigger from
+      co-occurrence and from item-embedding neighbours (not both 0).
+    batch_items: triggers ranked per SimNet batch.
+
+  Returns:
+    An `I2IIndex` (`items int32 [N, k]`, `scores float32 [N, k]`).
+  """
   if k < 1:
     raise ValueError(f"build_i2i_index: k must be >= 1, got {k}")
   if cooccurrence.num_items != model.num_items:

@@ -37,6 +37,7 @@ from retrieval_tf.compat import keras, tf
 from retrieval_tf.cooccurrence import CooccurrenceTable
 from retrieval_tf.datasets.errors import DataError
 from retrieval_tf.datasets.types import Interactions, check_index_range
+from retrieval_tf.saving import SavableModel
 
 from pdn_tf import layers as pdn_layers
 
@@ -275,8 +276,28 @@ def cooccurrence_buckets(counts, n_j, n_i):
 
 
 @keras.utils.register_keras_serializable(package=_PACKAGE)
-class PDNModel(keras.Model):
+class PDNModel(SavableModel, keras.Model):
   """Scalar-based PDN (Eq. 12) with its training objective (Eq. 13).
+
+  Inputs (`call`, `fit`, `evaluate`): feature dicts of `user_id [B]`,
+  `user_<field> [B]`, `history [B, L]` (item indices, newest last),
+  `history_mask [B, L]`, `item_id [B]` (the positive), `negative_ids
+  [B, n]` and, with `bias_time`, `timestamp [B]` (`pdn_tf.training_dataset`
+  builds them). `call` returns the relevance logits `[B, 1 + n]` (Eq. 12,
+  positive first); `score(features, candidates)` scores any `[B, C]`.
+  `model.evaluate` reports the loss and `sampled_hr@1`, the share of rows
+  whose positive outscores every unseen sampled negative.
+
+  Every table lives in a non-trainable variable sized by the config, so
+  `.keras` save/load, `ModelCheckpoint` and `from_config` + `load_weights`
+  restore a trained model whole (tables included).
+
+      model = pdn_tf.build_pdn_model(split.dataset, cooccurrence,
+                                     embedding_dim=16, num_negatives=4)
+      model.compile(optimizer=keras.optimizers.Adam(0.005))
+      model.fit(pdn_tf.training_dataset(split.dataset, batch_size=256,
+                                        history_length=10, num_negatives=4))
+      pdn_tf.evaluate(model, split)  # {"hr@10": ..., "ndcg@10": ...}
 
   Args:
     num_users, num_items: vocabulary sizes.
@@ -291,7 +312,7 @@ class PDNModel(keras.Model):
     use_direct, use_bias: the ablation switches (Table 2).
     direct_item_id: the Direct Net's item tower reads the item id besides
       the item's other features (the paper's x_i; False: only the other
-      features, the variant measured in the README).
+      features, the variant measured in docs/pdn.md).
     use_rating: behaviour field includes the rating of the trigger.
     bias_time: Bias Net reads hour and weekday of the event's timestamp
       (Unix seconds) besides the history-length (position) bucket.
@@ -379,6 +400,23 @@ class PDNModel(keras.Model):
       self.bias_field = CategoricalFields(bias, 8, name="bias_field")
       self.bias_net = pdn_layers.BiasNet(c["bias_units"], name="bias_net")
     self.loss_tracker = keras.metrics.Mean(name="loss")
+    self.hr_tracker = keras.metrics.Mean(name="sampled_hr@1")
+
+  # -- saving --------------------------------------------------------------
+
+  def example_features(self):
+    """Two rows of index 0 in every feature the model reads (history of 2,
+    `num_negatives` negatives), made from the config alone."""
+    zeros = tf.zeros([2], tf.int32)
+    features = {"user_id": zeros, "item_id": zeros,
+                "history": tf.zeros([2, 2], tf.int32),
+                "history_mask": tf.ones([2, 2], tf.bool),
+                "negative_ids": tf.zeros([2, self.num_negatives], tf.int32)}
+    for name in self.user_feature_names:
+      features[f"user_{name}"] = zeros
+    if self.use_bias and self.bias_time:
+      features["timestamp"] = tf.zeros([2], tf.int64)
+    return features
 
   # -- tables -------------------------------------------------------------
 
@@ -525,17 +563,22 @@ class PDNModel(keras.Model):
 
   def compute_loss_terms(self, features, training=True):
     """Mean Sec. 4.6 cross-entropy over the positive (column 0) and the
-    negatives the user did not interact with."""
+    negatives the user did not interact with; also updates `sampled_hr@1`
+    (the positive outscores every counted negative)."""
     candidates = self.training_candidates(features)
     y = self.score(features, candidates, training=training)["relevance"]
     labels = tf.one_hot(tf.zeros(tf.shape(y)[:1], tf.int32), tf.shape(y)[1])
     seen = self.pairs.seen(features["user_id"], candidates)
     weights = tf.where(labels > 0, 1.0, 1.0 - tf.cast(seen, tf.float32))
     losses = pdn_layers.pdn_cross_entropy(labels, y)
+    beaten = tf.logical_and(y[:, 1:] >= y[:, :1], weights[:, 1:] > 0)
+    self.hr_tracker.update_state(
+        1.0 - tf.cast(tf.reduce_any(beaten, axis=1), tf.float32))
     return tf.math.divide_no_nan(tf.reduce_sum(losses * weights),
                                  tf.reduce_sum(weights))
 
   def train_step(self, features):
+    self._remember_input_spec(features)
     with tf.GradientTape() as tape:
       loss = self.compute_loss_terms(features, training=True)
       total = loss + tf.add_n(self.losses) if self.losses else loss
@@ -543,15 +586,16 @@ class PDNModel(keras.Model):
     self.optimizer.apply_gradients(zip(tape.gradient(total, variables),
                                        variables))
     self.loss_tracker.update_state(loss)
-    return {"loss": self.loss_tracker.result()}
+    return {m.name: m.result() for m in self.metrics}
 
   def test_step(self, features):
+    self._remember_input_spec(features)
     self.loss_tracker.update_state(self.compute_loss_terms(features, False))
-    return {"loss": self.loss_tracker.result()}
+    return {m.name: m.result() for m in self.metrics}
 
   @property
   def metrics(self):
-    return [self.loss_tracker]
+    return [self.loss_tracker, self.hr_tracker]
 
   def get_config(self):
     return dict(self.config)

@@ -23,7 +23,7 @@ training tables) plus the index, and is what the servable wraps.
 
 from __future__ import annotations
 
-from typing import Dict
+from typing import Dict, Optional
 
 import numpy as np
 
@@ -31,14 +31,22 @@ from retrieval_tf.compat import tf
 from retrieval_tf.data.history import HistoryIndex, history_window
 from retrieval_tf.datasets.types import Interactions
 
-from pdn_tf.i2i_index import I2IIndex
+from retrieval_tf.cooccurrence import CooccurrenceTable, cooccurrence_counts
+from retrieval_tf.datasets.types import RecDataset
+
+from pdn_tf.i2i_index import I2IIndex, build_i2i_index
 from pdn_tf.model import PDNModel, behaviour_ids
 
 
 def greedy_path_retrieval(trigger_weights, triggers, exclude, index_items,
                           index_scores, pool, num_triggers, k,
                           user_vectors=None, item_vectors=None):
-  """Eq. 14 top-k (see the module).
+  """Eq. 14 top-k: ŝ_ui = softplus(d_ui) + Σ_{j in top-m} softplus(t_uj +
+  s_ji) over the top-m triggers' I2I lists and the fallback pool, the
+  history excluded.
+
+      scores, ids = greedy_path_retrieval(t, history, history, index.items,
+                                          index.scores, pool, 20, k=10)
 
   Args:
     trigger_weights: `[B, L]` t_uj.
@@ -201,6 +209,48 @@ class PDNRetriever(tf.Module):
             "pool_size": int(self.pool.shape[0]),
             "direct_net": int(self.use_direct)}
 
+
+def build_retriever(model: PDNModel, dataset: RecDataset,
+                    cooccurrence: Optional[CooccurrenceTable] = None, *,
+                    history_length: int = 20, num_triggers: int = 20,
+                    pool_size: int = 1000, index_k: int = 100,
+                    num_cooccurring: int = 200, num_neighbors: int = 100
+                    ) -> PDNRetriever:
+  """A `PDNRetriever` of a trained model: builds the SimNet I2I index (Sec.
+  5.1 Steps 1-3) and wraps the serving parts.
+
+      retriever = pdn_tf.build_retriever(model, split.dataset)
+      retriever.retrieve({"user_id": ..., "history": ...}, k=10)["ids"]
+
+  Args:
+    model: a trained `PDNModel`.
+    dataset: its training `RecDataset` (the co-occurrence table is counted
+      from `dataset.interactions` when `cooccurrence` is None).
+    cooccurrence: the user-level table the model was built with, or None.
+    history_length: TrigNet's window (as in training).
+    num_triggers: m, the triggers expanded per user (Eq. 14).
+    pool_size: the fallback pool of popular items (the largest k).
+    index_k, num_cooccurring, num_neighbors: the I2I index's kept targets
+      per trigger and its candidates from co-occurrence / embeddings.
+
+  Returns:
+    The `PDNRetriever`.
+  """
+  if dataset.num_items != model.num_items:
+    raise ValueError(f"dataset has {dataset.num_items} items, the model "
+                     f"{model.num_items}: pass the dataset it was built from")
+  for name, value in (("history_length", history_length),
+                      ("num_triggers", num_triggers),
+                      ("pool_size", pool_size)):
+    if value < 1:
+      raise ValueError(f"{name} must be >= 1, got {value}")
+  if cooccurrence is None:
+    cooccurrence = cooccurrence_counts(dataset.interactions,
+                                       dataset.num_items,
+                                       vocabulary=dataset.items)
+  index = build_i2i_index(model, cooccurrence, index_k, num_cooccurring,
+                          num_neighbors)
+  return PDNRetriever(model, index, history_length, num_triggers, pool_size)
 
 
 def _full_history_features(dataset, users: np.ndarray, index: HistoryIndex,

@@ -25,7 +25,7 @@ from __future__ import annotations
 
 import os
 import tempfile
-from typing import Any, Dict, Mapping, Optional, Sequence
+from typing import Any, Dict, Mapping, Optional, Sequence, Union
 
 import numpy as np
 
@@ -36,7 +36,8 @@ from retrieval_tf.datasets.types import Interactions, RecDataset
 from retrieval_tf.serving.assets import (id_table, index_table, non_empty,
                                          request_k, write_vocabulary)
 
-from pdn_tf.retrieval import PDNRetriever, history_ratings
+from pdn_tf.model import PDNModel
+from pdn_tf.retrieval import PDNRetriever, build_retriever, history_ratings
 
 PAPER = ("Li et al., Path-based Deep Network for Candidate Item Matching in "
          "Recommenders (PDN), SIGIR'21")
@@ -129,10 +130,44 @@ def raw_requests(dataset: RecDataset, users: Sequence[int],
   return request
 
 
-def export_pdn(retriever: PDNRetriever, dataset: RecDataset, export_dir: str,
-               model_card: Optional[Mapping[str, Any]] = None) -> str:
-  """Exports the servable as the next version of `export_dir` (atomic,
-  `retrieval_tf.export`); returns its path."""
+def export_pdn(model: Union[PDNModel, PDNRetriever], export_dir: str,
+               dataset: RecDataset,
+               model_card: Optional[Mapping[str, Any]] = None,
+               **retriever_args) -> str:
+  """Exports the servable (raw request -> greedy path retrieval -> item
+  ids) as the next version of `export_dir` (atomic, `retrieval_tf.export`).
+
+      path = pdn_tf.export_pdn(model, "exports/pdn", split.dataset)
+      served = tf.saved_model.load(path).signatures["serving_default"]
+      served(user_id=tf.constant(["1"]), history=tf.constant([["5", "9"]]),
+             k=tf.constant([10]), ...)["item_ids"]  # [1, 10] item ids
+
+  Args:
+    model: a trained `PDNModel` (its retriever is built with
+      `build_retriever(model, dataset, **retriever_args)`) or a
+      `PDNRetriever`.
+    export_dir: the servable's base folder (versions 1, 2, ... inside).
+    dataset: the training `RecDataset` (vocabularies: user and item ids,
+      profile values; the example requests).
+    model_card: extra entries of the exported model card.
+    **retriever_args: `build_retriever`'s keyword arguments (a model only).
+
+  Returns:
+    The exported version folder.
+  """
+  if isinstance(model, PDNModel):
+    retriever = build_retriever(model, dataset, **retriever_args)
+  elif isinstance(model, PDNRetriever):
+    if retriever_args:
+      raise ValueError(f"export_pdn: {sorted(retriever_args)} only apply "
+                       "to a PDNModel, the retriever is already built")
+    retriever = model
+  else:
+    raise TypeError(f"export_pdn: model must be a PDNModel or a "
+                    f"PDNRetriever, got {type(model).__name__}")
+  if dataset.num_items != retriever.num_items:
+    raise ValueError(f"dataset has {dataset.num_items} items, the retriever "
+                     f"{retriever.num_items}")
   folder = tempfile.mkdtemp(prefix="pdn_vocab_")
   vocabularies = {
       "users": write_vocabulary(folder, "users", dataset.users.ids),

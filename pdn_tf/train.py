@@ -37,26 +37,21 @@ from typing import Any, Dict
 from absl import flags
 import numpy as np
 
-from retrieval_tf import data as pipeline
-from retrieval_tf import evaluation
-from retrieval_tf import metrics as metrics_lib
 from retrieval_tf import runner
-from retrieval_tf.compat import keras, tf
+from retrieval_tf.compat import keras
 from retrieval_tf.cooccurrence import cooccurrence_counts
-from retrieval_tf.data.history import HistoryIndex
-from retrieval_tf.data.samplers import UniformSampler
 from retrieval_tf.datasets import registry
 
+from pdn_tf.data import training_dataset_fn
+from pdn_tf.evaluation import FULL_KS, evaluate
 from pdn_tf.i2i_index import build_i2i_index
 from pdn_tf.model import PDNModel, build_pdn_model
-from pdn_tf.retrieval import PDNRetriever, retrieve_users
+from pdn_tf.retrieval import PDNRetriever
 from pdn_tf import servable
 
 DATASETS = {name: needs for name, needs in registry.REC_DATASETS.items()
             if name in ("synthetic", "ncf-ml-1m", "ml-1m", "amazon-beauty",
                         "amazon-toys", "amazon")}
-SAMPLED_KS = (10,)
-FULL_KS = (50, 300)
 
 runner.define_common_flags(DATASETS, default_epochs=2,
                            default_batch_size=1024,
@@ -99,32 +94,6 @@ def _int_list(values):
   return [int(v) for v in values]
 
 
-def sampled_scores(model: PDNModel, data, user_features, history_length,
-                   batch_size):
-  """Personalised (Eq. 12, no bias) and item-to-item scores `[U, 1 + n]` of
-  each test user's target (column 0) and negatives."""
-  candidates = np.concatenate([data.test.item[:, None], data.negatives], 1)
-  users = pipeline.user_eval_dataset(
-      data.test.user, HistoryIndex.from_interactions(
-          data.dataset.interactions, data.dataset.num_users),
-      history_length, user_features, batch_size=batch_size)
-
-  @tf.function(reduce_retracing=True)
-  def both(features, items):
-    out = model.score(features, items, training=False)
-    return out["relevance"], PDNModel.item_to_item_scores(out)
-
-  personal, i2i = [], []
-  start = 0
-  for batch in users:
-    n = int(batch["user_id"].shape[0])
-    p, s = both(batch, tf.constant(candidates[start:start + n], tf.int32))
-    personal.append(p.numpy())
-    i2i.append(s.numpy())
-    start += n
-  return np.concatenate(personal), np.concatenate(i2i)
-
-
 def run_experiment(ctx: runner.RunContext) -> Dict[str, Any]:
   f = ctx.flags
   data = registry.leave_one_out(
@@ -136,14 +105,10 @@ def run_experiment(ctx: runner.RunContext) -> Dict[str, Any]:
   cooccurrence = cooccurrence_counts(train, dataset.num_items,
                                      vocabulary=dataset.items)
   cooccurrence.check_vocabulary(dataset.items, "the dataset")
-  user_features = {k: v for k, v in dataset.user_features.items()
-                   if k in dataset.feature_vocabularies}
-  dataset_fn = pipeline.distributed_dataset_fn(
-      train, batch_size=f["batch_size"], history_length=f["history_length"],
-      user_features=user_features, num_users=dataset.num_users,
-      num_items=dataset.num_items, shuffle=True, seed=f["seed"], repeat=True,
-      drop_remainder=True,
-      negatives=(UniformSampler(dataset.num_items), f["num_negatives"]))
+  dataset_fn = training_dataset_fn(
+      dataset, batch_size=f["batch_size"], history_length=f["history_length"],
+      num_negatives=f["num_negatives"], shuffle=True, seed=f["seed"],
+      repeat=True, drop_remainder=True)
 
   def build():
     model = build_pdn_model(
@@ -169,34 +134,24 @@ def run_experiment(ctx: runner.RunContext) -> Dict[str, Any]:
       "train_steps": result.train_steps,
       "final_loss": result.history["loss"][-1] if result.history.get(
           "loss") else math.nan}
-  personal, i2i = sampled_scores(model, data, user_features,
-                                 f["history_length"], f["eval_batch_size"])
-  rows = np.arange(len(data.test))
-  metrics.update(evaluation.evaluate_sampled(
-      lambda r, c: personal[r], rows, data.test.item, data.negatives,
-      ks=SAMPLED_KS))
-  metrics.update({f"i2i_{k}": v for k, v in evaluation.evaluate_sampled(
-      lambda r, c: i2i[r], rows, data.test.item, data.negatives,
-      ks=SAMPLED_KS).items()})
   index = build_i2i_index(model, cooccurrence, f["index_k"],
                           f["num_cooccurring"], f["num_neighbors"])
   metrics["index_build_seconds"] = round(index.build_seconds, 3)
   metrics["index_candidates_per_item"] = round(index.candidates_per_item, 1)
   retriever = PDNRetriever(model, index, f["history_length"],
                            f["num_triggers"], f["pool_size"])
-  top = retrieve_users(retriever, dataset, data.test.user,
-                       min(max(FULL_KS), retriever.max_k))
-  full = metrics_lib.ranking_report(topk=top, truth=data.test.item[:, None],
-                                    ks=[k for k in FULL_KS
-                                        if k <= top.shape[1]])
-  metrics.update({k: v for k, v in full.items() if k.startswith("recall")})
+  scores: Dict[str, np.ndarray] = {}
+  metrics.update(evaluate(model, data, history_length=f["history_length"],
+                          retriever=retriever,
+                          batch_size=f["eval_batch_size"], full_ks=FULL_KS,
+                          outputs=scores))
   if f["save_scores"] and ctx.chief:
     np.savez(os.path.join(ctx.output_dir, "scores.npz"),
              users=data.test.user, targets=data.test.item,
-             negatives=data.negatives, personal=personal, i2i=i2i, top=top)
+             negatives=data.negatives, **scores)
   if f["export_dir"] and ctx.chief:
     path = servable.export_pdn(
-        retriever, dataset, f["export_dir"],
+        retriever, f["export_dir"], dataset,
         model_card={"config": f, "dataset": f["dataset"],
                     "metrics": dict(metrics)})
     metrics["export_path"] = path

@@ -169,8 +169,8 @@ def exported(world, trained, tmp_path_factory):
                           num_neighbors=20)
   retriever = PDNRetriever(model, index, HISTORY, num_triggers=5,
                            pool_size=100)
-  path = servable_lib.export_pdn(retriever, dataset,
-                                 str(tmp_path_factory.mktemp("pdn_export")))
+  path = servable_lib.export_pdn(
+      retriever, str(tmp_path_factory.mktemp("pdn_export")), dataset)
   return index, retriever, path
 
 
