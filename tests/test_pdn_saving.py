@@ -3,7 +3,8 @@ Direct and Bias Nets): `.keras` save/load, `ModelCheckpoint` of whole
 models, SavedModel right after `fit`, `load_weights` into a fresh model;
 the item feature, co-occurrence and log tables come back with the networks:
 identical scores, identical SimNet I2I index and identical `PDNRetriever`
-answers. Also `model.evaluate`'s `sampled_hr@1` and `pdn_tf.evaluate`."""
+answers. Also `model.evaluate`'s `sampled_hr@1`, `pdn_tf.evaluate` and
+`export_pdn` from a model (served answers equal the retriever's)."""
 
 import numpy as np
 import pytest
@@ -14,6 +15,7 @@ from retrieval_tf.datasets import registry, synthetic
 
 import pdn_tf
 from pdn_tf.retrieval import retrieve_users
+from pdn_tf.servable import raw_requests
 
 HISTORY = 5
 NEGATIVES = 3
@@ -167,3 +169,26 @@ def test_evaluate_keys_and_bad_arguments(split, cooc):
     pdn_tf.training_dataset(split.dataset, batch_size=8, num_negatives=0)
   with pytest.raises(TypeError, match="PDNModel or a PDNRetriever"):
     pdn_tf.export_pdn("model", "/tmp/x", split.dataset)
+
+
+def test_export_pdn_from_a_model(split, cooc, tmp_path):
+  model = _fit(split, cooc, "no_direct_no_bias")
+  args = dict(history_length=HISTORY, num_triggers=3, pool_size=50,
+              index_k=5, num_cooccurring=10, num_neighbors=5)
+  path = pdn_tf.export_pdn(model, str(tmp_path / "export"), split.dataset,
+                           **args)
+  serve = tf.saved_model.load(path).signatures["serving_default"]
+  # whole histories, as retrieve_users sends them
+  request = raw_requests(split.dataset, [0, 1],
+                         len(split.dataset.interactions),
+                         with_rating=model.use_rating)
+  answer = serve(k=tf.constant([10, 10]), **{
+      name: tf.constant(value) for name, value in request.items()})
+  retriever = pdn_tf.build_retriever(model, split.dataset, **args)
+  expected = retrieve_users(retriever, split.dataset, [0, 1], 10)
+  ids = split.dataset.items.ids
+  assert answer["item_ids"].numpy().astype(str).tolist() == [
+      [str(ids[i]) for i in row] for row in expected]
+  with pytest.raises(ValueError, match="only apply to a PDNModel"):
+    pdn_tf.export_pdn(retriever, str(tmp_path / "again"), split.dataset,
+                      pool_size=10)
