@@ -29,7 +29,17 @@ from pdn_tf.model import PDNModel
 
 @dataclasses.dataclass
 class I2IIndex:
-  """Each trigger item's top-k targets by SimNet score s_ji."""
+  """Each trigger item's top-k targets by SimNet score s_ji (Sec. 5.2).
+
+  Attributes:
+    items: int32 `[N, k]` target item indices per trigger, best first
+      (-1: empty slot).
+    scores: float32 `[N, k]` their s_ji (-inf on empty slots).
+    build_seconds, candidates_per_item: build statistics.
+
+      index = build_i2i_index(model, cooccurrence, k=100)
+      index.neighbours(7)  # trigger 7's targets, best first
+  """
 
   items: np.ndarray  # int32 [N, k], -1 = empty slot
   scores: np.ndarray  # float32 [N, k], -inf on empty slots

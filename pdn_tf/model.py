@@ -611,7 +611,26 @@ def build_pdn_model(dataset, cooccurrence: CooccurrenceTable,
   features, its training log) with its tables filled; `config` holds the
   other `PDNModel` arguments. The behaviour field reads ratings when the log
   has them; the Bias Net reads hour and weekday when timestamps are Unix
-  seconds."""
+  seconds.
+
+      split = retrieval_tf.datasets.registry.leave_one_out(dataset)
+      cooc = cooccurrence_counts(split.dataset.interactions,
+                                 split.dataset.num_items,
+                                 vocabulary=split.dataset.items)
+      model = build_pdn_model(split.dataset, cooc, num_negatives=4)
+
+  Args:
+    dataset: the training `RecDataset` (a leave-one-out split's `dataset`).
+    cooccurrence: its user-level co-occurrence table (`window=None`) on the
+      same item vocabulary.
+    **config: `PDNModel` keyword arguments.
+
+  Returns:
+    The `PDNModel`, tables filled (untrained).
+
+  Raises:
+    DataError: a table on another vocabulary or with windows.
+  """
   cooccurrence.check_vocabulary(dataset.items, "the dataset")
   item_features = {
       k: (len(dataset.feature_vocabularies[k]),
