@@ -198,7 +198,11 @@ class TwoTowerModel(SavableModel, tfrs.Model):
     """Updates `in_batch_hr@k` from user and item vectors `[B, d]` and the
     positives' ids `[B]`: raw scores <u, v> over the batch's items (one
     B x B matmul), another row holding the same positive is no competitor.
-    A subclass with its own `compute_loss` calls it to keep the metric."""
+    A subclass with its own `compute_loss` calls it to keep the metric.
+    Skipped in a strategy's cross-replica context (a build pass outside
+    `fit`), where Keras metrics cannot be updated."""
+    if tf.distribute.has_strategy() and tf.distribute.in_cross_replica_context():
+      return
     scores = tf.matmul(users, items, transpose_b=True)
     item_ids = tf.reshape(item_ids, [-1])
     labels = tf.eye(tf.shape(scores)[0], dtype=scores.dtype)
