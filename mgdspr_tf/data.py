@@ -46,19 +46,24 @@ ATTRIBUTES = ("leaf_category", "brand", "shop")
 
 @dataclasses.dataclass
 class Examples:
-  """Parallel arrays, one row per (search, clicked item)."""
+  """Parallel arrays, one row per (search, clicked item).
+
+  `features()` gives the model's feature dict (the names of
+  `MGDSPRModel`): `query`, `history_query`, `real_time`, `short_term`,
+  `long_term` and `item_id`.
+  """
 
   query: np.ndarray  # object [n]
   history_query: np.ndarray  # object [n]
   real_time: np.ndarray  # int32 [n, max_real], -1 padded
   short_term: np.ndarray
   long_term: np.ndarray
-  item: np.ndarray  # int32 [n]
+  item_id: np.ndarray  # int32 [n]: the clicked item
   query_index: np.ndarray  # int32 [n], -1 when the source has none
   search: np.ndarray  # int64 [n]: rows of one search share the id
 
   def __len__(self):
-    return len(self.item)
+    return len(self.item_id)
 
   def take(self, rows) -> "Examples":
     return Examples(**{f.name: getattr(self, f.name)[rows]
@@ -86,12 +91,14 @@ class Examples:
         short_term=other.short_term, long_term=other.long_term)
 
   def features(self, with_item: bool = True) -> Dict[str, np.ndarray]:
+    """`{name: array}` of the model's features; `item_id` (the clicked
+    item) only `with_item`."""
     out = {"query": self.query.astype(str).astype(object),
            "history_query": self.history_query.astype(str).astype(object),
            "real_time": self.real_time, "short_term": self.short_term,
            "long_term": self.long_term}
     if with_item:
-      out["item"] = self.item
+      out["item_id"] = self.item_id
     return out
 
 
@@ -362,11 +369,56 @@ def from_rec_dataset(dataset, lengths=(50, 100, 100),
       item_fields=None)
 
 
-def tf_dataset(examples: Examples, batch_size: int, seed: int = 0,
-               shuffle: bool = True, repeat: bool = True,
-               drop_remainder: bool = True) -> tf.data.Dataset:
-  """Batches of `Examples.features()` for `model.fit`."""
-  data = tf.data.Dataset.from_tensor_slices(examples.features())
+def training_dataset(examples: Examples, batch_size: int, seed: int = 0,
+                     shuffle: bool = True, repeat: bool = True,
+                     drop_remainder: bool = True,
+                     num_items: Optional[int] = None) -> tf.data.Dataset:
+  """Batches of (query, behaviour) -> clicked item for `MGDSPRModel.fit`.
+
+  Args:
+    examples: `Examples` (`MGDSPRData.train` of `from_synthetic`,
+      `from_search_dataset` or `from_rec_dataset`).
+    batch_size: rows per batch; the other rows of a batch are each row's
+      negatives and the pool of its mixed hard negatives (Sec. 3.4).
+    seed: shuffle seed. shuffle: shuffle the rows. repeat: repeat forever
+      (then give `fit` a `steps_per_epoch`).
+    drop_remainder: drop the last partial batch.
+    num_items: the model's catalogue size (`model.num_items`); when given,
+      every item id (clicked and behaviour) must lie below it.
+
+  Returns:
+    A `tf.data.Dataset` of dicts, batched `[B, ...]`: `query` and
+    `history_query` strings `[B]`; `real_time`, `short_term`, `long_term`
+    int32 item indices `[B, T]` (oldest first, -1 padded); `item_id` int32
+    `[B]`.
+
+  Raises:
+    ValueError: `batch_size` < 1 (or above the number of rows with
+      `drop_remainder`), no rows, or an item id outside `num_items`.
+
+      data = from_synthetic(world)
+      ds = training_dataset(data.train, batch_size=256,
+                            num_items=data.num_items)
+      model.fit(ds, epochs=3, steps_per_epoch=len(data.train) // 256)
+  """
+  if batch_size < 1:
+    raise ValueError(f"batch_size must be >= 1, got {batch_size}")
+  if not len(examples):
+    raise ValueError("examples has no rows")
+  if drop_remainder and len(examples) < batch_size:
+    raise ValueError(f"batch_size={batch_size} exceeds the {len(examples)} "
+                     f"rows; every batch would be dropped (lower batch_size "
+                     f"or pass drop_remainder=False)")
+  features = examples.features()
+  if num_items is not None:
+    for name, ids in features.items():
+      if name in ("query", "history_query"):
+        continue
+      if np.size(ids) and (ids.max() >= num_items or ids.min() < -1):
+        raise ValueError(f"{name} holds item ids outside [0, {num_items}) "
+                         f"(-1 is padding): pass examples built for this "
+                         f"catalogue or the right num_items")
+  data = tf.data.Dataset.from_tensor_slices(features)
   if shuffle:
     data = data.shuffle(min(len(examples), 100_000), seed=seed,
                         reshuffle_each_iteration=True)

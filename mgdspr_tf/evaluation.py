@@ -26,7 +26,7 @@ Flat metric keys of `evaluate`, on `data.test` (one row per search):
 
 from __future__ import annotations
 
-from typing import Dict
+from typing import Dict, Sequence
 
 import numpy as np
 
@@ -85,9 +85,42 @@ def _retrieval_metrics(out: Dict[str, float], prefix: str, top, truth,
                                                       good_grade)
 
 
-def evaluate(model: MGDSPRModel, data: data_lib.MGDSPRData, ks,
-             rc_k: int) -> Dict[str, float]:
-  """The metrics of the module docstring on `data.test`."""
+def evaluate(model: MGDSPRModel, data: data_lib.MGDSPRData,
+             ks: Sequence[int] = (10, 100), rc_k: int = 100
+             ) -> Dict[str, float]:
+  """MGDSPR's offline metrics (Sec. 5.1: Recall@K and P_good) on
+  `data.test`, the flat keys that `python -m mgdspr_tf.train` writes to
+  metrics.json.
+
+  Args:
+    model: a trained `MGDSPRModel` whose catalogue is `data`'s.
+    data: an `MGDSPRData` (`from_synthetic`, `from_search_dataset`,
+      `from_rec_dataset`); its `test` rows are grouped by search.
+    ks: cut-offs of `recall@k` and `p_good@k`.
+    rc_k: the depth relevance control filters (`rc_*` keys).
+
+  Returns:
+    `{"recall@10": ..., "p_good@10": ..., "rc_p_good": ..., ...}`: the keys
+    of the module docstring (`p_good@k` where `data` has relevance,
+    `unrelated_*` / `swapped_*` on the synthetic world, `rc_*` where the
+    catalogue has intent fields), plus `num_test_searches` and
+    `num_train_examples`.
+
+  Raises:
+    DataError: the test split is empty. ValueError: a k or `rc_k` < 1, or
+    a model of another catalogue size.
+
+      metrics = evaluate(model, data, ks=[10, 50])
+      metrics["recall@50"], metrics["p_good@10"]
+  """
+  ks = [int(k) for k in ks]
+  if not ks or min(ks) < 1 or rc_k < 1:
+    raise ValueError(f"ks must be non-empty and every k and rc_k >= 1, got "
+                     f"ks={ks}, rc_k={rc_k}")
+  if model.num_items != data.num_items:
+    raise ValueError(f"the model has {model.num_items} items, {data.name} "
+                     f"{data.num_items}: evaluate the model on the data it "
+                     f"was built for")
   test = data.test
   if not len(test):
     raise DataError(f"{data.name}: the test split is empty")
@@ -95,7 +128,7 @@ def evaluate(model: MGDSPRModel, data: data_lib.MGDSPRData, ks,
                                        return_inverse=True)
   rows = test.take(first)
   truth = metrics_lib.pad_truth(
-      [np.unique(test.item[inverse == i]) for i in range(len(searches))])
+      [np.unique(test.item_id[inverse == i]) for i in range(len(searches))])
   encode = user_encoder(model)
   items = model.all_item_vectors()
   depth = min(max(max(ks), rc_k), data.num_items)

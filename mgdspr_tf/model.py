@@ -7,7 +7,7 @@ Features (one dict, batch first; item indices padded with -1):
   queries, joined by spaces);
 * `real_time` `[B, max_real]`, `short_term` `[B, max_short]`, `long_term`
   `[B, max_long]`: int32 item indices, oldest first;
-* `item` int32 `[B]`: the clicked item (training only).
+* `item_id` int32 `[B]`: the clicked item (training only).
 
 A behaviour item is e_item + the sum of its attribute embeddings (leaf
 category, brand, shop, ...: the side information of Sec. 3.2.2); the long-term
@@ -33,11 +33,12 @@ paper's unnormalised F ("dot", the default) the vectors' norms absorb tau.
 
 from __future__ import annotations
 
-from typing import Mapping, Optional
+from typing import Dict, Mapping, Optional
 
 import numpy as np
 
 from retrieval_tf.compat import keras, tf
+from retrieval_tf.saving import SavableModel
 
 from mgdspr_tf import layers
 
@@ -125,8 +126,16 @@ def hinge_loss(user, positive, negatives, negative_mask, margin: float):
 
 
 @keras.utils.register_keras_serializable(package="mgdspr_tf")
-class MGDSPRModel(keras.Model):
-  """The MGDSPR two-tower model.
+class MGDSPRModel(SavableModel, keras.Model):
+  """The MGDSPR two-tower model: `call(features) -> H_qu [B, d]`.
+
+  Inputs are the module docstring's features (`mgdspr_tf.training_dataset`
+  builds them); `fit` minimises the loss of Sec. 3.4 and `evaluate` reports
+  it with `in_batch_hr@k` (share of rows whose clicked item ranks in the
+  top k of the batch's items by F, a copy of the same item being no
+  competitor). The item attributes and title word ids (`set_catalogue`)
+  live in non-trainable variables shaped by the config, so `.keras` files,
+  SavedModels and `load_weights` restore them with the towers.
 
   Args:
     num_items: item vocabulary size.
@@ -144,6 +153,17 @@ class MGDSPRModel(keras.Model):
     num_hard: N hard negatives mixed per row (0: none); mix_low, mix_high:
       a and b of alpha ~ U(a, b).
     dropout: the real-time LSTM's dropout.
+    in_batch_k: the k of the `in_batch_hr@k` metric.
+
+  Example:
+
+      model = MGDSPRModel(data.num_items, data.attribute_sizes, dim=32)
+      model.set_catalogue(data.attributes, data.titles)
+      model.compile(optimizer=paper_optimizer())
+      model.fit(training_dataset(data.train, 64), epochs=1,
+                steps_per_epoch=100)
+      users = model(data.test.take(range(4)).features(with_item=False))
+      items = model.all_item_vectors()      # [num_items, d]
   """
 
   def __init__(self, num_items: int,
@@ -156,7 +176,7 @@ class MGDSPRModel(keras.Model):
                temperature: float = 2.0, margin: float = 0.1,
                num_hard: int = 64, mix_low: float = 0.4,
                mix_high: float = 0.6, dropout: float = 0.2,
-               similarity: str = "dot", **kwargs):
+               similarity: str = "dot", in_batch_k: int = 10, **kwargs):
     super().__init__(**kwargs)
     if loss not in LOSSES:
       raise ValueError(f"loss must be one of {LOSSES}, got {loss!r}")
@@ -168,6 +188,8 @@ class MGDSPRModel(keras.Model):
     if not 0.0 <= mix_low < mix_high <= 1.0:
       raise ValueError(f"need 0 <= mix_low < mix_high <= 1, got {mix_low}, "
                        f"{mix_high}")
+    if in_batch_k < 1:
+      raise ValueError(f"in_batch_k must be >= 1, got {in_batch_k}")
     if num_hard < 0 or num_items < 1 or title_length < 1:
       raise ValueError("num_hard must be >= 0, num_items and title_length "
                        ">= 1")
@@ -190,6 +212,10 @@ class MGDSPRModel(keras.Model):
     self.mix_low, self.mix_high = float(mix_low), float(mix_high)
     self.dropout = float(dropout)
     self.similarity = similarity
+    self.in_batch_k = int(in_batch_k)
+    self.loss_tracker = keras.metrics.Mean(name="loss")
+    self.in_batch_hr = keras.metrics.TopKCategoricalAccuracy(
+        self.in_batch_k, name=f"in_batch_hr@{self.in_batch_k}")
 
     self.query_unit = layers.MultiGranularQuery(
         self.dim, self.num_buckets, num_heads=max(1, self.num_heads // 2),
@@ -312,18 +338,32 @@ class MGDSPRModel(keras.Model):
         for s in range(0, self.num_items, batch_size)])
 
   def call(self, features, training=None):
-    """The user vector; with an `item` feature the item tower is built
-    too (the runner builds a model by calling it on a training batch)."""
-    if "item" in features:
-      self.item_vectors(features["item"])
+    """The user vector H_qu `[B, d]`; with an `item_id` feature the item
+    tower runs too (a call on a training batch builds every weight)."""
+    if "item_id" in features:
+      self.item_vectors(features["item_id"])
     return self.user_vector(features, training)
+
+  def example_features(self) -> Dict[str, tf.Tensor]:
+    """Two rows, one with an empty query and no behaviour, one with item 0
+    everywhere: every tower and every embedding runs on them."""
+    features = {"query": tf.constant(["", "a b"]),
+                "history_query": tf.constant(["", "a"]),
+                "item_id": tf.zeros([2], tf.int32)}
+    features.update({name: tf.constant([[-1], [0]], tf.int32)
+                     for name in SEQUENCES})
+    return features
 
   # -- loss ---------------------------------------------------------------
 
   def compute_mgdspr_loss(self, features, training=None):
     """The loss of Sec. 3.4 on one batch (see the module docstring)."""
+    return self._loss_and_vectors(features, training)[0]
+
+  def _loss_and_vectors(self, features, training=None):
+    """(loss, H_qu, H_item of the clicked items, item ids) of one batch."""
     user = self.user_vector(features, training)
-    items = tf.cast(features["item"], tf.int32)
+    items = tf.cast(features["item_id"], tf.int32)
     positive = self.item_vectors(items)
     mask = in_batch_negative_mask(items)
     negatives, negative_mask = positive, mask
@@ -336,24 +376,44 @@ class MGDSPRModel(keras.Model):
                              mixed], axis=1)
       negative_mask = tf.concat([mask, valid], axis=1)
     if self.loss_name == "hinge":
-      return hinge_loss(user, positive, negatives, negative_mask,
-                        self.margin)
-    return temperature_softmax_loss(user, positive, negatives, negative_mask,
-                                    self.temperature)
+      loss = hinge_loss(user, positive, negatives, negative_mask, self.margin)
+    else:
+      loss = temperature_softmax_loss(user, positive, negatives,
+                                      negative_mask, self.temperature)
+    return loss, user, positive, items
+
+  def _update_metrics(self, loss, user, positive, items):
+    """Mean loss and `in_batch_hr@k`: F over the batch's clicked items, a
+    copy of the row's own item elsewhere in the batch is no competitor."""
+    self.loss_tracker.update_state(loss)
+    scores = tf.matmul(user, positive, transpose_b=True)
+    labels = tf.eye(tf.shape(scores)[0], dtype=scores.dtype)
+    duplicate = ~in_batch_negative_mask(items) & (labels < 0.5)
+    scores = tf.where(duplicate, tf.constant(_NEG, scores.dtype), scores)
+    self.in_batch_hr.update_state(labels, scores)
+    return {m.name: m.result() for m in self.metrics}
+
+  @property
+  def metrics(self):
+    return [self.loss_tracker, self.in_batch_hr]
 
   def train_step(self, data):
+    self._remember_input_spec(data)
     features = data[0] if isinstance(data, tuple) else data
     with tf.GradientTape() as tape:
-      loss = self.compute_mgdspr_loss(features, training=True)
+      loss, user, positive, items = self._loss_and_vectors(features,
+                                                           training=True)
     variables = self.trainable_variables
     grads = tape.gradient(loss, variables)
     self.optimizer.apply_gradients(
         (g, v) for g, v in zip(grads, variables) if g is not None)
-    return {"loss": loss}
+    return self._update_metrics(loss, user, positive, items)
 
   def test_step(self, data):
+    self._remember_input_spec(data)
     features = data[0] if isinstance(data, tuple) else data
-    return {"loss": self.compute_mgdspr_loss(features, training=False)}
+    return self._update_metrics(*self._loss_and_vectors(features,
+                                                        training=False))
 
   def get_config(self):
     return {"num_items": self.num_items,
@@ -368,7 +428,7 @@ class MGDSPRModel(keras.Model):
             "temperature": self.temperature, "margin": self.margin,
             "num_hard": self.num_hard, "mix_low": self.mix_low,
             "mix_high": self.mix_high, "dropout": self.dropout,
-            "similarity": self.similarity}
+            "similarity": self.similarity, "in_batch_k": self.in_batch_k}
 
   @classmethod
   def from_config(cls, config):

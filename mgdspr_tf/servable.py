@@ -53,10 +53,7 @@ class MGDSPRServable(tf.Module):
     # The model's variables are tracked, not the Keras objects: saving and
     # loading then skip tracing every layer's call (minutes -> seconds).
     object.__setattr__(self, "model", model)
-    build = {"query": tf.constant([""]), "history_query": tf.constant([""]),
-             "item": tf.constant([0])}
-    build.update({s: tf.fill([1, 1], -1) for s in SEQUENCES})
-    model(build)  # creates every variable before they are listed
+    model.build_weights()  # creates every variable before they are listed
     self.model_variables = list(model.variables)
     self.control = control
     count = model.num_items
@@ -139,15 +136,48 @@ def example_request(item_ids: Sequence[str]) -> Dict[str, list]:
           "long_term": [[first, first, ""], ["", "", ""]]}
 
 
-def export_mgdspr(model: MGDSPRModel, item_ids: Sequence[str], export_dir: str,
+def export_mgdspr(model: MGDSPRModel, export_dir: str,
+                  item_ids: Optional[Sequence[str]] = None,
                   intent_fields: Optional[Mapping[str, Sequence[str]]] = None,
                   item_fields: Optional[np.ndarray] = None,
                   max_k: int = 1000, model_card: Optional[Mapping] = None
                   ) -> str:
-  """Exports the servable as the next version of `export_dir`; returns its
-  path. `intent_fields` / `item_fields` (see `relevance.intent_vocabulary`)
-  enable relevance control; without them the flag is ignored."""
+  """Exports MGDSPR's one servable (Sec. 4) as the next version of
+  `export_dir`.
+
+  Args:
+    model: a trained `MGDSPRModel` (its catalogue set).
+    export_dir: the folder of versions; the servable goes to the next one.
+    item_ids: the catalogue's item ids in index order (`MGDSPRData.item_ids`);
+      None: the indices "0", "1", ... The behaviour inputs of a request and
+      the answers use them.
+    intent_fields, item_fields: `MGDSPRData.intent_fields` /
+      `.item_fields` (see `relevance.intent_vocabulary`): enable relevance
+      control; without them the request's `relevance_control` is ignored.
+    max_k: the largest k a request may ask for (capped at the catalogue).
+    model_card: extra entries of the version's model card.
+
+  Returns:
+    The exported version folder. `tf.saved_model.load(path).signatures`
+    holds `serving_default(query, history_query, real_time, short_term,
+    long_term, relevance_control, k) -> item_ids, scores, num_results,
+    removed, fallback, num_intents` and `user_embedding(...) ->
+    user_vector` (the module docstring gives the shapes).
+
+  Raises:
+    ValueError: `item_ids` of another length than the catalogue.
+
+      path = export_mgdspr(model, "/tmp/mgdspr", data.item_ids,
+                           data.intent_fields, data.item_fields)
+      serve = tf.saved_model.load(path).signatures["serving_default"]
+      serve(query=tf.constant(["red dress"]), history_query=tf.constant([""]),
+            real_time=tf.constant([[""]]), short_term=tf.constant([[""]]),
+            long_term=tf.constant([[""]]),
+            relevance_control=tf.constant([1]), k=tf.constant([10]))
+  """
   from mgdspr_tf.relevance import intent_vocabulary  # pylint: disable=g-import-not-at-top
+  if item_ids is None:
+    item_ids = [str(i) for i in range(model.num_items)]
   if len(item_ids) != model.num_items:
     raise ValueError(f"{len(item_ids)} item ids for a model of "
                      f"{model.num_items} items")

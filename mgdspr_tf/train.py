@@ -136,7 +136,9 @@ def run_experiment(ctx: runner.RunContext) -> Dict[str, Any]:
 
   def dataset_fn(context):
     del context
-    return data_lib.tf_dataset(data.train, f["batch_size"], seed=f["seed"])
+    return data_lib.training_dataset(data.train, f["batch_size"],
+                                     seed=f["seed"],
+                                     num_items=data.num_items)
 
   result = ctx.fit(build, dataset_fn, num_examples=len(data.train))
   model = result.model
@@ -148,7 +150,7 @@ def run_experiment(ctx: runner.RunContext) -> Dict[str, Any]:
               "num_items": data.num_items})
   if f.get("export_dir") and ctx.chief:
     from mgdspr_tf.servable import export_mgdspr  # pylint: disable=g-import-not-at-top
-    path = export_mgdspr(model, data.item_ids, f["export_dir"],
+    path = export_mgdspr(model, f["export_dir"], data.item_ids,
                          data.intent_fields, data.item_fields,
                          max_k=min(1000, data.num_items),
                          model_card={"dataset": data.name, "metrics": out})

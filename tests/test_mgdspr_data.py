@@ -33,7 +33,7 @@ def test_synthetic_examples():
   assert data.unrelated.shape == (len(data.test),)
   assert data.item_fields.shape == (world.num_items, 4)
   grades = data.relevance(data.test.query_index[:, None],
-                          data.test.item[:, None])
+                          data.test.item_id[:, None])
   assert grades.shape == (len(data.test), 1)
   assert set(data.attribute_sizes) == set(data_lib.ATTRIBUTES)
 
@@ -52,7 +52,7 @@ def test_max_test_caps_searches_not_rows():
   # Every kept search keeps all of its rows, in the original order.
   rows = np.isin(full.test.search, kept)
   np.testing.assert_array_equal(capped.test.search, full.test.search[rows])
-  np.testing.assert_array_equal(capped.test.item, full.test.item[rows])
+  np.testing.assert_array_equal(capped.test.item_id, full.test.item_id[rows])
   assert capped.unrelated.shape == (len(capped.test),)
   assert full.test.first_searches(None) is full.test
   assert full.test.first_searches(len(searches)) is full.test
@@ -123,7 +123,7 @@ def test_synthetic_swapped_slice():
           world.search_user[test.search[found]]).all()
   grafted = test.take(found).with_user_context_of(donors)
   np.testing.assert_array_equal(grafted.query, test.query[found])
-  np.testing.assert_array_equal(grafted.item, test.item[found])
+  np.testing.assert_array_equal(grafted.item_id, test.item_id[found])
   np.testing.assert_array_equal(grafted.long_term, donors.long_term)
   np.testing.assert_array_equal(grafted.history_query,
                                 donors.history_query)

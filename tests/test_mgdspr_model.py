@@ -126,7 +126,7 @@ def _batch(rng, b=8, empty=False):
   return {"query": tf.constant([f"thing{i % 9}" for i in range(b)]),
           "history_query": tf.constant(["thing1 thing2"] * b),
           "real_time": seq(4), "short_term": seq(5), "long_term": seq(6),
-          "item": np.arange(b, dtype=np.int32)}
+          "item_id": np.arange(b, dtype=np.int32)}
 
 
 @pytest.mark.parametrize("switches", [
@@ -151,7 +151,8 @@ def test_cosine_similarity_gives_unit_vectors_and_keeps_tau():
   dot(batch)
   cosine(batch)
   cosine.set_weights(dot.get_weights())  # same towers, only F differs
-  user, items = cosine.user_vector(batch), cosine.item_vectors(batch["item"])
+  user = cosine.user_vector(batch)
+  items = cosine.item_vectors(batch["item_id"])
   np.testing.assert_allclose(np.linalg.norm(user, axis=1), 1.0, atol=1e-5)
   np.testing.assert_allclose(np.linalg.norm(items, axis=1), 1.0, atol=1e-5)
   raw = dot.user_vector(batch).numpy()
@@ -160,7 +161,7 @@ def test_cosine_similarity_gives_unit_vectors_and_keeps_tau():
       atol=1e-5)
   # Unit vectors cannot grow to absorb tau: the loss at tau = 4 is the
   # loss of logits F / 4, not that of F.
-  mask = model_lib.in_batch_negative_mask(batch["item"])
+  mask = model_lib.in_batch_negative_mask(batch["item_id"])
   losses = [model_lib.temperature_softmax_loss(user, items, items, mask,
                                                tau).numpy()
             for tau in (0.1, 4.0)]

@@ -36,7 +36,7 @@ def _export(directory, similarity):
   for v in model.trainable_variables:  # not all-zero: a stronger check
     if "embedding" in v.name:
       v.assign(rng.normal(size=v.shape).astype(np.float32))
-  path = export_mgdspr(model, IDS, directory, FIELDS, ITEM_FIELDS, max_k=20)
+  path = export_mgdspr(model, directory, IDS, FIELDS, ITEM_FIELDS, max_k=20)
   return model, path, tf.saved_model.load(path)
 
 
