@@ -21,7 +21,7 @@ initialisation and data order all change with the seed):
   inner product the vectors' norms absorb tau, so a larger tau mainly
   learns more slowly: a short budget (the earlier 3 epochs) compares
   under-trained tau = 2 / 4 models with trained tau = 1 models and reads
-  that as an effect of tau (see `mgdspr_tf/README.md`);
+  that as an effect of tau (see `docs/mgdspr.md`);
 * latency: the full model of the first seed is exported and timed by
   `benchmarks.servable_latency` (one thread, p50 / p99 of one-row calls,
   top-`--latency_k`), once with relevance control on for every row and once
@@ -59,7 +59,7 @@ behaviour attention with the zero vector at tau = 1 (behaviour datasets),
 the full model without hard negatives (tau = 2), full MGDSPR (tau = 2,
 mixed hard negatives), full with hinge loss. Per-dataset training flags in
 `--crowdflower_flags` / `--amazon_beauty_flags` / `--bestbuy_flags`, chosen
-from learning curves (see `mgdspr_tf/README.md`). Writes the `mgdspr_real` section of
+from learning curves (see `docs/mgdspr.md`). Writes the `mgdspr_real` section of
 `RESULTS.md` and `results/mgdspr_real.json`.
 
 Inner product against cosine F (`--part=similarity`), on the synthetic

@@ -106,7 +106,7 @@ def temperature_softmax_loss(user, positive, negatives, negative_mask,
   negative), or `[M, d]` shared by every row. With the paper's
   unnormalised vectors the loss at tau equals the loss at tau = 1 with
   `user / tau`: a model can absorb tau into its norms, and a larger tau
-  mostly learns more slowly (see README, "Measured results"); with
+  mostly learns more slowly (docs/mgdspr.md, "Measured results"); with
   L2-normalised vectors (`similarity="cosine"`) it cannot.
   """
   pos = tf.reduce_sum(user * positive, -1, keepdims=True) / temperature

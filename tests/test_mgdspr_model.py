@@ -44,7 +44,8 @@ def test_temperature_is_absorbed_by_the_vectors_scale():
   """F is an unnormalised inner product (Sec. 3.4), so the loss at tau
   equals the loss at tau = 1 with the user vector scaled by 1 / tau: a
   model can undo any tau by growing its norms, and tau changes what is
-  learnt only through the optimisation (README, "Measured results")."""
+  learnt only through the optimisation (docs/mgdspr.md, "Measured
+  results")."""
   rng = np.random.default_rng(3)
   user = rng.normal(size=(4, D)).astype(np.float32)
   positive = rng.normal(size=(4, D)).astype(np.float32)
