@@ -104,7 +104,13 @@ class Examples:
 
 @dataclasses.dataclass
 class MGDSPRData:
-  """What training and evaluation need from a dataset."""
+  """What training, evaluation and export need from a dataset (built by
+  `from_synthetic`, `from_search_dataset` or `from_rec_dataset`):
+  `train` / `test` `Examples`, the catalogue for
+  `MGDSPRModel.set_catalogue` (`attributes`, `titles`) and for
+  `export_mgdspr` (`item_ids`, `intent_fields`, `item_fields`), and what
+  `evaluate` grades with (`relevance`, `good_grade`, `unrelated`,
+  `donor`)."""
 
   name: str
   train: Examples
@@ -195,7 +201,29 @@ def _history_queries(search_user, search_time, search_query_text, users,
 def from_synthetic(world, lengths=(50, 100, 100), history_queries: int = 5,
                    test_fraction: float = 0.1,
                    max_test: Optional[int] = None) -> MGDSPRData:
-  """Search clicks of a `SyntheticWorld` (see the module docstring)."""
+  """Search clicks of a `SyntheticWorld` with each user's behaviour.
+
+  Args:
+    world: `retrieval_tf.datasets.synthetic.generate(config)`.
+    lengths: maxima of the real-time, short-term and long-term windows
+      (the model's `max_real`, `max_short`, `max_long`).
+    history_queries: the user's earlier queries kept (`history_query`).
+    test_fraction: the last share of searches in time that is test.
+    max_test: test searches kept at most (None: all).
+
+  Returns:
+    `MGDSPRData` with `train` / `test` `Examples`, the catalogue
+    (`attributes`, `titles`, `item_ids`), relevance control's
+    `intent_fields` / `item_fields`, ground-truth `relevance` and the
+    zero-vector slices (`unrelated`, `donor`; see the module docstring).
+
+  Raises:
+    DataError: a world with fewer than 10 search clicks.
+
+      data = from_synthetic(synthetic.generate(
+          synthetic.SyntheticConfig.scaled(500)), lengths=(8, 16, 16))
+      data.train.features()["item_id"]      # int32 [n]
+  """
   if len(world.click_item) < 10:
     raise DataError("synthetic world has fewer than 10 search clicks")
   search = np.asarray(world.click_search, np.int64)
@@ -294,7 +322,13 @@ def from_search_dataset(dataset, lengths=(50, 100, 100),
                         max_test: Optional[int] = None) -> MGDSPRData:
   """(query, item) pairs judged at least `min_grade` (default: the top
   grade minus one) of a `SearchDataset` without users (CrowdFlower, Best
-  Buy); query-disjoint split; P_good from the same judgments."""
+  Buy); query-disjoint split; P_good from the same judgments. Returns an
+  `MGDSPRData` whose behaviour windows are empty (no users) and whose
+  attributes and intent fields are the dataset's categorical item fields;
+  raises DataError without judgments.
+
+      data = from_search_dataset(load_crowdflower(data_dir), seed=0)
+  """
   judgments = dataset.judgments
   if judgments is None or not len(judgments):
     raise DataError(f"{dataset.name}: no relevance judgments to train on")
@@ -345,7 +379,13 @@ def from_rec_dataset(dataset, lengths=(50, 100, 100),
                      max_test: Optional[int] = None) -> MGDSPRData:
   """Leave-one-out over a `RecDataset`'s sequences (Amazon Beauty), with an
   empty query: each event is a target, its earlier events the behaviour
-  (windows by event order, `ORDER_SPANS`); a user's last event is test."""
+  (windows by event order, `ORDER_SPANS`); a user's last event is test.
+  Returns an `MGDSPRData` without attributes, intents or relevance (recall
+  only); raises DataError with fewer than 2 interactions.
+
+      data = from_rec_dataset(registry.load_rec_dataset("amazon-beauty",
+                                                        data_dir))
+  """
   log = dataset.interactions.sorted()
   n = len(log)
   if n < 2:

@@ -436,5 +436,9 @@ class MGDSPRModel(SavableModel, keras.Model):
 
 
 def paper_optimizer(learning_rate: float = 0.1, clipnorm: float = 3.0):
-  """AdaGrad, learning rate 0.1, gradients clipped at global L2 norm 3."""
+  """The paper's optimiser (Sec. 5.1): AdaGrad, learning rate 0.1,
+  gradients clipped at global L2 norm 3. Returns a Keras optimizer.
+
+      model.compile(optimizer=paper_optimizer())
+  """
   return keras.optimizers.Adagrad(learning_rate, global_clipnorm=clipnorm)

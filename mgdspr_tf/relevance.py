@@ -58,6 +58,12 @@ def intent_vocabulary(fields: Mapping[str, Sequence[str]],
   Returns:
     `(terms [T], meanings int32 [T, M, 2])`: meaning m of term t is
     (field column, value index), padded with -1.
+
+  Raises:
+    ValueError: no value has a recognisable name.
+
+      terms, meanings = intent_vocabulary({"brand": ["apple", "zentek"]})
+      terms                                 # ["u:apple", "u:zentek"]
   """
   meanings: Dict[str, list] = {}
   for column, (field, names) in enumerate(fields.items()):
@@ -86,6 +92,14 @@ class RelevanceControl(tf.Module):
     item_fields: int32 `[num_items, F]`, the items' value of each field
       (column order of `intent_vocabulary`'s `fields`), -1 = unknown.
     max_words: query words considered (the shared tokenizer's cut).
+
+  `__call__(queries [B], candidates [B, K], enabled [B]) -> (keep [B, K],
+  fallback [B], num_intents [B])`.
+
+      control = RelevanceControl(*intent_vocabulary(fields), item_fields)
+      keep, fallback, intents = control(tf.constant(["apple mouse"]),
+                                        tf.constant([[3, 7, 9]]),
+                                        tf.constant([True]))
   """
 
   def __init__(self, terms: Sequence[str], meanings: np.ndarray,
