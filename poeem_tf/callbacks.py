@@ -1,11 +1,17 @@
-"""Warm start (Sec. 2.3.2) and centroid utilisation (Sec. 3.3) of Poeem's
-indexing layer, as Keras callbacks around `model.fit`."""
+"""Warm start (Sec. 2.3.2), centroid utilisation (Sec. 3.3) and the health
+checks of Poeem's indexing layer, as Keras callbacks around `model.fit`.
+
+`PoeemModel.fit` adds `WarmStart` (when the model's `warm_start_steps` > 0
+and none is given) and `IndexHealth` by itself; pass them explicitly for
+another schedule or catalogue."""
 
 from __future__ import annotations
 
+import logging
 import math
 import os
-from typing import Callable, Dict, Optional
+import warnings
+from typing import Callable, Dict, List, Mapping, Optional, Sequence
 
 import numpy as np
 
@@ -44,8 +50,9 @@ def initialise_from_embeddings(layer: EmbeddingIndexLayer,
 class WarmStart(keras.callbacks.Callback):
   """Trains without the index layer for `steps` steps, then embeds the
   catalogue with the item tower, initialises the quantizers by k-means and
-  plugs the layer in (Sec. 2.3.2). A resumed run whose layer is already
-  enabled does nothing.
+  plugs the layer in (Sec. 2.3.2). A `fit` shorter than `steps` runs the
+  initialisation when it ends, so the layer is never left untrained. A
+  resumed run whose layer is already enabled does nothing.
 
   Args:
     steps: warm-start steps (global optimizer steps).
@@ -73,6 +80,16 @@ class WarmStart(keras.callbacks.Callback):
     if self.done or \
         int(self.model.optimizer.iterations.numpy()) < self.steps:
       return
+    initialise_from_embeddings(self.model.index_layer, self.item_embeddings(),
+                               self.seed)
+    self.done = True
+
+  def on_train_end(self, logs=None):
+    if self.done or float(self.model.index_layer.enabled.numpy()):
+      return
+    logging.info("Poeem warm start: fit ended after %d of %d warm-start "
+                 "steps; initialising the index layer now",
+                 int(self.model.optimizer.iterations.numpy()), self.steps)
     initialise_from_embeddings(self.model.index_layer, self.item_embeddings(),
                                self.seed)
     self.done = True
@@ -124,3 +141,68 @@ class UtilisationLogger(keras.callbacks.Callback):
       self.writer.flush()
     if logs is not None:
       logs.update(self.last)
+
+
+# Below this share of coarse centroids holding an item, the index is
+# collapsed (a cold start typically leaves a few lists holding everything).
+MIN_COARSE_USED = 0.5
+
+
+def index_health(layer: EmbeddingIndexLayer,
+                 usage: Mapping[str, float],
+                 min_coarse_used: float = MIN_COARSE_USED) -> List[str]:
+  """What is wrong with an index: a layer never enabled (untrained
+  centroids) or a coarse utilisation below `min_coarse_used`.
+
+  Args:
+    layer: the model's `EmbeddingIndexLayer`.
+    usage: `code_usage` / `utilisation` of the catalogue's codes.
+    min_coarse_used: the lowest healthy share of non-empty coarse lists.
+
+  Returns:
+    One sentence per problem (empty when healthy).
+  """
+  problems = []
+  if not float(layer.enabled.numpy()):
+    problems.append("the index layer was never enabled (warm start not "
+                    "reached): the codes come from untrained centroids")
+  if usage["coarse_used"] < min_coarse_used:
+    problems.append(
+        f"collapsed index: only {usage['coarse_used']:.0%} of the "
+        f"{layer.coarse.num_centroids} coarse centroids hold an item, the "
+        "other lists are empty (train with warm_start_steps > 0)")
+  return problems
+
+
+def warn(problems: Sequence[str]) -> None:
+  """Prints each problem as a Python warning and logs it
+  (`logging.warning`)."""
+  for problem in problems:
+    message = f"Poeem index: {problem}"
+    logging.warning(message)
+    warnings.warn(message, RuntimeWarning, stacklevel=2)
+
+
+class IndexHealth(keras.callbacks.Callback):
+  """At the end of `fit`, encodes the catalogue and warns (`warn`) when the
+  index is collapsed or untrained (`index_health`); keeps the utilisation
+  and the problems in `usage` / `problems`.
+
+  Args:
+    item_embeddings: returns the current raw item embeddings `[N, d]`.
+    min_coarse_used: see `index_health`.
+  """
+
+  def __init__(self, item_embeddings: Callable[[], np.ndarray],
+               min_coarse_used: float = MIN_COARSE_USED):
+    super().__init__()
+    self.item_embeddings = item_embeddings
+    self.min_coarse_used = float(min_coarse_used)
+    self.usage: Dict[str, float] = {}
+    self.problems: List[str] = []
+
+  def on_train_end(self, logs=None):
+    layer = self.model.index_layer
+    self.usage = utilisation(layer, self.item_embeddings())
+    self.problems = index_health(layer, self.usage, self.min_coarse_used)
+    warn(self.problems)

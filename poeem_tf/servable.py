@@ -16,40 +16,22 @@ item ids out.
 from __future__ import annotations
 
 import time
-import weakref
 from typing import Any, Dict, Mapping, Optional, Tuple
 
 import numpy as np
 
-from retrieval_tf import data as pipeline
 from retrieval_tf.compat import tf
 from retrieval_tf.datasets.types import RecDataset
 from retrieval_tf.index import IVFPQIndex
 from retrieval_tf.models.two_tower_servable import export_two_tower
 
+from poeem_tf import callbacks
 from poeem_tf.callbacks import code_usage
 from poeem_tf.layers import EmbeddingIndexLayer, encode_catalogue
 from poeem_tf.model import PoeemModel
 
-# One traced item tower per model (the catalogue is embedded every epoch).
-_EMBEDDERS: "weakref.WeakKeyDictionary" = weakref.WeakKeyDictionary()
-
 PAPER = ("Zhang et al., Joint Learning of Deep Retrieval Model and Product "
          "Quantization based Embedding Index (Poeem), SIGIR'21")
-
-
-def raw_item_embeddings(model: PoeemModel, num_items: int,
-                        item_features=None, batch_size: int = 4096
-                        ) -> np.ndarray:
-  """x for every item: the item tower before quantization."""
-  call = _EMBEDDERS.get(model)
-  if call is None:
-    call = _EMBEDDERS[model] = tf.function(
-        lambda f: model.raw_item_embedding(f, training=False),
-        reduce_retracing=True)
-  batches = pipeline.item_dataset(num_items, item_features,
-                                  batch_size=batch_size)
-  return np.concatenate([call(b).numpy() for b in batches], axis=0)
 
 
 CODE_SOURCES = ("stored", "fresh")
@@ -122,20 +104,6 @@ def index_from_codes(model: PoeemModel, item_vectors: np.ndarray,
   return index, time.perf_counter() - start
 
 
-def index_warnings(model: PoeemModel,
-                   usage: Mapping[str, float]) -> list:
-  """What a model card must say about an index that is not trustworthy."""
-  warnings = []
-  if not float(model.index_layer.enabled.numpy()):
-    warnings.append("the index layer was never enabled (warm start not "
-                    "reached): the codes come from untrained centroids")
-  if usage["coarse_used"] < 0.5:
-    warnings.append(
-        f"cold index: only {usage['coarse_used']:.0%} of the coarse "
-        "centroids hold an item (use warm start)")
-  return warnings
-
-
 def index_utilisation(index: IVFPQIndex) -> Dict[str, float]:
   """`code_usage` of the codes an index holds (no re-encoding)."""
   sizes = np.diff(index.list_offsets.numpy())
@@ -143,18 +111,55 @@ def index_utilisation(index: IVFPQIndex) -> Dict[str, float]:
                     index.codes.numpy(), index.num_lists, index.num_codewords)
 
 
-def export_poeem(model: PoeemModel, dataset: RecDataset, export_dir: str,
-                 history_length: int, index: IVFPQIndex,
-                 item_vectors: np.ndarray, index_build_seconds: float,
+def export_poeem(model: PoeemModel, export_dir: str, dataset: RecDataset,
+                 history_length: int, *, nprobe: int = 0, rerank: int = 0,
+                 max_k: int = 1000, codes: str = "stored",
+                 index: Optional[IVFPQIndex] = None,
+                 item_vectors: Optional[np.ndarray] = None,
+                 index_build_seconds: Optional[float] = None,
                  model_card: Optional[Mapping[str, Any]] = None) -> str:
-  """Exports the servable over `index` (from `index_from_codes` on
-  `item_vectors`) as the next version of `export_dir`; returns its path.
-  The model card records the build time, the utilisation and warnings."""
+  """Exports Poeem's servable (raw history -> top-k item ids through the
+  IVF-PQ index of the learned codes, Sec. 3.4) as the next version of
+  `export_dir`.
+
+  Args:
+    model: a trained `PoeemModel`.
+    export_dir: the versioned export folder (created when missing).
+    dataset: the `RecDataset` whose vocabularies map raw ids.
+    history_length: L, the servable's history window.
+    nprobe: lists probed per request (0: J / 4).
+    rerank, max_k, codes: as in `index_from_codes`.
+    index, item_vectors, index_build_seconds: an index already built by
+      `index_from_codes` on `item_vectors` (default: built here from
+      `model.catalogue_embeddings()`).
+    model_card: more entries for the model card, which records the build
+      time, the utilisation and the index's problems (`warnings`, also
+      logged and warned about).
+
+  Returns:
+    The exported version's folder.
+
+  Example:
+
+      path = poeem_tf.export_poeem(model, "/tmp/poeem", dataset,
+                                   history_length=20)
+      serve = tf.saved_model.load(path).signatures["serving_default"]
+      serve(history=tf.constant([["12", "7"]]), k=tf.constant([10]))
+  """
+  if index is None:
+    item_vectors = model.catalogue_embeddings()
+    nprobe = nprobe or max(1, model.index_layer.coarse.num_centroids // 4)
+    index, index_build_seconds = index_from_codes(
+        model, item_vectors, nprobe, rerank, max_k=max_k, codes=codes)
+  elif item_vectors is None or index_build_seconds is None:
+    raise ValueError("export_poeem: with index, give item_vectors and "
+                     "index_build_seconds too (index_from_codes returns them)")
   usage = index_utilisation(index)
+  problems = callbacks.index_health(model.index_layer, usage)
+  callbacks.warn(problems)
   card = {"model": "poeem", "paper": PAPER,
           "index_build_seconds": round(index_build_seconds, 3),
-          "utilisation": usage,
-          "warnings": index_warnings(model, usage)}
+          "utilisation": usage, "warnings": problems}
   card.update(model_card or {})
   return export_two_tower(model, dataset, item_vectors, export_dir,
                           history_length, max_k=index.max_k,

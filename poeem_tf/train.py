@@ -42,22 +42,19 @@ from typing import Any, Dict
 from absl import flags
 import numpy as np
 
-from retrieval_tf import data as pipeline
-from retrieval_tf.baselines import MostPopular
 from retrieval_tf import runner
-from retrieval_tf.compat import keras, tf
-from retrieval_tf.data.samplers import UniformSampler
+from retrieval_tf.compat import keras
 from retrieval_tf.datasets import registry
-from retrieval_tf.evaluation import HeldOutProtocol, top_k_items
+from retrieval_tf.evaluation import HeldOutProtocol
 
 from poeem_tf import callbacks as callbacks_lib
+from poeem_tf import data, evaluation
 from poeem_tf.model import LOSSES, PoeemModel
 from poeem_tf import servable
 
 DATASETS = {name: needs for name, needs in registry.REC_DATASETS.items()
             if name in ("synthetic", "ml-1m", "amazon-beauty", "amazon-toys",
                         "amazon", "csv")}
-KS = (10, 100)
 
 runner.define_common_flags(DATASETS, default_epochs=5,
                            default_batch_size=1024,
@@ -69,7 +66,9 @@ flags.DEFINE_integer("num_subspaces", 16, "D: PQ sub-spaces (divides "
                      "--embedding_dim).")
 flags.DEFINE_bool("rotation", True, "Learn the Givens rotation.")
 flags.DEFINE_integer("warm_start_steps", 200, "Steps without the index "
-                     "before its k-means initialisation (0: cold start).")
+                     "before its k-means initialisation (Sec. 2.3.2; a "
+                     "shorter run initialises when it ends). 0: cold "
+                     "start, which collapses the index (warned about).")
 flags.DEFINE_enum("loss", "hinge", LOSSES, "Hinge (margin) or softmax.")
 flags.DEFINE_float("margin", 0.1, "Hinge loss margin.")
 flags.DEFINE_integer("num_negatives", 20, "Hinge: uniform random negatives "
@@ -110,18 +109,14 @@ def run_experiment(ctx: runner.RunContext) -> Dict[str, Any]:
       synthetic_config=runner.synthetic_config(f))
   split = registry.held_out_split(dataset, f["num_test_users"], f["seed"])
   hinge = f["loss"] == "hinge"
-  dataset_fn = pipeline.distributed_dataset_fn(
+  dataset_fn = data.dataset_fn(
       split.train, batch_size=f["batch_size"],
       history_length=f["history_length"], num_users=dataset.num_users,
       num_items=dataset.num_items, shuffle=True, seed=f["seed"],
       repeat=True, drop_remainder=True,
-      negatives=((UniformSampler(dataset.num_items), f["num_negatives"])
-                 if hinge and f["num_negatives"] else None),
+      num_negatives=f["num_negatives"] if hinge else 0,
       with_log_q=not hinge)
   holder = {}
-
-  def item_vectors():
-    return servable.raw_item_embeddings(holder["model"], dataset.num_items)
 
   def build():
     model = PoeemModel(
@@ -134,30 +129,20 @@ def run_experiment(ctx: runner.RunContext) -> Dict[str, Any]:
         distortion_weight=f["distortion_weight"],
         centroid_update=f["centroid_update"],
         remember_codes=f["index_codes"] == "stored",
-        quantize_from_start=f["warm_start_steps"] == 0)
+        warm_start_steps=f["warm_start_steps"], warm_start_seed=f["seed"])
     model.compile(optimizer=keras.optimizers.Adagrad(f["learning_rate"]))
     holder["model"] = model
     return model
 
+  # `fit` adds the warm start (--warm_start_steps) and the health check.
   usage_logger = callbacks_lib.UtilisationLogger(
-      item_vectors, os.path.join(ctx.output_dir, "logs") if ctx.chief
-      else None)
-  extra = [usage_logger]
-  if f["warm_start_steps"]:
-    extra.insert(0, callbacks_lib.WarmStart(f["warm_start_steps"],
-                                            item_vectors, seed=f["seed"]))
+      lambda: holder["model"].catalogue_embeddings(),
+      os.path.join(ctx.output_dir, "logs") if ctx.chief else None)
   result = ctx.fit(build, dataset_fn, num_examples=len(split.train),
-                   callbacks=extra)
+                   callbacks=[usage_logger])
   model = result.model
-  holder["model"] = model
 
-  protocol = HeldOutProtocol.from_held_out(split.test, dataset.num_items)
-  users = protocol.user_dataset(dataset.num_users, f["history_length"],
-                                batch_size=4096)
-  embed = tf.function(lambda b: model.user_embedding(b, training=False))
-  queries = np.concatenate([embed(b).numpy() for b in users])
-  ban, exclude = protocol.banned, protocol.exclude
-  vectors = item_vectors()
+  vectors = model.catalogue_embeddings()
   nprobe = f["nprobe"] or max(1, f["num_centroids"] // 4)
   # One index for the evaluation and the export (whose k may reach 1,000).
   index, build_seconds = servable.index_from_codes(
@@ -166,49 +151,29 @@ def run_experiment(ctx: runner.RunContext) -> Dict[str, Any]:
   metrics: Dict[str, Any] = {
       "num_items": dataset.num_items, "num_train_users": int(
           len(np.unique(split.train.user))),
-      "num_test_users": len(protocol.users),
+      "num_test_users": len(split.test.users),
       "train_examples_per_second": round(result.examples_per_second, 1),
       "train_seconds": round(result.train_seconds, 3),
       "train_steps": result.train_steps,
       "final_loss": result.history["loss"][-1] if result.history.get(
           "loss") else math.nan,
       "index_build_seconds": round(build_seconds, 3)}
-  rankings = {
-      "": index(queries, max(KS), nprobe=nprobe, exclude=ban)[1].numpy(),
-      "adc_": index(queries, max(KS), nprobe=index.num_lists,
-                    exclude=ban)[1].numpy(),
-      "exact_": top_k_items(queries, vectors, max(KS), exclude),
-      "popular_": MostPopular().fit(split.train, dataset.num_items).top_k(
-          exclude, max(KS), exclude_history=True)}
-  metrics["scanned"] = float(np.mean(
-      index.candidates_scanned(queries, nprobe).numpy()))
-  if f["nprobe_sweep"]:
-    probes = sorted({min(2 ** i, index.num_lists) for i in range(
-        int(math.log2(index.num_lists)) + 2)})
-    for n in probes:
-      report = protocol.report(
-          index(queries, max(KS), nprobe=n, exclude=ban)[1].numpy(),
-          (max(KS),))
-      metrics[f"nprobe{n}_recall@{max(KS)}"] = report[f"recall@{max(KS)}"]
-      metrics[f"nprobe{n}_scanned"] = float(np.mean(
-          index.candidates_scanned(queries, n).numpy()))
-  if f["index_codes"] == "stored":
-    fresh, _ = servable.index_from_codes(model, vectors, nprobe, f["rerank"],
-                                         max_k=max(KS), codes="fresh")
-    rankings["fresh_"] = fresh(queries, max(KS), nprobe=nprobe,
-                               exclude=ban)[1].numpy()
-    metrics.update(servable.code_staleness(model.index_layer, vectors))
-  for prefix, top in rankings.items():
-    metrics.update(protocol.report(top, KS, prefix))
-  metrics.update(servable.index_utilisation(index))
+  metrics.update(evaluation.evaluate(
+      model, split, dataset, f["history_length"], ks=evaluation.KS,
+      nprobe=nprobe, rerank=f["rerank"], codes=f["index_codes"],
+      nprobe_sweep=f["nprobe_sweep"], index=index, item_vectors=vectors))
   if f["save_embeddings"] and ctx.chief:
+    protocol = HeldOutProtocol.from_held_out(split.test, dataset.num_items)
     np.savez(os.path.join(ctx.output_dir, "embeddings.npz"), items=vectors,
-             queries=queries, truth=protocol.truth, exclude=ban,
+             queries=evaluation.user_queries(model, protocol,
+                                             dataset.num_users,
+                                             f["history_length"]),
+             truth=protocol.truth, exclude=protocol.banned,
              list_sizes=np.diff(index.list_offsets.numpy()))
   if f["export_dir"] and ctx.chief:
     path = servable.export_poeem(
-        model, dataset, f["export_dir"], f["history_length"], index,
-        vectors, build_seconds,
+        model, f["export_dir"], dataset, f["history_length"], index=index,
+        item_vectors=vectors, index_build_seconds=build_seconds,
         model_card={"config": f, "dataset": f["dataset"],
                     "metrics": dict(metrics)})
     metrics["export_path"] = path

@@ -1,6 +1,9 @@
-"""PoeemModel: training with the index layer, warm start, export."""
+"""PoeemModel: training with the index layer, warm start (on by default,
+run by `fit` itself), the collapsed-index warning, `model.evaluate`'s
+in-batch HR, the public data / evaluate / export API."""
 
 import json
+import logging
 
 import numpy as np
 import pytest
@@ -10,6 +13,7 @@ from retrieval_tf.compat import keras, tf
 from retrieval_tf.datasets import synthetic
 from retrieval_tf.models.two_tower_servable import raw_requests
 from retrieval_tf.serving import check
+import poeem_tf
 from poeem_tf import callbacks, servable
 from poeem_tf.model import PoeemModel
 
@@ -26,15 +30,12 @@ def _train(data, warm_start_steps, epochs=3, **kwargs):
   model = PoeemModel(data.num_items, embedding_dim=16, output_dim=16,
                      hidden_units=[32], num_centroids=16, num_subspaces=4,
                      num_codewords=8,
-                     quantize_from_start=warm_start_steps == 0, **kwargs)
+                     warm_start_steps=warm_start_steps, **kwargs)
   model.compile(optimizer=keras.optimizers.Adagrad(0.01))  # the paper's
   train = pipeline.training_dataset(
       data.interactions, batch_size=64, history_length=L, shuffle=True,
       seed=0, drop_remainder=True)
-  vectors = lambda: servable.raw_item_embeddings(model, data.num_items)
-  extra = [callbacks.WarmStart(warm_start_steps, vectors)] \
-      if warm_start_steps else []
-  history = model.fit(train, epochs=epochs, verbose=0, callbacks=extra)
+  history = model.fit(train, epochs=epochs, verbose=0)
   return model, history.history
 
 
@@ -51,7 +52,7 @@ def test_warm_start_uses_more_centroids_than_cold_start(world):
   cold, _ = _train(world, warm_start_steps=0, epochs=2)
   warm, _ = _train(world, warm_start_steps=20, epochs=2)
   usage = {name: callbacks.utilisation(
-      model.index_layer, servable.raw_item_embeddings(model, world.num_items))
+      model.index_layer, model.catalogue_embeddings())
            for name, model in (("cold", cold), ("warm", warm))}
   assert usage["warm"]["coarse_used"] >= 0.9
   assert usage["warm"]["coarse_used"] > usage["cold"]["coarse_used"]
@@ -82,11 +83,12 @@ def test_nan_embeddings_stop_the_warm_start(world):
 def test_export_passes_the_checker_and_equals_the_in_memory_index(
     world, tmp_path):
   model, _ = _train(world, warm_start_steps=20, epochs=2)
-  vectors = servable.raw_item_embeddings(model, world.num_items)
+  vectors = model.catalogue_embeddings()
   index, seconds = servable.index_from_codes(model, vectors, nprobe=4,
                                              max_k=50, codes="fresh")
-  path = servable.export_poeem(model, world, str(tmp_path / "export"), L,
-                               index, vectors, seconds)
+  path = servable.export_poeem(model, str(tmp_path / "export"), world, L,
+                               index=index, item_vectors=vectors,
+                               index_build_seconds=seconds)
   check.check(path)
   card = json.loads((tmp_path / "export" / "1" / "assets.extra" /
                      "model_card.json").read_text())
@@ -122,14 +124,16 @@ def test_export_passes_the_checker_and_equals_the_in_memory_index(
 def test_an_untrained_index_is_flagged_in_the_model_card(world, tmp_path):
   model = PoeemModel(world.num_items, embedding_dim=16, output_dim=16,
                      num_centroids=16, num_subspaces=4, num_codewords=8,
-                     quantize_from_start=False)
+                     warm_start_steps=100)
   model.user_embedding({"history": np.zeros((1, L), np.int32),
                         "history_mask": np.ones((1, L), bool)})
-  vectors = servable.raw_item_embeddings(model, world.num_items)
+  vectors = model.catalogue_embeddings()
   index, seconds = servable.index_from_codes(model, vectors, nprobe=4,
                                              max_k=50)
-  path = servable.export_poeem(model, world, str(tmp_path / "export"), L,
-                               index, vectors, seconds)
+  with pytest.warns(RuntimeWarning, match="never enabled"):
+    path = servable.export_poeem(model, str(tmp_path / "export"), world, L,
+                                 index=index, item_vectors=vectors,
+                                 index_build_seconds=seconds)
   card = json.loads((tmp_path / "export" / "1" / "assets.extra" /
                      "model_card.json").read_text())
   assert any("never enabled" in w for w in card["warnings"])
@@ -152,7 +156,7 @@ def test_the_index_is_the_codes_remembered_in_training(world):
   model, _ = _train(world, warm_start_steps=20, epochs=2)
   layer = model.index_layer
   stored_coarse, stored_pq = layer.item_codes()
-  vectors = servable.raw_item_embeddings(model, world.num_items)
+  vectors = model.catalogue_embeddings()
   seen = stored_coarse >= 0
   trained = np.zeros(world.num_items, bool)
   trained[world.interactions.item] = True
@@ -177,3 +181,67 @@ def test_the_index_is_the_codes_remembered_in_training(world):
   np.testing.assert_array_equal(pq[order], index.codes.numpy())
   with pytest.raises(ValueError, match="codes must be one of"):
     servable.catalogue_codes(layer, vectors, "cached")
+
+
+def _small(num_items, **kwargs):
+  return PoeemModel(num_items, embedding_dim=16, output_dim=16,
+                    hidden_units=[32], num_centroids=16, num_subspaces=4,
+                    num_codewords=8, **kwargs)
+
+
+def test_a_plain_fit_warm_starts_by_itself_and_stays_healthy(world, recwarn):
+  model = _small(world.num_items)        # defaults: warm start, 200 steps
+  assert model.warm_start_steps > 0
+  model.compile(optimizer=keras.optimizers.Adagrad(0.05))
+  train = poeem_tf.training_dataset(world.interactions, batch_size=64,
+                                    history_length=L,
+                                    num_items=world.num_items,
+                                    num_negatives=5)
+  batch = next(iter(train))
+  assert batch["negative_ids"].shape == (64, 5)
+  # 2 epochs of ~18 steps: shorter than the warm start, which then runs
+  # when fit ends.
+  history = model.fit(train, epochs=2, verbose=0)
+  assert float(model.index_layer.enabled.numpy()) == 1.0
+  usage = callbacks.utilisation(model.index_layer,
+                                model.catalogue_embeddings())
+  assert usage["coarse_used"] >= 0.9
+  assert not [w for w in recwarn if "Poeem index" in str(w.message)]
+  assert "in_batch_hr@10" in history.history
+  result = model.evaluate(train, steps=3, return_dict=True, verbose=0)
+  assert 0.0 <= result["in_batch_hr@10"] <= 1.0 and "loss" in result
+
+
+def test_a_cold_start_collapses_the_index_and_fit_warns(world, caplog):
+  model = _small(world.num_items, warm_start_steps=0)
+  model.compile(optimizer=keras.optimizers.Adagrad(0.01))
+  train = poeem_tf.training_dataset(world.interactions, batch_size=64,
+                                    history_length=L)
+  with caplog.at_level(logging.WARNING), \
+      pytest.warns(RuntimeWarning, match="collapsed index"):
+    model.fit(train, epochs=1, verbose=0)
+  assert any("collapsed index" in r.getMessage() for r in caplog.records)
+
+
+def test_public_evaluate_has_the_cli_keys_and_clear_errors(world):
+  from retrieval_tf import datasets
+  split = datasets.held_out_split(world, num_test_users=40, seed=0)
+  model = _small(world.num_items, warm_start_steps=10)
+  model.compile(optimizer=keras.optimizers.Adagrad(0.05))
+  model.fit(poeem_tf.training_dataset(split.train, batch_size=64,
+                                      history_length=L,
+                                      num_items=world.num_items,
+                                      num_negatives=5), epochs=3, verbose=0)
+  metrics = poeem_tf.evaluate(model, split, world, history_length=L,
+                             nprobe=8)
+  for key in ("recall@100", "precision@100", "recall@10", "adc_recall@100",
+              "exact_recall@100", "popular_recall@100", "fresh_recall@100",
+              "scanned", "coarse_used", "codes_never_stored"):
+    assert key in metrics, key
+  assert 0.0 < metrics["recall@100"] <= 1.0
+  with pytest.raises(ValueError, match="nprobe"):
+    poeem_tf.evaluate(model, split, world, history_length=L, nprobe=99)
+  with pytest.raises(ValueError, match="num_items"):
+    poeem_tf.training_dataset(split.train, batch_size=8, num_negatives=3)
+  with pytest.raises(ValueError, match="warm_start_steps"):
+    _small(world.num_items, warm_start_steps=-1)
