@@ -142,8 +142,10 @@ def training_overhead():
       repeat=True, drop_remainder=True, with_log_q=True,
       num_users=dataset.num_users, num_items=dataset.num_items)
   towers = dict(embedding_dim=64, output_dim=64, hidden_units=[128])
+  # The layer quantizes from the first step (warm_start_steps=0), so every
+  # timed step pays for it.
   poeem = dict(towers, num_centroids=64, num_subspaces=16, num_codewords=16,
-               loss="softmax")
+               loss="softmax", warm_start_steps=0)
   builds = {
       "towers only (TwoTowerModel, no index layer)": lambda: TwoTowerModel(
           num_users=1, num_items=dataset.num_items, use_user_id=False,
