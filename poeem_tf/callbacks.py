@@ -146,6 +146,10 @@ class UtilisationLogger(keras.callbacks.Callback):
 # Below this share of coarse centroids holding an item, the index is
 # collapsed (a cold start typically leaves a few lists holding everything).
 MIN_COARSE_USED = 0.5
+# Above this share of remembered coarse codes differing from the final
+# quantizers' (22-25 % after a healthy run, docs/poeem.md), the stored
+# codes are stale: the index should be built from fresh codes.
+MAX_STALE_CODES = 0.5
 
 
 def index_health(layer: EmbeddingIndexLayer,

@@ -67,8 +67,8 @@ def evaluate(model: PoeemModel, split: DRSplit, dataset: RecDataset,
     `scanned` (items scored per query); `coarse_used`, `codewords_used`,
     `coarse_entropy`; with stored codes the staleness
     (`codes_never_stored`, `coarse_codes_changed`, `pq_codes_changed`).
-    A collapsed or untrained index, or users served fewer than k items,
-    are logged and warned about (`callbacks.warn`).
+    A collapsed or untrained index, stale stored codes, or users served
+    fewer than k items, are logged and warned about (`callbacks.warn`).
 
   Raises:
     ValueError: an empty or bad `ks`, or nprobe outside 0..J.
@@ -126,6 +126,11 @@ def evaluate(model: PoeemModel, split: DRSplit, dataset: RecDataset,
   usage = servable.index_utilisation(index)
   metrics.update(usage)
   problems = callbacks.index_health(model.index_layer, usage)
+  if metrics.get("coarse_codes_changed", 0.0) > callbacks.MAX_STALE_CODES:
+    problems.append(
+        f"stale codes: {metrics['coarse_codes_changed']:.0%} of the coarse "
+        "codes remembered in training differ from the final quantizers' "
+        "(export with codes=\"fresh\")")
   short = float(np.mean((served < 0).any(axis=1)))
   if short > 0:
     problems.append(

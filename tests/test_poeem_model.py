@@ -239,6 +239,9 @@ def test_public_evaluate_has_the_cli_keys_and_clear_errors(world):
               "scanned", "coarse_used", "codes_never_stored"):
     assert key in metrics, key
   assert 0.0 < metrics["recall@100"] <= 1.0
+  # One list of ~25 items cannot fill a top-100: the padding is warned about.
+  with pytest.warns(RuntimeWarning, match="fewer than 100 items"):
+    poeem_tf.evaluate(model, split, world, history_length=L, nprobe=1)
   with pytest.raises(ValueError, match="nprobe"):
     poeem_tf.evaluate(model, split, world, history_length=L, nprobe=99)
   with pytest.raises(ValueError, match="num_items"):
