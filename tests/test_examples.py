@@ -22,7 +22,7 @@ EXAMPLES = sorted((REPO_ROOT / "examples").glob("*.py"))
 
 def test_every_package_has_an_example():
   names = {path.stem for path in EXAMPLES}
-  for package in ("two_tower", "dr", "pdn", "dpsr", "mgdspr"):
+  for package in ("two_tower", "poeem", "dr", "pdn", "dpsr", "mgdspr"):
     assert f"{package}_example" in names, f"examples/{package}_example.py"
 
 
