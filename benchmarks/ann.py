@@ -12,7 +12,10 @@ and Annoy. Datasets:
 * `ml-1m`: item and user embeddings of the two-tower baseline trained on NCF
   ML-1M (`python -m retrieval_tf.train ... --save_embeddings`), real;
 * `clustered-1m`: `--num_items` x 64 vectors drawn around 2,000 Gaussian
-  centres with different spreads, queries from the same mixture.
+  centres with different spreads, queries from the same mixture;
+* `overlapping-1m`: `--num_items` x 64 vectors around 1,000 Gaussian centres
+  whose within-cluster spread is comparable to the distance between centres
+  (`benchmarks.vectors.overlapping_vectors`), queries from the same mixture.
 
 For each method and setting: recall@10 and recall@100 against the exact
 top-100, QPS of one 1,000-query batch (median of 3; Annoy has no batch call
@@ -41,7 +44,7 @@ import numpy as np
 
 from benchmarks import harness
 from benchmarks import report
-from benchmarks.vectors import clustered_vectors
+from benchmarks.vectors import clustered_vectors, overlapping_vectors
 
 flags.DEFINE_string("data_root", os.path.join("..", "shared", "data"),
                     "Folder holding ncf-ml-1m/ (relative to the repository "
@@ -52,7 +55,8 @@ flags.DEFINE_integer("num_items", 1_000_000, "Items of the clustered set and"
                      " of the synthetic world behind the 1M servable.")
 flags.DEFINE_integer("num_queries", 1000, "Queries (one batch).")
 flags.DEFINE_integer("latency_queries", 200, "Single queries timed.")
-flags.DEFINE_list("datasets", ["ml-1m", "clustered-1m"], "Which datasets.")
+flags.DEFINE_list("datasets", ["ml-1m", "clustered-1m", "overlapping-1m"],
+                  "Which datasets.")
 flags.DEFINE_bool("servables", True, "Also time exported servables.")
 FLAGS = flags.FLAGS
 
@@ -361,6 +365,10 @@ def main(unused_argv):
   if "clustered-1m" in FLAGS.datasets:
     items, queries = clustered_vectors(FLAGS.num_items, FLAGS.num_queries)
     rows += benchmark_dataset(f"clustered {len(items):,} x 64", items,
+                              queries)
+  if "overlapping-1m" in FLAGS.datasets:
+    items, queries = overlapping_vectors(FLAGS.num_items, FLAGS.num_queries)
+    rows += benchmark_dataset(f"overlapping {len(items):,} x 64", items,
                               queries)
   servables = []
   if FLAGS.servables:
