@@ -9,19 +9,33 @@ only over chunks of a large point set.
 
 Assignments minimise the squared L2 distance, written as
 `argmax_c (<x, c> - |c|^2 / 2)` so that the work is one batched matmul
-(`nearest_centroids`, also used in the graph by learned quantizers).
+(`nearest_centroids`, also used in the graph by learned quantizers). A Lloyd
+iteration is one pass over the points in chunks of about 2^24 scores (the
+matmul, the argmax and the per-cluster sums of a chunk in one call), so no
+`[n, k]` matrix is ever held.
+
+Speed, as in Faiss: each k-means trains on at most
+`max_points_per_centroid x k` random points, a large k is seeded by k
+distinct random points (k-means++ only for k <= 256, where its serial loop
+is cheap), and Lloyd's iterations stop early once the objective (the sum of
+squared distances to the nearest centroid) improves by less than
+`tolerance` (relative) in one iteration.
 """
 
 from __future__ import annotations
 
 import dataclasses
+from typing import List, Tuple
 
 import numpy as np
 
 from retrieval_tf.compat import tf
 
-# Points assigned per matmul: bounds memory to chunk x centroids floats.
-_CHUNK = 32768
+# Scores (points x centroids x groups) per chunk: about 64 MB of float32.
+_CHUNK_SCORES = 1 << 24
+# The largest k seeded by k-means++ under init="auto".
+_KMEANS_PLUS_PLUS_MAX_K = 256
+KMEANS_INITS = ("auto", "kmeans++", "random")
 
 
 def nearest_centroids(points, centroids):
@@ -34,8 +48,9 @@ def nearest_centroids(points, centroids):
   """
   scores = tf.matmul(points, centroids, transpose_b=True) - 0.5 * \
       tf.reduce_sum(tf.square(centroids), axis=-1)[..., tf.newaxis, :]
-  return (tf.argmax(scores, axis=-1, output_type=tf.int32),
-          tf.reduce_max(scores, axis=-1))
+  nearest = tf.argmax(scores, axis=-1, output_type=tf.int32)
+  return nearest, tf.gather(scores, nearest[..., tf.newaxis],
+                            batch_dims=nearest.shape.rank)[..., 0]
 
 
 @tf.function(reduce_retracing=True)
@@ -44,6 +59,37 @@ def _assign_chunk(points, centroids):
   nearest, best = nearest_centroids(points, centroids)
   distances = tf.reduce_sum(tf.square(points), axis=-1) - 2.0 * best
   return nearest, tf.maximum(distances, 0.0)
+
+
+@tf.function(reduce_retracing=True)
+def _lloyd_chunk(points, centroids):
+  """One chunk of a Lloyd iteration.
+
+  Args:
+    points: `[G, n, d]`.
+    centroids: `[G, k, d]`.
+
+  Returns:
+    `(nearest [G, n] int32, sums [G, k, d], counts [G, k], sse [G])`: the
+    nearest centroids, the per-cluster sums and sizes of this chunk, and
+    its sum of squared distances to the nearest centroid.
+  """
+  nearest, distances = _assign_chunk(points, centroids)
+  groups, num_centroids = tf.shape(centroids)[0], tf.shape(centroids)[1]
+  segments = nearest + num_centroids * tf.range(groups)[:, tf.newaxis]
+  flat = tf.reshape(segments, [-1])
+  total = groups * num_centroids
+  sums = tf.math.unsorted_segment_sum(
+      tf.reshape(points, [-1, tf.shape(points)[-1]]), flat, total)
+  counts = tf.math.unsorted_segment_sum(tf.ones_like(flat), flat, total)
+  return (nearest, tf.reshape(sums, tf.shape(centroids)),
+          tf.reshape(counts, [groups, num_centroids]),
+          tf.reduce_sum(distances, axis=-1))
+
+
+def _chunk_rows(groups: int, num_centroids: int) -> int:
+  """Points per chunk so that a chunk's scores stay near 2^24 floats."""
+  return max(256, _CHUNK_SCORES // max(1, groups * num_centroids))
 
 
 def assign(points: np.ndarray, centroids: np.ndarray):
@@ -68,8 +114,9 @@ def assign(points: np.ndarray, centroids: np.ndarray):
                      f"{centroids.shape} do not match")
   nearest, distances = [], []
   centroids_t = tf.constant(centroids)
-  for start in range(0, points.shape[1], _CHUNK):
-    n, dist = _assign_chunk(tf.constant(points[:, start:start + _CHUNK]),
+  rows = _chunk_rows(*centroids.shape[:2])
+  for start in range(0, points.shape[1], rows):
+    n, dist = _assign_chunk(tf.constant(points[:, start:start + rows]),
                             centroids_t)
     nearest.append(n.numpy())
     distances.append(dist.numpy())
@@ -78,23 +125,64 @@ def assign(points: np.ndarray, centroids: np.ndarray):
   return (nearest[0], distances[0]) if squeeze else (nearest, distances)
 
 
+@dataclasses.dataclass
+class KMeansResult:
+  """What `kmeans_fit` found.
+
+  Attributes:
+    centroids: `[G, k, d]` (or `[k, d]` for 2-D input).
+    iterations: Lloyd iterations run (<= the `iterations` asked for).
+    objective: the sum of squared distances of the points to their nearest
+      centroid, per group `[G]` (or a scalar), measured in the last
+      iteration's assignment step (before its centroid update).
+    history: the total objective (summed over groups) of every iteration.
+  """
+  centroids: np.ndarray
+  iterations: int
+  objective: np.ndarray
+  history: List[float]
+
+
 def kmeans(points: np.ndarray, num_centroids: int, iterations: int = 20,
-           seed: int = 0) -> np.ndarray:
+           seed: int = 0, tolerance: float = 1e-4,
+           init: str = "auto") -> np.ndarray:
+  """Lloyd's k-means on G groups at once; returns the centroids.
+
+  See `kmeans_fit` (same arguments), which also says how many iterations
+  ran and the objective reached.
+
+  Returns:
+    Centroids `[G, k, d]` (or `[k, d]` for 2-D input).
+  """
+  return kmeans_fit(points, num_centroids, iterations, seed, tolerance,
+                    init).centroids
+
+
+def kmeans_fit(points: np.ndarray, num_centroids: int, iterations: int = 20,
+               seed: int = 0, tolerance: float = 1e-4,
+               init: str = "auto") -> KMeansResult:
   """Lloyd's k-means on G groups at once.
 
-  Seeded by k-means++ (on at most 16 k points per group); an emptied
-  cluster is re-seeded with a random point of the largest cluster of its
-  group, nudged so the two split it (as Faiss does), so every centroid stays
-  in use.
+  Seeded by k-means++ (on at most 16 k points per group) or by k distinct
+  random points (see `init`); an emptied cluster is re-seeded with a random
+  point of the largest cluster of its group, nudged so the two split it (as
+  Faiss does), so every centroid stays in use. Stops before `iterations`
+  once no group's objective improved by more than `tolerance` (relative) in
+  the last iteration.
 
   Args:
     points: `[G, n, d]` or `[n, d]`, with `n >= num_centroids`.
     num_centroids: k.
-    iterations: Lloyd iterations.
+    iterations: the most Lloyd iterations.
     seed: the random seed (same seed, same centroids).
+    tolerance: relative improvement of the objective below which the
+      iterations stop; 0 stops only at a fixed point (no improvement).
+    init: "kmeans++", "random" (k distinct points of each group, as Faiss
+      seeds) or "auto" (k-means++ for k <= 256, random above, where the
+      serial k-means++ loop would cost more than the iterations).
 
   Returns:
-    Centroids `[G, k, d]` (or `[k, d]` for 2-D input).
+    A `KMeansResult`.
   """
   squeeze = np.ndim(points) == 2
   points = np.asarray(points, np.float32)
@@ -107,30 +195,60 @@ def kmeans(points: np.ndarray, num_centroids: int, iterations: int = 20,
   if num_centroids < 1 or n < num_centroids:
     raise ValueError(f"k-means needs 1 <= num_centroids <= number of points,"
                      f" got {num_centroids} centroids for {n} points")
+  if iterations < 1:
+    raise ValueError(f"k-means iterations must be >= 1, got {iterations}")
+  if not tolerance >= 0:
+    raise ValueError(f"k-means tolerance must be >= 0, got {tolerance}")
+  if init not in KMEANS_INITS:
+    raise ValueError(f"k-means init must be one of {KMEANS_INITS}, got "
+                     f"{init!r}")
   if not np.isfinite(points).all():
     raise ValueError("k-means points contain NaN or infinite values")
   rng = np.random.default_rng(seed)
-  centroids = _kmeans_plus_plus(points, num_centroids, rng)
-  for _ in range(iterations):
-    nearest, _ = assign(points, centroids)
-    segments = nearest + (np.arange(groups) * num_centroids)[:, np.newaxis]
-    sums = tf.math.unsorted_segment_sum(
-        points.reshape(-1, dim), segments.reshape(-1),
-        groups * num_centroids).numpy().reshape(groups, num_centroids, dim)
-    counts = np.bincount(segments.reshape(-1),
-                         minlength=groups * num_centroids).reshape(
-                             groups, num_centroids)
+  if init == "kmeans++" or (init == "auto" and
+                            num_centroids <= _KMEANS_PLUS_PLUS_MAX_K):
+    centroids = _kmeans_plus_plus(points, num_centroids, rng)
+  else:
+    centroids = np.stack([points[g, rng.choice(n, num_centroids,
+                                               replace=False)]
+                          for g in range(groups)])
+  rows = _chunk_rows(groups, num_centroids)
+  chunks = [tf.constant(points[:, start:start + rows])
+            for start in range(0, n, rows)]
+  history, previous = [], None
+  for iteration in range(1, iterations + 1):
+    centroids_t = tf.constant(centroids)
+    sums = np.zeros((groups, num_centroids, dim), np.float64)
+    counts = np.zeros((groups, num_centroids), np.int64)
+    objective = np.zeros(groups, np.float64)
+    nearest = []
+    for chunk in chunks:
+      near, chunk_sums, chunk_counts, sse = _lloyd_chunk(chunk, centroids_t)
+      nearest.append(near.numpy())
+      sums += chunk_sums.numpy()
+      counts += chunk_counts.numpy()
+      objective += sse.numpy()
+    history.append(float(objective.sum()))
     filled = counts > 0
     centroids = np.where(filled[..., np.newaxis],
                          sums / np.maximum(counts, 1)[..., np.newaxis],
-                         centroids)
-    for g, empty in zip(*np.nonzero(~filled)):
-      largest = int(np.argmax(counts[g]))
-      members = np.flatnonzero(nearest[g] == largest)
-      noise = 1e-3 * rng.standard_normal(dim).astype(np.float32)
-      centroids[g, empty] = points[g, rng.choice(members)] + noise
-      counts[g, largest] = max(counts[g, largest] // 2, 1)
-  return centroids[0] if squeeze else centroids
+                         centroids).astype(np.float32)
+    if not filled.all():
+      nearest = np.concatenate(nearest, axis=1)
+      for g, empty in zip(*np.nonzero(~filled)):
+        largest = int(np.argmax(counts[g]))
+        members = np.flatnonzero(nearest[g] == largest)
+        noise = 1e-3 * rng.standard_normal(dim).astype(np.float32)
+        centroids[g, empty] = points[g, rng.choice(members)] + noise
+        counts[g, largest] = max(counts[g, largest] // 2, 1)
+    elif previous is not None and np.all(
+        previous - objective <= tolerance * previous):
+      break
+    previous = objective
+  return KMeansResult(centroids=centroids[0] if squeeze else centroids,
+                      iterations=iteration,
+                      objective=objective[0] if squeeze else objective,
+                      history=history)
 
 
 def _kmeans_plus_plus(points: np.ndarray, k: int,
@@ -165,12 +283,16 @@ class IVFPQCodebook:
     assignments: each item's coarse list `[N]` int32.
     codes: each item's PQ codes `[N, D]` (values < K).
     distortion: mean squared error `|x - T(x)|^2` of the encoding.
+    training_points: points the coarse and the product k-means trained on.
+    iterations: Lloyd iterations the coarse and the product k-means ran.
   """
   centroids: np.ndarray
   codebooks: np.ndarray
   assignments: np.ndarray
   codes: np.ndarray
   distortion: float
+  training_points: Tuple[int, int] = (0, 0)
+  iterations: Tuple[int, int] = (0, 0)
 
 
 def split_subspaces(vectors: np.ndarray, num_subspaces: int) -> np.ndarray:
@@ -198,22 +320,29 @@ def encode(vectors: np.ndarray, centroids: np.ndarray,
 def train_ivfpq(embeddings: np.ndarray, num_lists: int, num_subspaces: int,
                 num_codewords: int = 256, iterations: int = 20,
                 max_points_per_centroid: int = 256, seed: int = 0,
-                normalize: bool = False) -> IVFPQCodebook:
+                normalize: bool = False,
+                tolerance: float = 1e-4) -> IVFPQCodebook:
   """Trains a coarse quantizer and a residual product quantizer, then
   encodes every embedding.
 
   Each k-means runs on at most `max_points_per_centroid x k` random
-  training points (the Faiss default), then all embeddings are encoded.
+  training points (the Faiss default) and stops early once converged
+  (`tolerance`), then all embeddings are encoded.
 
   Args:
     embeddings: `[N, d]` item vectors.
     num_lists: J coarse centroids (inverted lists).
     num_subspaces: D; must divide d.
     num_codewords: K codewords per sub-space (at most 256: one byte a code).
-    iterations: Lloyd iterations of each k-means.
+    iterations: the most Lloyd iterations of each k-means.
     max_points_per_centroid: training sample cap.
     seed: random seed.
     normalize: L2-normalise the embeddings first (for cosine search).
+    tolerance: each k-means stops once an iteration improves its objective
+      by less than this fraction (`kmeans_fit`).
+
+  Returns:
+    An `IVFPQCodebook`.
   """
   embeddings = np.asarray(embeddings, np.float32)
   if embeddings.ndim != 2:
@@ -223,6 +352,9 @@ def train_ivfpq(embeddings: np.ndarray, num_lists: int, num_subspaces: int,
   if num_lists < 1 or num_lists > len(embeddings):
     raise ValueError(f"num_lists must be in 1..{len(embeddings)} (the "
                      f"number of embeddings), got {num_lists}")
+  if max_points_per_centroid < 1:
+    raise ValueError(f"max_points_per_centroid must be >= 1, got "
+                     f"{max_points_per_centroid}")
   if normalize:
     embeddings = embeddings / np.maximum(
         np.linalg.norm(embeddings, axis=1, keepdims=True), 1e-12)
@@ -234,18 +366,24 @@ def train_ivfpq(embeddings: np.ndarray, num_lists: int, num_subspaces: int,
       return embeddings
     return embeddings[np.sort(rng.choice(len(embeddings), cap, replace=False))]
 
-  centroids = kmeans(sample(num_lists), num_lists, iterations, seed)
+  coarse_train = sample(num_lists)
+  coarse = kmeans_fit(coarse_train, num_lists, iterations, seed, tolerance)
+  centroids = coarse.centroids
   train = sample(num_codewords)
   train_lists, _ = assign(train, centroids)
   residuals = split_subspaces(train - centroids[train_lists], num_subspaces)
   if residuals.shape[1] < num_codewords:
     raise ValueError(f"{residuals.shape[1]} embeddings cannot train "
                      f"{num_codewords} codewords")
-  codebooks = kmeans(residuals, num_codewords, iterations, seed + 1)
+  product = kmeans_fit(residuals, num_codewords, iterations, seed + 1,
+                       tolerance)
+  codebooks = product.centroids
   assignments, codes, errors = encode(embeddings, centroids, codebooks)
   return IVFPQCodebook(centroids=centroids, codebooks=codebooks,
                        assignments=assignments, codes=codes,
-                       distortion=float(errors.mean()))
+                       distortion=float(errors.mean()),
+                       training_points=(len(coarse_train), len(train)),
+                       iterations=(coarse.iterations, product.iterations))
 
 
 def reconstruct(codebook: IVFPQCodebook) -> np.ndarray:

@@ -79,3 +79,91 @@ def test_nearest_centroids_in_the_graph_equals_assign():
                                 quantization.assign(points, centroids)[0])
   single, _ = quantization.nearest_centroids(points[0], centroids[0])
   np.testing.assert_array_equal(single.numpy(), nearest.numpy()[0])
+
+
+def _separated_clusters(seed=1, n=2000, k=8, dim=5):
+  rng = np.random.default_rng(seed)
+  centres = rng.normal(size=(k, dim)) * 10
+  return (centres[rng.integers(0, k, n)] +
+          rng.normal(size=(n, dim)) * 0.1).astype(np.float32)
+
+
+def test_kmeans_stops_early_once_converged_at_the_quality_of_all_iterations():
+  points = _separated_clusters()
+  early = quantization.kmeans_fit(points, 8, iterations=50, seed=3,
+                                  tolerance=1e-4)
+  full = quantization.kmeans_fit(points, 8, iterations=50, seed=3,
+                                 tolerance=0.0)
+  assert early.iterations < 10
+  assert len(early.history) == early.iterations
+  # The objective never gets worse and is what assign() measures.
+  assert np.all(np.diff(full.history) <= 1e-3 * full.history[0])
+  _, distances = quantization.assign(points, full.centroids)
+  assert early.objective == pytest.approx(full.objective, rel=1e-3)
+  assert full.history[-1] == pytest.approx(distances.sum(), rel=1e-3)
+  # A non-zero tolerance trades a little objective for iterations.
+  loose = quantization.kmeans_fit(points, 8, iterations=50, seed=3,
+                                  tolerance=0.5)
+  assert loose.iterations <= early.iterations
+
+
+def test_kmeans_random_seeding_and_chunks(monkeypatch):
+  # k > 256 is seeded by k random points under init="auto" (k-means++ is a
+  # serial loop over k); the same seed gives the same centroids.
+  points = np.random.default_rng(5).normal(size=(3000, 2)).astype(np.float32)
+  first = quantization.kmeans(points, 300, iterations=5, seed=7)
+  np.testing.assert_array_equal(
+      first, quantization.kmeans(points, 300, iterations=5, seed=7))
+  np.testing.assert_array_equal(
+      first, quantization.kmeans(points, 300, iterations=5, seed=7,
+                                 init="random"))
+  assert not np.array_equal(
+      first, quantization.kmeans(points, 300, iterations=5, seed=8))
+  assert not np.array_equal(
+      first, quantization.kmeans(points, 300, iterations=5, seed=7,
+                                 init="kmeans++"))
+  # A Lloyd iteration over many small chunks sums to the one-chunk result.
+  grouped = np.random.default_rng(6).normal(size=(3, 1000, 4)).astype(
+      np.float32)
+  whole = quantization.kmeans_fit(grouped, 16, iterations=4, seed=0,
+                                  tolerance=0.0)
+  monkeypatch.setattr(quantization, "_CHUNK_SCORES", 16)   # 256-point chunks
+  chunked = quantization.kmeans_fit(grouped, 16, iterations=4, seed=0,
+                                    tolerance=0.0)
+  np.testing.assert_allclose(chunked.centroids, whole.centroids, atol=1e-5)
+  np.testing.assert_allclose(chunked.objective, whole.objective, rtol=1e-5)
+
+
+def test_train_ivfpq_trains_on_a_subsample_and_reports_its_iterations():
+  rng = np.random.default_rng(8)
+  items = rng.normal(size=(4000, 8)).astype(np.float32)
+  book = quantization.train_ivfpq(items, num_lists=10, num_subspaces=2,
+                                  num_codewords=16, iterations=30,
+                                  max_points_per_centroid=40, seed=1)
+  assert book.training_points == (400, 640)
+  assert all(1 <= i <= 30 for i in book.iterations)
+  assert book.codes.shape == (4000, 2)   # every item is still encoded
+  np.testing.assert_array_equal(
+      book.codes, quantization.train_ivfpq(
+          items, 10, 2, 16, iterations=30, max_points_per_centroid=40,
+          seed=1).codes)
+  everything = quantization.train_ivfpq(items, 10, 2, 16, iterations=30,
+                                        seed=1)
+  assert everything.training_points == (2560, 4000)
+  # 40 points a centroid already encode about as well as all of them.
+  assert book.distortion < 1.1 * everything.distortion
+
+
+def test_kmeans_option_errors():
+  points = np.zeros((10, 2), np.float32)
+  with pytest.raises(ValueError, match="tolerance must be >= 0"):
+    quantization.kmeans(points, 2, tolerance=-1.0)
+  with pytest.raises(ValueError, match="tolerance must be >= 0"):
+    quantization.kmeans(points, 2, tolerance=float("nan"))
+  with pytest.raises(ValueError, match="iterations must be >= 1"):
+    quantization.kmeans(points, 2, iterations=0)
+  with pytest.raises(ValueError, match="init must be one of"):
+    quantization.kmeans(points, 2, init="forgy")
+  with pytest.raises(ValueError, match="max_points_per_centroid"):
+    quantization.train_ivfpq(np.random.rand(30, 4), 2, 2, num_codewords=4,
+                             max_points_per_centroid=0)
