@@ -138,6 +138,8 @@ def run_experiment(ctx: runner.RunContext) -> Dict[str, Any]:
   if f["model"] == "dssm":
     train = dict(train, hard_negatives=task.unclicked if "hard_negatives"
                  not in train else train["hard_negatives"])
+  ctx.check_data(train=train, test=task.test, item_ids=task.item_ids,
+                 item_text=task.item_text, item_columns=task.item_columns)
   tokenizer = Tokenizer(num_buckets=f["num_buckets"])
   titles = padded_ids(tokenizer, task.item_text, max_tokens=ITEM_TOKENS)
   config = model_config(task, f, titles.shape[1])
@@ -163,17 +165,18 @@ def run_experiment(ctx: runner.RunContext) -> Dict[str, Any]:
           "loss") else math.nan})
   metrics.update(evaluation.evaluate(model, task, f["num_random_items"],
                                      seed=f["seed"], item_vectors=vectors))
-  if f["export_dir"] and ctx.chief:
-    paths = servable.export_dpsr(
+  if f["export_dir"]:
+    paths = ctx.export(lambda: servable.export_dpsr(
         model, f["export_dir"], [str(i) for i in task.item_ids],
         item_vectors=vectors, user_vocabularies=task.user_vocabularies,
         num_shards=f["num_shards"],
         max_k=f["max_k"],
         model_card={"dataset": f["dataset"], "flags": f,
                     "metrics": dict(metrics)},
-        seed=f["seed"], **export_index_options(f))
-    metrics["export_paths"] = ",".join(paths)
-    print("exported the servable to " + ", ".join(paths))
+        seed=f["seed"], **export_index_options(f)), metrics)
+    if paths:
+      metrics["export_paths"] = ",".join(paths)
+      print("exported the servable to " + ", ".join(paths))
   return metrics
 
 
@@ -244,10 +247,8 @@ def validate_flags(values: Dict[str, Any]) -> None:
     ) from None
   if not 0.0 < values["test_fraction"] < 1.0:
     raise runner.UsageError("--test_fraction must be in (0, 1)")
-  if values["export_dir"]:
-    runner.check_writable(values["export_dir"], "--export_dir")
-    if values["model"].startswith("bm25"):
-      raise runner.UsageError("--export_dir: BM25 has no servable")
+  if values["export_dir"] and values["model"].startswith("bm25"):
+    raise runner.UsageError("--export_dir: BM25 has no servable")
   validate_index_flags(values)
 
 

@@ -102,6 +102,8 @@ def run_experiment(ctx: runner.RunContext) -> Dict[str, Any]:
   split = registry.held_out_split(
       dataset, f["num_test_users"], f["seed"],
       min_user_events=f["min_user_events"], min_rating=f["min_rating"])
+  ctx.check_data(train=split.train, test=split.test, valid=split.valid,
+                 num_users=dataset.num_users, num_items=dataset.num_items)
   counts = np.bincount(split.train.item, minlength=dataset.num_items)
   dataset_fn = data.dataset_fn(
       split.train, batch_size=f["batch_size"],
@@ -162,15 +164,16 @@ def run_experiment(ctx: runner.RunContext) -> Dict[str, Any]:
           "step", "top_path_size", "used_paths", "mean_path_size",
           "items_changed", "items_without_candidates")}
       for h in em_callback.history]
-  if f["export_dir"] and ctx.chief:
-    path = servable.export_dr(
+  if f["export_dir"]:
+    path = ctx.export(lambda: servable.export_dr(
         model, f["export_dir"], dataset, f["history_length"],
         max_k=min(1000, dataset.num_items),
         model_card={"config": f, "dataset": f["dataset"],
                     "metrics": {k: v for k, v in metrics.items()
-                                if k != "em_history"}})
-    metrics["export_path"] = path
-    print(f"exported the servable to {path}")
+                                if k != "em_history"}}), metrics)
+    if path:
+      metrics["export_path"] = path
+      print(f"exported the servable to {path}")
   return metrics
 
 
@@ -212,8 +215,6 @@ def validate_flags(values: Dict[str, Any]) -> None:
   if any(not 1 <= b <= total for b in beams):
     raise runner.UsageError(f"--eval_beam_sizes must be integers in "
                             f"1..K^D = {total}")
-  if values["export_dir"]:
-    runner.check_writable(values["export_dir"], "--export_dir")
 
 
 def run_main():

@@ -128,6 +128,8 @@ def run_experiment(ctx: runner.RunContext) -> Dict[str, Any]:
   if len(data.train) < f["batch_size"]:
     raise DataError(f"{data.name}: {len(data.train)} training examples, "
                     f"fewer than one batch of {f['batch_size']}")
+  ctx.check_data(train=data.train, test=data.test, item_ids=data.item_ids,
+                 titles=data.titles, attributes=data.attributes)
   holder = {}
 
   def build():
@@ -148,13 +150,14 @@ def run_experiment(ctx: runner.RunContext) -> Dict[str, Any]:
               "train_steps": result.train_steps,
               "final_loss": result.history.get("loss", [float("nan")])[-1],
               "num_items": data.num_items})
-  if f.get("export_dir") and ctx.chief:
+  if f["export_dir"]:
     from mgdspr_tf.servable import export_mgdspr  # pylint: disable=g-import-not-at-top
-    path = export_mgdspr(model, f["export_dir"], data.item_ids,
-                         data.intent_fields, data.item_fields,
-                         max_k=min(1000, data.num_items),
-                         model_card={"dataset": data.name, "metrics": out})
-    out["export_path"] = os.path.abspath(path)
+    path = ctx.export(lambda: export_mgdspr(
+        model, f["export_dir"], data.item_ids, data.intent_fields,
+        data.item_fields, max_k=min(1000, data.num_items),
+        model_card={"dataset": data.name, "metrics": dict(out)}), out)
+    if path:
+      out["export_path"] = os.path.abspath(path)
   return out
 
 

@@ -102,6 +102,11 @@ def run_experiment(ctx: runner.RunContext) -> Dict[str, Any]:
       num_negatives=f["num_eval_negatives"], seed=f["seed"])
   dataset = data.dataset
   train = dataset.interactions
+  ctx.check_data(train=train, test=data.test, negatives=data.negatives,
+                 valid=data.valid, valid_negatives=data.valid_negatives,
+                 num_users=dataset.num_users, num_items=dataset.num_items,
+                 user_features=dataset.user_features,
+                 item_features=dataset.item_features)
   cooccurrence = cooccurrence_counts(train, dataset.num_items,
                                      vocabulary=dataset.items)
   cooccurrence.check_vocabulary(dataset.items, "the dataset")
@@ -149,13 +154,14 @@ def run_experiment(ctx: runner.RunContext) -> Dict[str, Any]:
     np.savez(os.path.join(ctx.output_dir, "scores.npz"),
              users=data.test.user, targets=data.test.item,
              negatives=data.negatives, **scores)
-  if f["export_dir"] and ctx.chief:
-    path = servable.export_pdn(
+  if f["export_dir"]:
+    path = ctx.export(lambda: servable.export_pdn(
         retriever, f["export_dir"], dataset,
         model_card={"config": f, "dataset": f["dataset"],
-                    "metrics": dict(metrics)})
-    metrics["export_path"] = path
-    print(f"exported the servable to {path}")
+                    "metrics": dict(metrics)}), metrics)
+    if path:
+      metrics["export_path"] = path
+      print(f"exported the servable to {path}")
   return metrics
 
 
@@ -179,8 +185,6 @@ def validate_flags(values: Dict[str, Any]) -> None:
     if not units or min(units) < 1:
       raise runner.UsageError(f"--{name} must be a comma-separated list of "
                               f"positive ints, got {values[name]}")
-  if values["export_dir"]:
-    runner.check_writable(values["export_dir"], "--export_dir")
 
 
 def run_main():

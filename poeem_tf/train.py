@@ -108,6 +108,8 @@ def run_experiment(ctx: runner.RunContext) -> Dict[str, Any]:
       f["dataset"], f["data_dir"], seed=f["seed"],
       synthetic_config=runner.synthetic_config(f))
   split = registry.held_out_split(dataset, f["num_test_users"], f["seed"])
+  ctx.check_data(train=split.train, test=split.test, valid=split.valid,
+                 num_users=dataset.num_users, num_items=dataset.num_items)
   hinge = f["loss"] == "hinge"
   dataset_fn = data.dataset_fn(
       split.train, batch_size=f["batch_size"],
@@ -170,15 +172,16 @@ def run_experiment(ctx: runner.RunContext) -> Dict[str, Any]:
                                              f["history_length"]),
              truth=protocol.truth, exclude=protocol.banned,
              list_sizes=np.diff(index.list_offsets.numpy()))
-  if f["export_dir"] and ctx.chief:
-    path = servable.export_poeem(
+  if f["export_dir"]:
+    path = ctx.export(lambda: servable.export_poeem(
         model, f["export_dir"], dataset, f["history_length"], index=index,
         item_vectors=vectors, index_build_seconds=build_seconds,
         model_card={"config": f, "dataset": f["dataset"],
-                    "metrics": dict(metrics)})
-    metrics["export_path"] = path
-    print(f"index built in {build_seconds:.2f} s; exported the servable to "
-          f"{path}")
+                    "metrics": dict(metrics)}), metrics)
+    if path:
+      metrics["export_path"] = path
+      print(f"index built in {build_seconds:.2f} s; exported the servable "
+            f"to {path}")
   return metrics
 
 
@@ -201,8 +204,6 @@ def validate_flags(values: Dict[str, Any]) -> None:
     raise runner.UsageError(f"--nprobe must be in 0..--num_centroids={j}")
   if values["warm_start_steps"] < 0 or values["rerank"] < 0:
     raise runner.UsageError("--warm_start_steps and --rerank must be >= 0")
-  if values["export_dir"]:
-    runner.check_writable(values["export_dir"], "--export_dir")
 
 
 def run_main():

@@ -17,14 +17,24 @@ data, calls `ctx.fit(...)` and evaluates. The runner owns everything else:
   infinite loss;
 * `config.json` and `metrics.json` (flat `{"hr@10": ...}` plus dataset and
   timing), written atomically;
-* exit status 2 with `error: ...` on a bad flag or bad data (`DataError`), 3
-  on a non-finite loss.
+* the data a run trains on: the experiment hands it to
+  `RunContext.check_data` once loaded; its fingerprint is kept in
+  `data.json` and an unfinished run is resumed only on the same data;
+* `--export_dir`, when the command defines it, is checked writable before
+  any work; `RunContext.export` writes `metrics.json` before exporting, so a
+  failed export never loses a finished run's metrics;
+* `--early_stopping=N`: the experiment gives `RunContext.fit` a validation
+  callable and the metric to monitor (`retrieval_tf.validation`);
+* exit status 2 with `error: ...` on a bad flag or bad data (`DataError`,
+  or a resume on other data), 3 on a non-finite loss, 4 when the export
+  failed (the metrics are written, with `export_error`).
 """
 
 from __future__ import annotations
 
 import dataclasses
 import datetime
+import hashlib
 import json
 import math
 import os
@@ -37,12 +47,15 @@ from typing import Any, Callable, Dict, List, Mapping, Optional
 from absl import app
 from absl import flags
 from absl import logging
+import numpy as np
 
 from retrieval_tf.compat import keras, tf
 from retrieval_tf.datasets import synthetic
 from retrieval_tf.datasets.errors import DataError
+from retrieval_tf.datasets.types import Vocabulary
 from retrieval_tf.files import write_json_atomic
 from retrieval_tf.index import INDEX_KINDS, check_build_options
+from retrieval_tf.validation import EarlyStopping
 import tensorflow_recommenders as tfrs  # pylint: disable=g-bad-import-order
 
 FLAGS = flags.FLAGS
@@ -100,6 +113,11 @@ def define_common_flags(datasets: Mapping[str, bool],
   flags.DEFINE_integer("keep_checkpoints", 3,
                        "Epoch checkpoints kept in output_dir/checkpoints, the "
                        "newest (0: keep every epoch's).")
+  flags.DEFINE_integer("early_stopping", 0,
+                       "Patience in epochs: stop when the validation metric "
+                       "has not improved for this many epochs and keep the "
+                       "best epoch's weights (0: off). Holds a validation "
+                       "split out of the training data (docs/training.md).")
 
 
 _DATASETS: Dict[str, bool] = {}
@@ -182,9 +200,11 @@ def validate(values: Mapping[str, Any]) -> None:
   if not values["learning_rate"] > 0:
     raise UsageError(f"--learning_rate must be > 0, got "
                      f"{values['learning_rate']}")
-  if values.get("keep_checkpoints", 0) < 0:
-    raise UsageError(f"--keep_checkpoints must be >= 0, got "
-                     f"{values['keep_checkpoints']}")
+  for name in ("keep_checkpoints", "early_stopping"):
+    if values.get(name, 0) < 0:
+      raise UsageError(f"--{name} must be >= 0, got {values[name]}")
+  if values.get("export_dir"):  # before training, for every command
+    check_writable(values["export_dir"], "--export_dir")
 
 
 def define_index_flags(what: str = "the item embeddings") -> None:
@@ -275,6 +295,87 @@ def prepare_output_dir(output_dir: str, config: Mapping[str, Any],
   os.makedirs(output_dir, exist_ok=True)
   write_json_atomic(config_path, dict(config))
   return False
+
+
+DATA_FILE = "data.json"
+
+
+def data_fingerprint(**parts) -> Dict[str, Dict[str, Any]]:
+  """`{name: {"sha256": ..., "size": ...}}` of the data a run trains on.
+
+  Each part is hashed from its values (NumPy arrays by dtype, shape and
+  bytes; dataclasses such as `Interactions` field by field; dicts, lists,
+  `Vocabulary`, strings and numbers), not from files, so generated data
+  has a fingerprint too. `size` is the part's length (rows) or, for a
+  number, the number itself: what a message about a change can name.
+  """
+  out = {}
+  for name, value in sorted(parts.items()):
+    digest = hashlib.sha256()
+    _digest(value, digest)
+    if isinstance(value, (int, float, np.integer, np.floating)):
+      size = value.item() if hasattr(value, "item") else value
+    else:
+      size = len(value) if hasattr(value, "__len__") else None
+    out[name] = {"sha256": digest.hexdigest(), "size": size}
+  return out
+
+
+def _digest(value, digest) -> None:
+  """Feeds `value` into the hash; TypeError on a kind it cannot hash."""
+  if isinstance(value, np.ndarray):
+    digest.update(f"array{value.dtype}{value.shape}".encode())
+    if value.dtype == object:
+      digest.update("\x1f".join(map(str, value.ravel())).encode())
+    else:
+      digest.update(np.ascontiguousarray(value).tobytes())
+  elif dataclasses.is_dataclass(value) and not isinstance(value, type):
+    digest.update(type(value).__name__.encode())
+    for field in dataclasses.fields(value):
+      digest.update(f"|{field.name}=".encode())
+      _digest(getattr(value, field.name), digest)
+  elif isinstance(value, Vocabulary):
+    _digest(value.ids, digest)
+  elif isinstance(value, Mapping):
+    digest.update(b"{")
+    for key in sorted(value, key=str):
+      digest.update(f"{key}:".encode())
+      _digest(value[key], digest)
+    digest.update(b"}")
+  elif isinstance(value, (list, tuple)):
+    digest.update(b"[")
+    for item in value:
+      _digest(item, digest)
+    digest.update(b"]")
+  elif value is None or isinstance(value, (str, bool, int, float, np.integer,
+                                           np.floating)):
+    digest.update(repr(value.item() if hasattr(value, "item") else value
+                       ).encode())
+  else:
+    raise TypeError(f"data_fingerprint: cannot hash a "
+                    f"{type(value).__name__}; pass arrays, dataclasses, "
+                    "dicts, lists, strings or numbers")
+
+
+def data_changes(old: Mapping[str, Any], new: Mapping[str, Any]) -> List[str]:
+  """What differs between two `data_fingerprint`s, one phrase per part."""
+  changes = []
+  for name in sorted(set(old) | set(new)):
+    before, after = old.get(name), new.get(name)
+    if before is None or after is None:
+      changes.append(f"{name} {'added' if before is None else 'removed'}")
+    elif before["sha256"] != after["sha256"]:
+      if before.get("size") != after.get("size"):
+        changes.append(f"{name} {before.get('size')} -> {after.get('size')}")
+      else:
+        changes.append(f"{name} same size, other content")
+  return changes
+
+
+def _has_training_state(output_dir: str) -> bool:
+  return any(os.path.isdir(os.path.join(output_dir, name)) and
+             os.listdir(os.path.join(output_dir, name))
+             for name in ("backup", "checkpoints"))
 
 
 def make_strategy(name: str, cluster_resolver=None,
@@ -387,6 +488,14 @@ class _EpochCounter(keras.callbacks.Callback):
 
 @dataclasses.dataclass
 class FitResult:
+  """What `fit` returns.
+
+  Attributes:
+    validation: with early stopping, `best_epoch` (1-based), `stopped_epoch`
+      (0: ran every epoch) and the best epoch's `val_<metric>` figures;
+      the model holds that epoch's weights. Empty without it.
+  """
+
   model: keras.Model
   history: Dict[str, List[float]]
   train_seconds: float
@@ -394,6 +503,7 @@ class FitResult:
   epochs_run: int
   resumed_from_epoch: int
   examples_per_second: float
+  validation: Dict[str, Any] = dataclasses.field(default_factory=dict)
 
 
 @dataclasses.dataclass
@@ -405,17 +515,59 @@ class RunContext:
   strategy: tf.distribute.Strategy
   resumed: bool
   chief: bool
+  started: float = dataclasses.field(default_factory=time.perf_counter)
+  export_error: Optional[str] = None
+  extra_metrics: Dict[str, Any] = dataclasses.field(default_factory=dict)
+  data_checked: bool = False
 
   @property
   def seed(self) -> int:
     return self.flags["seed"]
 
+  @property
+  def early_stopping(self) -> int:
+    """`--early_stopping`: the patience in epochs (0: off)."""
+    return self.flags.get("early_stopping", 0)
+
+  def check_data(self, **parts) -> None:
+    """Records the data this run trains on; call it once the experiment has
+    loaded (and split) its data, before `fit`.
+
+    A fresh run keeps the parts' `data_fingerprint` in `data.json`. A resumed
+    run compares: other data than the unfinished run trained on raise a
+    `UsageError` (exit 2) naming what changed, instead of resuming weights
+    trained on one dataset with another (or failing on a shape).
+
+    Args:
+      **parts: what identifies the training data, e.g. `train=Interactions`,
+        `num_items=...`, the evaluation split; see `data_fingerprint`.
+    """
+    fingerprint = data_fingerprint(**parts)
+    self.data_checked = True
+    if not self.chief:
+      return
+    path = os.path.join(self.output_dir, DATA_FILE)
+    where = f"--output_dir={self.output_dir!r}"
+    fix = "pass --overwrite to start again or choose another --output_dir"
+    if os.path.exists(path):
+      with open(path) as f:
+        changes = data_changes(json.load(f), fingerprint)
+      if changes:
+        raise UsageError(f"{where} holds an unfinished run trained on other "
+                         f"data (changed: {'; '.join(changes)}); {fix}")
+    elif _has_training_state(self.output_dir):
+      raise UsageError(f"{where} holds an unfinished run with no record of "
+                       f"its data ({DATA_FILE}), so it cannot resume; {fix}")
+    write_json_atomic(path, fingerprint)
+
   def fit(self, build_model: Callable[[], keras.Model],
           dataset_fn: Callable[[tf.distribute.InputContext],
                                tf.data.Dataset],
           num_examples: int,
-          callbacks: Optional[List[keras.callbacks.Callback]] = None
-          ) -> FitResult:
+          callbacks: Optional[List[keras.callbacks.Callback]] = None,
+          validation: Optional[Callable[[keras.Model],
+                                        Mapping[str, float]]] = None,
+          monitor: Optional[str] = None) -> FitResult:
     """Builds (under the strategy's scope) and trains a compiled model.
 
     Args:
@@ -424,32 +576,95 @@ class RunContext:
         repeats; see `retrieval_tf.data.distributed_dataset_fn`.
       num_examples: training examples per epoch (for the step count).
       callbacks: extra callbacks (e.g. a paper's EM step).
+      validation: `model -> {metric: value}` on the validation split (higher
+        is better); with `--early_stopping` it runs after every epoch.
+      monitor: the key of `validation`'s result that early stopping follows.
+
+    Raises:
+      RuntimeError: `check_data` was not called first, or `--early_stopping`
+        is on and no `validation` / `monitor` was given.
     """
-    return fit(build_model, dataset_fn, strategy=self.strategy,
-               output_dir=self.output_dir if self.chief else
-               tempfile.mkdtemp(prefix="retrieval_tf_worker_"),
-               epochs=self.flags["epochs"],
-               steps_per_epoch=(self.flags.get("steps_per_epoch") or
-                                max(1, math.ceil(num_examples /
-                                                 self.flags["batch_size"]))),
-               batch_size=self.flags["batch_size"],
-               callbacks=callbacks, verbose=self.flags.get("verbose", 1),
-               keep_checkpoints=self.flags.get("keep_checkpoints", 0))
+    if not self.data_checked:
+      raise RuntimeError("call ctx.check_data(...) with the loaded training "
+                         "data before ctx.fit, so that a resumed run is "
+                         "checked to train on the same data")
+    output_dir = (self.output_dir if self.chief else
+                  tempfile.mkdtemp(prefix="retrieval_tf_worker_"))
+    stopper = None
+    if self.early_stopping:
+      if validation is None or monitor is None:
+        raise RuntimeError("--early_stopping needs the experiment to pass "
+                           "ctx.fit a validation callable and a monitor")
+      stopper = EarlyStopping(validation, monitor, self.early_stopping,
+                              os.path.join(output_dir, "validation"))
+    result = fit(build_model, dataset_fn, strategy=self.strategy,
+                 output_dir=output_dir,
+                 epochs=self.flags["epochs"],
+                 steps_per_epoch=(self.flags.get("steps_per_epoch") or
+                                  max(1, math.ceil(num_examples /
+                                                   self.flags["batch_size"]))),
+                 batch_size=self.flags["batch_size"],
+                 callbacks=callbacks, verbose=self.flags.get("verbose", 1),
+                 keep_checkpoints=self.flags.get("keep_checkpoints", 0),
+                 early_stopping=stopper)
+    self.extra_metrics.update(result.validation)
+    return result
+
+  def export(self, export_fn: Callable[[], Any],
+             metrics: Dict[str, Any]) -> Any:
+    """Runs `export_fn()` on the chief after writing `metrics` to
+    `metrics.json`; returns what it returns, or None when it raised.
+
+    A failed export never loses the run: the error is logged, recorded in
+    `metrics["export_error"]` (written to `metrics.json` when the experiment
+    returns) and the command exits with status 4.
+    """
+    if not self.chief:
+      return None
+    self.write_metrics(metrics)
+    try:
+      return export_fn()
+    except Exception as error:  # pylint: disable=broad-except
+      logging.exception("the export failed")
+      self.export_error = f"{type(error).__name__}: {error}"
+      metrics["export_error"] = self.export_error
+      return None
+
+  def write_metrics(self, metrics: Dict[str, Any]) -> Dict[str, Any]:
+    """Completes `metrics` (dataset, validation figures, timing) and writes
+    them atomically to `metrics.json` (chief only); returns the written
+    dict."""
+    out = dict(self.extra_metrics)
+    out.update(metrics)
+    out.setdefault("dataset", self.flags["dataset"])
+    out["total_seconds"] = round(time.perf_counter() - self.started, 3)
+    out["finished_at"] = datetime.datetime.now(
+        datetime.timezone.utc).isoformat(timespec="seconds")
+    if self.chief:
+      write_json_atomic(os.path.join(self.output_dir, "metrics.json"), out)
+    return out
 
 
 def fit(build_model, dataset_fn, *, strategy, output_dir: str, epochs: int,
         steps_per_epoch: int, batch_size: int,
         callbacks=None, verbose: int = 1,
-        keep_checkpoints: int = 0) -> FitResult:
+        keep_checkpoints: int = 0,
+        early_stopping: Optional[EarlyStopping] = None) -> FitResult:
   """`model.fit` under `strategy` with the runner's callbacks (see module);
-  `keep_checkpoints` > 0 keeps only that many epoch checkpoints."""
+  `keep_checkpoints` > 0 keeps only that many epoch checkpoints;
+  `early_stopping` runs right after the backup of each epoch (so that a
+  resumed run finds its state consistent with the restored weights) and
+  before the callbacks that log, which then see its `val_*` figures."""
   with strategy.scope():
     model = build_model()
     _build_on_sample(model, dataset_fn)
   counter = _EpochCounter()
   checkpoints = os.path.join(output_dir, "checkpoints")
   all_callbacks = [
-      keras.callbacks.BackupAndRestore(os.path.join(output_dir, "backup")),
+      keras.callbacks.BackupAndRestore(os.path.join(output_dir, "backup"))]
+  if early_stopping is not None:
+    all_callbacks.append(early_stopping)
+  all_callbacks += [
       keras.callbacks.TensorBoard(os.path.join(output_dir, "logs"),
                                   update_freq="epoch"),
       keras.callbacks.ModelCheckpoint(
@@ -475,7 +690,9 @@ def fit(build_model, dataset_fn, *, strategy, output_dir: str, epochs: int,
       train_steps=int(model.optimizer.iterations.numpy()),
       epochs_run=counter.epochs_run,
       resumed_from_epoch=counter.first_epoch or 0,
-      examples_per_second=steps_run * batch_size / max(seconds, 1e-9))
+      examples_per_second=steps_run * batch_size / max(seconds, 1e-9),
+      validation=(early_stopping.summary() if early_stopping is not None
+                  else {}))
 
 
 def _build_on_sample(model: keras.Model, dataset_fn) -> None:
@@ -506,46 +723,49 @@ def run(experiment: Callable[[RunContext], Dict[str, Any]],
   `validate_command(values)` checks the command's own flags (raising
   `UsageError`) before any work, after the common ones.
   """
+  app.run(lambda unused_argv: execute(experiment, command_flag_values(),
+                                      validate_command), argv=argv)
 
-  def main(unused_argv):
-    values = command_flag_values()
-    try:
-      validate(values)
-      if validate_command is not None:
-        validate_command(values)
-      strategy = make_strategy(values["strategy"])
-      chief = is_chief(strategy)
-      output_dir = values["output_dir"]
-      resumed = (prepare_output_dir(output_dir, values, values["overwrite"])
-                 if chief else False)
-    except UsageError as e:
-      sys.stderr.write(f"error: {e}\n")
-      return 2
-    keras.utils.set_random_seed(values["seed"])
-    ctx = RunContext(flags=values, output_dir=output_dir, strategy=strategy,
-                     resumed=resumed, chief=chief)
-    if resumed:
-      logging.info("resuming the unfinished run in %s", output_dir)
-    start = time.perf_counter()
-    try:
-      metrics = experiment(ctx)
-    except DataError as e:  # malformed files, unknown ids or fields
-      sys.stderr.write(f"error: {e}\n")
-      return 2
-    except NonFiniteLossError as e:
-      sys.stderr.write(f"error: {e}\n")
-      return 3
-    metrics = dict(metrics)
-    metrics.setdefault("dataset", values["dataset"])
-    metrics["total_seconds"] = round(time.perf_counter() - start, 3)
-    metrics["finished_at"] = datetime.datetime.now(
-        datetime.timezone.utc).isoformat(timespec="seconds")
-    if chief:
-      write_json_atomic(os.path.join(output_dir, "metrics.json"), metrics)
-      print(format_metrics(metrics))
-    return 0
 
-  app.run(main, argv=argv)
+def execute(experiment: Callable[[RunContext], Dict[str, Any]],
+            values: Dict[str, Any],
+            validate_command: Optional[Callable[[Dict[str, Any]],
+                                                None]] = None) -> int:
+  """`run` on already parsed flag `values`; returns the exit status."""
+  try:
+    validate(values)
+    if validate_command is not None:
+      validate_command(values)
+    strategy = make_strategy(values["strategy"])
+    chief = is_chief(strategy)
+    output_dir = values["output_dir"]
+    resumed = (prepare_output_dir(output_dir, values, values["overwrite"])
+               if chief else False)
+  except UsageError as e:
+    sys.stderr.write(f"error: {e}\n")
+    return 2
+  keras.utils.set_random_seed(values["seed"])
+  ctx = RunContext(flags=values, output_dir=output_dir, strategy=strategy,
+                   resumed=resumed, chief=chief)
+  if resumed:
+    logging.info("resuming the unfinished run in %s", output_dir)
+  try:
+    metrics = experiment(ctx)
+  except (DataError, UsageError) as e:  # bad files, ids, fields; other data
+    sys.stderr.write(f"error: {e}\n")
+    return 2
+  except NonFiniteLossError as e:
+    sys.stderr.write(f"error: {e}\n")
+    return 3
+  metrics = ctx.write_metrics(metrics)
+  if chief:
+    print(format_metrics(metrics))
+  if ctx.export_error:
+    sys.stderr.write(f"error: export failed: {ctx.export_error}; the "
+                     f"metrics are in "
+                     f"{os.path.join(output_dir, 'metrics.json')}\n")
+    return 4
+  return 0
 
 
 def command_flag_values() -> Dict[str, Any]:

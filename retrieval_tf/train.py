@@ -20,6 +20,14 @@ Protocols (`--protocol`):
   `f@k` over the full corpus, input items excluded. Run with a paper
   package's `--seed`, `--min_rating` and `--num_test_users`, it scores the
   same users on the same truth as that package.
+
+`--early_stopping=N` (two_tower) trains on a validation split carved from
+the training side, evaluated after every epoch, and keeps the best epoch's
+weights: `leave_one_out` holds each user's latest training event out, with
+its own sampled negatives (`validation.npz` in `--output_dir`), and follows
+the validation `hr@10`; `held_out_users` holds `--num_valid_users` more
+training users out (halved like the test users) and follows their
+`recall@50`. The test rows are the same with or without it.
 """
 
 from __future__ import annotations
@@ -38,7 +46,7 @@ from retrieval_tf import evaluation
 from retrieval_tf import index as index_lib
 from retrieval_tf import runner
 from retrieval_tf.compat import keras
-from retrieval_tf.datasets import registry
+from retrieval_tf.datasets import registry, splits
 from retrieval_tf.models.two_tower import TwoTowerModel, save_model
 from retrieval_tf.models.two_tower_servable import export_two_tower
 
@@ -54,6 +62,9 @@ flags.DEFINE_enum("model", "two_tower", MODELS, "Which baseline to run.")
 flags.DEFINE_enum("protocol", "leave_one_out", PROTOCOLS,
                   "Evaluation protocol (see the module docstring).")
 flags.DEFINE_integer("num_test_users", 1000, "held_out_users: test users.")
+flags.DEFINE_integer("num_valid_users", 500, "held_out_users with "
+                     "--early_stopping: validation users, taken from the "
+                     "training users.")
 flags.DEFINE_integer("min_user_events", 10, "held_out_users: events a user "
                      "needs to be held out.")
 flags.DEFINE_float("min_rating", 0, "held_out_users: keep events rated >= "
@@ -77,6 +88,9 @@ flags.DEFINE_bool("save_embeddings", False,
                   "users' user_embeddings.npy to --output_dir.")
 
 
+VALIDATION_FILE = "validation.npz"
+
+
 def run_experiment(ctx: runner.RunContext) -> Dict[str, Any]:
   """Loads the dataset, trains (or fits) the model, evaluates it."""
   f = ctx.flags
@@ -86,11 +100,29 @@ def run_experiment(ctx: runner.RunContext) -> Dict[str, Any]:
   if f["protocol"] == "held_out_users":
     return _held_out_users(ctx, dataset)
   data = registry.leave_one_out(dataset, num_negatives=f["num_negatives"],
-                                seed=f["seed"])
+                                seed=f["seed"],
+                                validation=ctx.early_stopping > 0)
   train = data.dataset.interactions
   metrics = _dataset_metrics(f, data.dataset, len(train), len(data.test))
   if f["model"] == "two_tower":
-    model, fit_metrics = _train_two_tower(ctx, data.dataset)
+    ctx.check_data(train=train, test=data.test, negatives=data.negatives,
+                   valid=data.valid, valid_negatives=data.valid_negatives,
+                   num_users=data.dataset.num_users,
+                   num_items=data.dataset.num_items,
+                   user_features=data.dataset.user_features,
+                   item_features=data.dataset.item_features)
+    validate = None
+    if data.valid is not None:
+      metrics["num_valid_users"] = len(data.valid)
+      if ctx.chief:
+        data.save_validation(os.path.join(ctx.output_dir, VALIDATION_FILE))
+      valid = data.validation()
+      validate = lambda model: evaluation.two_tower_leave_one_out(
+          model, valid, f["history_length"], SAMPLED_KS, FULL_KS,
+          batch_size=f["eval_batch_size"])[0]
+    model, fit_metrics = _train_two_tower(ctx, data.dataset,
+                                          validation=validate,
+                                          monitor="hr@10")
     metrics.update(fit_metrics)
     report, user_vectors, item_vectors = evaluation.two_tower_leave_one_out(
         model, data, f["history_length"], SAMPLED_KS, FULL_KS,
@@ -114,14 +146,31 @@ def _held_out_users(ctx: runner.RunContext, dataset) -> Dict[str, Any]:
   f = ctx.flags
   split = registry.held_out_split(
       dataset, f["num_test_users"], f["seed"],
-      min_user_events=f["min_user_events"], min_rating=f["min_rating"])
+      min_user_events=f["min_user_events"], min_rating=f["min_rating"],
+      num_valid_users=f["num_valid_users"] if ctx.early_stopping else 0)
   protocol = evaluation.HeldOutProtocol.from_held_out(split.test,
                                                       dataset.num_items)
   train_set = dataclasses.replace(dataset, interactions=split.train)
   metrics = _dataset_metrics(f, dataset, len(split.train),
                              len(protocol.users))
   if f["model"] == "two_tower":
-    model, fit_metrics = _train_two_tower(ctx, train_set, use_user_id=False)
+    ctx.check_data(train=split.train, test=split.test, valid=split.valid,
+                   num_users=dataset.num_users, num_items=dataset.num_items,
+                   user_features=dataset.user_features,
+                   item_features=dataset.item_features)
+    validate = None
+    if len(split.valid.users):
+      metrics["num_valid_users"] = len(split.valid.users)
+      if ctx.chief:
+        _save_held_out(os.path.join(ctx.output_dir, VALIDATION_FILE),
+                       split.valid, dataset)
+      valid = dataclasses.replace(split, test=split.valid)
+      validate = lambda model: evaluation.two_tower_held_out(
+          model, dataset, valid, f["history_length"], FULL_KS,
+          batch_size=f["eval_batch_size"])[0]
+    model, fit_metrics = _train_two_tower(ctx, train_set, use_user_id=False,
+                                          validation=validate,
+                                          monitor="recall@50")
     metrics.update(fit_metrics)
     report, user_vectors, item_vectors = evaluation.two_tower_held_out(
         model, dataset, split, f["history_length"], FULL_KS,
@@ -135,6 +184,15 @@ def _held_out_users(ctx: runner.RunContext, dataset) -> Dict[str, Any]:
       model.top_k(protocol.exclude, max(FULL_KS), exclude_history=True),
       FULL_KS))
   return metrics
+
+
+def _save_held_out(path: str, held: splits.HeldOutUsers, dataset) -> None:
+  """Writes held-out validation users (indices and ids), their input and
+  truth events, for auditing the run."""
+  np.savez(path, users=held.users,
+           user_id=dataset.users.ids[held.users].astype(str),
+           input_user=held.inputs.user, input_item=held.inputs.item,
+           truth_user=held.truth.user, truth_item=held.truth.item)
 
 
 def _dataset_metrics(f, dataset, num_train: int, num_test: int):
@@ -162,20 +220,27 @@ def _save_and_export(ctx: runner.RunContext, model: TwoTowerModel, dataset,
     np.save(os.path.join(ctx.output_dir, "user_embeddings.npy"),
             user_vectors)
   if f["export_dir"]:
-    index = index_lib.build_index(item_vectors, seed=f["seed"],
-                                  **runner.index_options(f))
-    path = export_two_tower(
-        model, f["export_dir"], dataset, item_vectors,
-        history_length=f["history_length"],
-        model_card={"config": f, "dataset": f["dataset"],
-                    "metrics": dict(metrics)}, index=index)
-    metrics["export_path"] = path
-    print(f"exported the servable to {path}")
+
+    def export():
+      index = index_lib.build_index(item_vectors, seed=f["seed"],
+                                    **runner.index_options(f))
+      return export_two_tower(
+          model, f["export_dir"], dataset, item_vectors,
+          history_length=f["history_length"],
+          model_card={"config": f, "dataset": f["dataset"],
+                      "metrics": dict(metrics)}, index=index)
+
+    path = ctx.export(export, metrics)
+    if path:
+      metrics["export_path"] = path
+      print(f"exported the servable to {path}")
 
 
 def _train_two_tower(ctx: runner.RunContext, dataset,
-                     use_user_id: bool = True):
-  """Trains on `dataset.interactions`; (model, fit metrics)."""
+                     use_user_id: bool = True, validation=None,
+                     monitor=None):
+  """Trains on `dataset.interactions` (early stopping on `validation`'s
+  `monitor` with `--early_stopping`); (model, fit metrics)."""
   f = ctx.flags
   train = dataset.interactions
   user_features = _categorical(f, dataset, "user")
@@ -198,7 +263,8 @@ def _train_two_tower(ctx: runner.RunContext, dataset,
     model.compile(optimizer=keras.optimizers.Adagrad(f["learning_rate"]))
     return model
 
-  result = ctx.fit(build, dataset_fn, num_examples=len(train))
+  result = ctx.fit(build, dataset_fn, num_examples=len(train),
+                   validation=validation, monitor=monitor)
   model = result.model
   if ctx.chief:
     save_model(model, os.path.join(ctx.output_dir, "model"))
@@ -229,10 +295,13 @@ def validate_flags(values: Dict[str, Any]) -> None:
   for name in ("export_dir", "save_embeddings"):
     if values[name] and values["model"] != "two_tower":
       raise runner.UsageError(f"--{name} works with --model=two_tower only")
-  if values["export_dir"]:
-    runner.check_writable(values["export_dir"], "--export_dir")
+  if values["early_stopping"] and values["model"] != "two_tower":
+    raise runner.UsageError(f"--early_stopping works with --model=two_tower "
+                            f"only (--model={values['model']} is not "
+                            "trained by epochs)")
   for name in ("history_length", "embedding_dim", "num_negatives",
-               "eval_batch_size", "num_test_users", "min_user_events"):
+               "eval_batch_size", "num_test_users", "min_user_events",
+               "num_valid_users"):
     if values[name] < 1:
       raise runner.UsageError(f"--{name} must be >= 1, got {values[name]}")
   runner.check_index_flags(values, values["embedding_dim"])

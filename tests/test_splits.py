@@ -178,3 +178,90 @@ def test_sample_negatives_dense_users_and_errors():
                             seed=0)
   assert splits.sample_negatives(test, 50, 0, exclude=exclude,
                                  seed=0).shape == (2, 0)
+
+
+def _pairs(inter):
+  return set(zip(inter.user.tolist(), inter.item.tolist()))
+
+
+def test_dr_split_test_users_do_not_depend_on_validation_users(log):
+  without = splits.dr_split(log, 0, 40, seed=4)
+  with_valid = splits.dr_split(log, 30, 40, seed=4)
+  np.testing.assert_array_equal(without.test.users, with_valid.test.users)
+  assert not set(with_valid.valid.users) & set(with_valid.test.users)
+  # Validation users come out of the training side only.
+  assert set(with_valid.valid.users) <= set(without.train.user.tolist())
+
+
+def test_leave_one_out_validation_is_the_latest_training_event(log):
+  train, test = splits.leave_one_out(log)
+  num_items = int(log.item.max()) + 1
+  rest, valid, negatives = splits.leave_one_out_validation(
+      train, test, num_items, num_negatives=20, seed=3)
+  # Each validation row is its user's latest training event, held out.
+  assert len(rest) + len(valid) == len(train)
+  latest = {}
+  for u, t in zip(train.user.tolist(), train.timestamp.tolist()):
+    latest[u] = max(latest.get(u, t), t)
+  assert all(latest[u] == t for u, t in zip(valid.user.tolist(),
+                                            valid.timestamp.tolist()))
+  assert len(np.unique(valid.user)) == len(valid)
+  assert sorted(_rows(rest) + _rows(valid)) == _rows(train)
+  # Disjoint from the test rows; negatives never touched by the user.
+  assert not set(_rows(valid)) & set(_rows(test))
+  touched = _pairs(log)
+  assert negatives.shape == (len(valid), 20)
+  assert not any((u, int(i)) in touched
+                 for u, row in zip(valid.user.tolist(), negatives)
+                 for i in row)
+  assert all(len(set(row)) == 20 for row in negatives.tolist())
+  # Seeded: the same seed draws the same negatives, another seed others,
+  # and they are not the test negatives of the same seed.
+  again = splits.leave_one_out_validation(train, test, num_items, 20, seed=3)
+  np.testing.assert_array_equal(again[2], negatives)
+  other = splits.leave_one_out_validation(train, test, num_items, 20, seed=4)
+  assert not np.array_equal(other[2], negatives)
+
+
+def test_saved_validation_reloads(log, tmp_path):
+  train, test = splits.leave_one_out(log)
+  num_items = int(log.item.max()) + 1
+  _, valid, negatives = splits.leave_one_out_validation(
+      train, test, num_items, 10, seed=0)
+  item_ids = np.asarray([f"i{i}" for i in range(num_items)], dtype=object)
+  path = tmp_path / "validation.npz"
+  splits.save_validation(str(path), valid, negatives, item_ids=item_ids)
+  loaded, loaded_negatives = splits.load_validation(str(path))
+  np.testing.assert_array_equal(loaded.user, valid.user)
+  np.testing.assert_array_equal(loaded.item, valid.item)
+  np.testing.assert_array_equal(loaded_negatives, negatives)
+  with np.load(path) as saved:
+    assert saved["item_id"][0] == f"i{valid.item[0]}"
+    assert saved["negative_ids"].shape == negatives.shape
+  (tmp_path / "bad.npz").write_text("not a zip")
+  with pytest.raises(DataError, match="bad.npz: not a validation split"):
+    splits.load_validation(str(tmp_path / "bad.npz"))
+
+
+def test_registry_validation_keeps_the_test_rows():
+  from retrieval_tf.datasets import registry
+  dataset = registry.load_rec_dataset(
+      "synthetic", synthetic_config=synthetic.SyntheticConfig(
+          seed=1, num_items=300, num_users=200))
+  plain = registry.leave_one_out(dataset, num_negatives=30, seed=2)
+  held = registry.leave_one_out(dataset, num_negatives=30, seed=2,
+                                validation=True)
+  assert plain.valid is None
+  np.testing.assert_array_equal(plain.test.user, held.test.user)
+  np.testing.assert_array_equal(plain.test.item, held.test.item)
+  np.testing.assert_array_equal(plain.negatives, held.negatives)
+  assert (len(held.dataset.interactions) + len(held.valid) ==
+          len(plain.dataset.interactions))
+  # As events (user, item, time): from the training side, not the test.
+  assert set(_rows(held.valid)) <= set(_rows(plain.dataset.interactions))
+  assert not set(_rows(held.valid)) & set(_rows(held.test))
+  validation = held.validation()
+  assert validation.test is held.valid
+  assert validation.negatives is held.valid_negatives
+  with pytest.raises(ValueError, match="validation=True"):
+    plain.validation()

@@ -2,6 +2,7 @@
 
 import functools
 import json
+import os
 import signal
 import subprocess
 import sys
@@ -10,7 +11,7 @@ import time
 import numpy as np
 import pytest
 
-from conftest import dataset_dir, read_metrics, run_module
+from conftest import REPO_ROOT, dataset_dir, read_metrics, run_module
 
 _run = functools.partial(run_module, "retrieval_tf.train")
 
@@ -181,3 +182,136 @@ def test_held_out_users_protocol_scores_the_dr_split(tmp_path):
   assert tower["num_test_users"] == 200
   assert tower["protocol"] == "held_out_users"
   assert tower["recall@50"] > results["most_popular"]["recall@50"]
+
+
+CLIS = ("retrieval_tf.train", "poeem_tf.train", "dr_tf.train",
+        "pdn_tf.train", "dpsr_tf.train", "mgdspr_tf.train")
+
+
+@pytest.mark.parametrize("module", CLIS)
+def test_every_cli_refuses_an_unwritable_export_dir_before_training(
+    tmp_path, module):
+  """A folder under a file cannot be created, even by root."""
+  blocker = tmp_path / "file"
+  blocker.write_text("x")
+  out = tmp_path / "run"
+  proc = run_module(module, f"--output_dir={out}",
+                    f"--export_dir={blocker / 'export'}")
+  assert proc.returncode == 2, proc.stderr[-2000:]
+  assert f"error: --export_dir='{blocker / 'export'}'" in proc.stderr
+  assert "is a file, not a folder" in proc.stderr
+  assert proc.stdout == "" and not out.exists()
+
+
+_FAILING_EXPORT = """
+import sys
+import retrieval_tf.train as cli
+def export_two_tower(*args, **kwargs):
+  raise OSError("No space left on device")
+cli.export_two_tower = export_two_tower
+sys.argv[0] = "retrieval_tf.train"
+cli.run_main()
+"""
+
+
+def test_a_failed_export_after_training_keeps_the_metrics(tmp_path):
+  out, export = tmp_path / "run", tmp_path / "export"
+  proc = subprocess.run(
+      [sys.executable, "-c", _FAILING_EXPORT, f"--output_dir={out}",
+       f"--export_dir={export}", "--synthetic_items=300", "--epochs=1",
+       "--steps_per_epoch=3", "--batch_size=64", "--verbose=0"],
+      capture_output=True, text=True, timeout=600,
+      env=dict(os.environ, PYTHONPATH=str(REPO_ROOT)), cwd=REPO_ROOT)
+  assert proc.returncode == 4, proc.stderr[-3000:]
+  assert ("error: export failed: OSError: No space left on device; the "
+          f"metrics are in {out / 'metrics.json'}") in proc.stderr
+  metrics = read_metrics(out)
+  assert 0.0 <= metrics["hr@10"] <= 1.0
+  assert metrics["export_error"] == "OSError: No space left on device"
+  assert "export_path" not in metrics
+
+
+def _write_csv(path, rows):
+  path.write_text("user,item,timestamp\n" + "".join(
+      f"u{u},i{i},{t}\n" for u, i, t in rows))
+
+
+def test_a_killed_run_resumes_only_on_the_same_data(tmp_path):
+  """Unfinished (config.json, data.json and checkpoints, no metrics.json)
+  and re-run on a changed file: refused, naming what changed."""
+  rng = np.random.default_rng(0)
+  rows = [(u, int(i), t) for u in range(40)
+          for t, i in enumerate(rng.choice(30, 8, replace=False))]
+  data = tmp_path / "events.csv"
+  _write_csv(data, rows)
+  out = tmp_path / "run"
+  args = ["--dataset=csv", f"--data_dir={data}", f"--output_dir={out}",
+          "--epochs=1", "--steps_per_epoch=2", "--batch_size=32",
+          "--num_negatives=10", "--embedding_dim=8", "--verbose=0"]
+  assert _run(*args).returncode == 0
+  os.remove(out / "metrics.json")  # as if killed before the evaluation
+  # Same users and items, one event moved to another item.
+  moved = list(rows)
+  used = {i for u, i, _ in rows if u == 0}
+  moved[0] = (0, next(i for i in range(30) if i not in used), rows[0][2])
+  _write_csv(data, moved)
+  proc = _run(*args)
+  assert proc.returncode == 2
+  assert ("holds an unfinished run trained on other data (changed: "
+          "negatives same size, other content; test same size, other "
+          "content; train same size, other content); pass --overwrite to "
+          "start again or choose another --output_dir") in proc.stderr, \
+      proc.stderr[-2000:]
+  # One more item: named with both counts, no Keras shape error.
+  _write_csv(data, rows + [(0, 30, 99)])
+  proc = _run(*args)
+  assert proc.returncode == 2
+  assert "num_items 30 -> 31" in proc.stderr
+  assert "Traceback" not in proc.stderr
+  _write_csv(data, rows)
+  proc = _run(*args)
+  assert proc.returncode == 0, proc.stderr[-3000:]
+  assert read_metrics(out)["num_items"] == 30
+
+
+def test_early_stopping_on_the_leave_one_out_validation(tmp_path):
+  from retrieval_tf.datasets import registry, splits
+  out = tmp_path / "run"
+  proc = _run("--dataset=synthetic", "--synthetic_items=300",
+              f"--output_dir={out}", "--early_stopping=1", "--epochs=4",
+              "--steps_per_epoch=3", "--batch_size=64", "--embedding_dim=16",
+              "--seed=2", "--verbose=0")
+  assert proc.returncode == 0, proc.stderr[-3000:]
+  metrics = read_metrics(out)
+  assert 1 <= metrics["best_epoch"] <= metrics["epochs_run"] <= 4
+  if metrics["stopped_epoch"]:
+    assert metrics["stopped_epoch"] == metrics["best_epoch"] + 1
+  for key in ("val_hr@10", "val_ndcg@10", "val_recall@50", "hr@10"):
+    assert 0.0 <= metrics[key] <= 1.0
+  # The saved validation rows are the registry's, disjoint from the test.
+  dataset = registry.load_rec_dataset(
+      "synthetic", synthetic_config=runner_config(300, seed=2))
+  split = registry.leave_one_out(dataset, seed=2, validation=True)
+  valid, negatives = splits.load_validation(str(out / "validation.npz"))
+  np.testing.assert_array_equal(valid.user, split.valid.user)
+  np.testing.assert_array_equal(valid.item, split.valid.item)
+  np.testing.assert_array_equal(negatives, split.valid_negatives)
+  assert metrics["num_valid_users"] == len(valid)
+  assert metrics["num_train_examples"] == len(split.dataset.interactions)
+  assert metrics["num_test_users"] == len(split.test)
+
+
+def runner_config(items, seed):
+  from retrieval_tf import runner
+  return runner.synthetic_config({"seed": seed, "synthetic_items": items})
+
+
+@pytest.mark.parametrize("args, message", [
+    (["--model=item_cf", "--early_stopping=2"],
+     "--early_stopping works with --model=two_tower only"),
+    (["--early_stopping=-1"], "--early_stopping must be >= 0"),
+])
+def test_early_stopping_flag_errors(tmp_path, args, message):
+  proc = _run(f"--output_dir={tmp_path / 'run'}", *args)
+  assert proc.returncode == 2
+  assert message in proc.stderr

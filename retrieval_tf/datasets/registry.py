@@ -77,38 +77,79 @@ class LeaveOneOut:
     dataset: the dataset whose `interactions` are the training events only.
     test: one target event per test user.
     negatives: int32 `[len(test), num_negatives]`.
+    valid: with validation, each user's latest training event, held out of
+      `dataset.interactions` (None without validation).
+    valid_negatives: int32 `[len(valid), num_negatives]`, sampled like
+      `negatives` from items the user never touched.
   """
 
   dataset: RecDataset
   test: Interactions
   negatives: np.ndarray
+  valid: Optional[Interactions] = None
+  valid_negatives: Optional[np.ndarray] = None
+
+  def validation(self) -> "LeaveOneOut":
+    """The validation rows as a `LeaveOneOut` to evaluate like the test:
+    the same training events, `valid` as the targets."""
+    if self.valid is None:
+      raise ValueError("this split has no validation rows; make it with "
+                       "leave_one_out(..., validation=True)")
+    return LeaveOneOut(self.dataset, self.valid, self.valid_negatives)
+
+  def save_validation(self, path: str) -> None:
+    """Writes the validation rows and negatives (indices and original ids)
+    to `path` (`.npz`; `splits.load_validation` reads it back)."""
+    self.validation()  # raises without validation rows
+    splits.save_validation(path, self.valid, self.valid_negatives,
+                           self.dataset.users.ids, self.dataset.items.ids)
 
 
 def leave_one_out(dataset: RecDataset, num_negatives: int = 99,
-                  seed: int = 0) -> LeaveOneOut:
-  """The dataset's predefined split (NCF) or a fresh leave-one-out one."""
+                  seed: int = 0, validation: bool = False) -> LeaveOneOut:
+  """The dataset's predefined split (NCF) or a fresh leave-one-out one.
+
+  With `validation`, each user's latest training event is held out of the
+  training events as the validation target, with `num_negatives` negatives
+  sampled (seeded by `seed`) from items the user never touched
+  (`splits.leave_one_out_validation`); the test rows and negatives are the
+  same as without it.
+  """
   if dataset.test is not None and dataset.test_negatives is not None:
-    return LeaveOneOut(dataset, dataset.test,
-                       dataset.test_negatives[:, :num_negatives])
-  train, test = splits.leave_one_out(dataset.interactions)
-  negatives = splits.sample_negatives(test, dataset.num_items, num_negatives,
-                                      exclude=dataset.interactions, seed=seed)
-  return LeaveOneOut(dataclasses.replace(dataset, interactions=train), test,
-                     negatives)
+    out = LeaveOneOut(dataset, dataset.test,
+                      dataset.test_negatives[:, :num_negatives])
+  else:
+    train, test = splits.leave_one_out(dataset.interactions)
+    negatives = splits.sample_negatives(test, dataset.num_items,
+                                        num_negatives,
+                                        exclude=dataset.interactions,
+                                        seed=seed)
+    out = LeaveOneOut(dataclasses.replace(dataset, interactions=train), test,
+                      negatives)
+  if not validation:
+    return out
+  train, valid, valid_negatives = splits.leave_one_out_validation(
+      out.dataset.interactions, out.test, dataset.num_items, num_negatives,
+      seed)
+  return LeaveOneOut(dataclasses.replace(out.dataset, interactions=train),
+                     out.test, out.negatives, valid, valid_negatives)
 
 
 def held_out_split(dataset: RecDataset, num_test_users: int, seed: int,
                    min_user_events: int = 2,
-                   min_rating: float = 0) -> splits.DRSplit:
+                   min_rating: float = 0,
+                   num_valid_users: int = 0) -> splits.DRSplit:
   """The held-out-user (DR) split of `dataset`'s interactions.
 
   Events rated below `min_rating` are dropped first (when the dataset has
   ratings and `min_rating` > 0; the DR paper keeps ratings >= 4 on
   MovieLens); then `splits.dr_split` holds out `num_test_users` users with
-  at least `min_user_events` events (no validation users).
+  at least `min_user_events` events, and `num_valid_users` more from the
+  training users as validation users (the test users do not change with
+  them).
   """
   log = dataset.interactions
   if min_rating and log.rating is not None:
     log = log.take(log.rating >= min_rating)
-  return splits.dr_split(log, 0, num_test_users, seed=seed,
+  return splits.dr_split(log, num_valid_users, num_test_users, seed=seed,
                          min_history=max(2, min_user_events))

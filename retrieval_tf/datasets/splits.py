@@ -5,11 +5,18 @@
   chronological history is cut in half, the first half is the model's input
   and the second half the ground truth.
 * `leave_one_out`: the NCF / PDN protocol: each user's latest event is the
-  test target.
+  test target; `leave_one_out_validation` holds each user's latest
+  training event out for validation, with its own sampled negatives.
 * `temporal_split`: one global time cut.
 * `query_disjoint_split`: no (normalised) query string on both sides.
 * `sample_negatives`: uniform unseen items per test row (the NCF sampled
   protocol, 99 negatives), on any dataset.
+* `save_validation` / `load_validation`: a leave-one-out validation split
+  as a `.npz` file, to audit a run.
+
+Validation splits are always carved from the training side (the test rows
+never change with them); temporal and query-disjoint validation parts are
+`temporal_split` and `query_disjoint_split` applied to the training rows.
 
 "Chronological" means ordered by `timestamp`, with the log's row order
 breaking ties; a log without timestamps is taken to be in event order already
@@ -104,7 +111,8 @@ def dr_split(interactions: Interactions, num_valid_users: int,
 
   Users with at least `min_history` events are eligible; `num_valid_users`
   and `num_test_users` of them are drawn (disjointly, uniformly, from
-  `np.random.default_rng(seed)`) as validation and test users. Every other
+  `np.random.default_rng(seed)`) as validation and test users; the test
+  users are the same whatever `num_valid_users` is. Every other
   user, including those with fewer events, is a training user and keeps all
   its events. A held-out user's chronological history of `n` events is cut
   into the first `n // 2` (input) and the last `n - n // 2` (truth).
@@ -128,7 +136,8 @@ def dr_split(interactions: Interactions, num_valid_users: int,
         f"dr_split: {wanted} held-out users requested but only "
         f"{len(eligible)} users have at least {min_history} events")
   picked = np.random.default_rng(seed).permutation(eligible)[:wanted]
-  valid, test = picked[:num_valid_users], picked[num_valid_users:]
+  # Test users first: they do not depend on the number of validation users.
+  test, valid = picked[:num_test_users], picked[num_test_users:]
   train = interactions.take(~np.isin(interactions.user, picked))
   return DRSplit(train=train, valid=_held_out(interactions, valid),
                  test=_held_out(interactions, test))
@@ -153,6 +162,62 @@ def leave_one_out(interactions: Interactions, min_history: int = 2
   train_mask = np.ones(len(interactions), dtype=bool)
   train_mask[test_rows] = False
   return interactions.take(train_mask), interactions.take(test_rows)
+
+
+def validation_seed(seed: int) -> int:
+  """The seed of a validation split's random draws, derived from the run's
+  `seed` so that they differ from the test split's draws."""
+  return int(np.random.SeedSequence([seed, 1]).generate_state(1)[0])
+
+
+def leave_one_out_validation(train: Interactions, test: Interactions,
+                             num_items: int, num_negatives: int, seed: int,
+                             min_history: int = 2
+                            ) -> Tuple[Interactions, Interactions,
+                                       np.ndarray]:
+  """Each user's latest training event (users with at least `min_history`
+  training events) becomes that user's validation row, ranked against
+  `num_negatives` sampled items the user never touched, in training,
+  validation or `test` (the same sampling as the test negatives, with
+  `validation_seed(seed)`).
+
+  Returns:
+    `(train, valid, negatives)`: the training events left, one validation
+    row per user (sorted by user) and int32 `[len(valid), num_negatives]`.
+  """
+  rest, valid = leave_one_out(train, min_history=min_history)
+  touched = Interactions(np.concatenate([train.user, test.user]),
+                         np.concatenate([train.item, test.item]))
+  negatives = sample_negatives(valid, num_items, num_negatives,
+                               exclude=touched, seed=validation_seed(seed))
+  return rest, valid, negatives
+
+
+def save_validation(path: str, valid: Interactions, negatives: np.ndarray,
+                    user_ids: Optional[np.ndarray] = None,
+                    item_ids: Optional[np.ndarray] = None) -> None:
+  """Writes a leave-one-out validation split to `path` (`.npz`): `user`,
+  `item`, `negatives` (indices) and, when given, the original ids of the
+  users, items and negatives (`user_id`, `item_id`, `negative_ids`)."""
+  arrays = {"user": valid.user, "item": valid.item, "negatives": negatives}
+  if user_ids is not None:
+    arrays["user_id"] = np.asarray(user_ids)[valid.user].astype(str)
+  if item_ids is not None:
+    item_ids = np.asarray(item_ids)
+    arrays["item_id"] = item_ids[valid.item].astype(str)
+    arrays["negative_ids"] = item_ids[negatives].astype(str)
+  np.savez(path, **arrays)
+
+
+def load_validation(path: str) -> Tuple[Interactions, np.ndarray]:
+  """`(valid, negatives)` of a `save_validation` file."""
+  try:
+    with np.load(path) as saved:
+      return (Interactions(saved["user"], saved["item"]),
+              saved["negatives"].astype(np.int32))
+  except (OSError, KeyError, ValueError) as error:
+    raise DataError(f"{path}: not a validation split written by "
+                    f"save_validation ({error})") from None
 
 
 def temporal_split(interactions: Interactions,
