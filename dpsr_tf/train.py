@@ -14,6 +14,11 @@ evaluated the same way (`dpsr_tf.evaluation.evaluate`): `top1`, `top10`,
 `mrr` among `--num_random_items` random items, `auc` on the test queries' labelled pairs,
 and on the synthetic world `p_good@100` and `recall@100`.
 
+`--early_stopping=N` moves a query-disjoint `--valid_fraction` of the
+training queries out of training (the test queries do not change),
+follows their Top-10 among random items after every epoch and keeps the
+best epoch's weights (`best_epoch`, `val_top10`, ...).
+
 `--supervision_file` adds human supervision pairs (Sec. 4.5);
 `--title_positives` adds each item's title as a training query for it
 (catalogue self-supervision, not in the paper). `--export_dir`
@@ -26,6 +31,7 @@ tower), checked with `retrieval_tf.serving.check`. Its index is exact
 
 from __future__ import annotations
 
+import dataclasses
 import math
 import time
 from typing import Any, Dict
@@ -34,6 +40,7 @@ from absl import flags
 
 from retrieval_tf import runner
 from retrieval_tf.compat import keras, tf
+from retrieval_tf.datasets import splits
 from retrieval_tf.datasets.types import Vocabulary
 from retrieval_tf.text import Tokenizer, padded_ids
 
@@ -64,6 +71,9 @@ flags.DEFINE_list("hidden_units", ["128"], "ReLU layers of both towers.")
 flags.DEFINE_integer("num_buckets", 1 << 17, "Hashed token ids.")
 flags.DEFINE_integer("history_length", 20, "DPSR-h: browsing events.")
 flags.DEFINE_float("test_fraction", 0.2, "Share of queries held out.")
+flags.DEFINE_float("valid_fraction", 0.1, "With --early_stopping: share of "
+                   "the training queries held out for validation "
+                   "(query-disjoint, like the test).")
 flags.DEFINE_float("gamma", 10.0, "DSSM softmax smoothing factor.")
 flags.DEFINE_string("supervision_file", None, "Human supervision pairs: "
                     "query<TAB>item_id<TAB>label (1 positive, 0 negative).")
@@ -116,6 +126,9 @@ def run_experiment(ctx: runner.RunContext) -> Dict[str, Any]:
                             synthetic_config=runner.synthetic_config(f),
                             history_length=f["history_length"],
                             test_fraction=f["test_fraction"])
+  valid = None
+  if ctx.early_stopping:
+    task, valid = hold_out_validation(task, f["valid_fraction"], f["seed"])
   train = task.train
   if f["supervision_file"]:
     pairs = data_lib.load_supervision(f["supervision_file"],
@@ -127,6 +140,8 @@ def run_experiment(ctx: runner.RunContext) -> Dict[str, Any]:
       "model": f["model"], "num_items": task.num_items,
       "num_train_examples": int(len(train["item_id"])),
       "num_test_examples": int(len(task.test["item_id"]))}
+  if valid is not None:
+    metrics["num_valid_examples"] = int(len(valid["item_id"]))
   if f["model"].startswith("bm25"):
     from dpsr_tf.bm25 import BM25Scorer  # pylint: disable=g-import-not-at-top
     start = time.perf_counter()
@@ -154,7 +169,15 @@ def run_experiment(ctx: runner.RunContext) -> Dict[str, Any]:
     return data_lib.training_dataset(train, config, f["batch_size"],
                                      seed=f["seed"], input_context=context)
 
-  result = ctx.fit(build, dataset_fn, num_examples=len(train["item_id"]))
+  def validate(model) -> Dict[str, float]:
+    scores = evaluation.top_k_metrics(
+        evaluation.ModelScorer(model, all_item_embeddings(model)), valid,
+        task.num_items, f["num_random_items"], seed=f["seed"])
+    return {k: scores[k] for k in ("top1", "top10", "mrr")}
+
+  result = ctx.fit(build, dataset_fn, num_examples=len(train["item_id"]),
+                   validation=validate if valid is not None else None,
+                   monitor="top10")
   model = result.model
   vectors = all_item_embeddings(model)
   metrics.update({
@@ -178,6 +201,21 @@ def run_experiment(ctx: runner.RunContext) -> Dict[str, Any]:
       metrics["export_paths"] = ",".join(paths)
       print("exported the servable to " + ", ".join(paths))
   return metrics
+
+
+def hold_out_validation(task: data_lib.SearchTask, fraction: float,
+                        seed: int):
+  """`(task, valid)`: the task with a query-disjoint share `fraction` of its
+  training queries (`splits.query_disjoint_split`, seeded by
+  `splits.validation_seed(seed)`) moved out of `train` into the `valid`
+  rows; the test side is untouched."""
+  keep, held = splits.query_disjoint_split(task.train["query"], fraction,
+                                           splits.validation_seed(seed))
+  valid = {k: v[held] for k, v in task.train.items()}
+  task = dataclasses.replace(
+      task, train={k: v[keep] for k, v in task.train.items()},
+      unclicked=task.unclicked[keep])
+  return task, valid
 
 
 def export_index_options(values: Dict[str, Any]) -> Dict[str, Any]:
@@ -245,8 +283,12 @@ def validate_flags(values: Dict[str, Any]) -> None:
         f"{batch_part} batch negatives (--num_negatives={negatives}, "
         f"--alpha={values['alpha']}) need --batch_size >= {batch_part + 1}"
     ) from None
-  if not 0.0 < values["test_fraction"] < 1.0:
-    raise runner.UsageError("--test_fraction must be in (0, 1)")
+  for name in ("test_fraction", "valid_fraction"):
+    if not 0.0 < values[name] < 1.0:
+      raise runner.UsageError(f"--{name} must be in (0, 1)")
+  if values["early_stopping"] and values["model"].startswith("bm25"):
+    raise runner.UsageError(f"--early_stopping: --model={values['model']} "
+                            "is not trained by epochs")
   if values["export_dir"] and values["model"].startswith("bm25"):
     raise runner.UsageError("--export_dir: BM25 has no servable")
   validate_index_flags(values)

@@ -24,10 +24,16 @@ everywhere):
   seen in training; they keep their paths and stay in the index),
   `unseen_items`;
 * `em_history`: the statistics after every M-step.
+
+`--early_stopping=N` holds `--num_valid_users` more users out of training
+(halved like the test users; the test users do not change), follows DR's
+`recall@k` (the largest of `--ks`) on them after every epoch and keeps the
+best epoch's weights, paths included (`best_epoch`, `val_*`).
 """
 
 from __future__ import annotations
 
+import dataclasses
 import math
 import os
 from typing import Any, Dict
@@ -82,6 +88,9 @@ flags.DEFINE_integer("embedding_dim", 64, "Item embedding size of the GRU "
 flags.DEFINE_integer("gru_units", 64, "GRU state size.")
 flags.DEFINE_integer("history_length", 69, "Behaviour-sequence length.")
 flags.DEFINE_integer("num_test_users", 1000, "Held-out test users.")
+flags.DEFINE_integer("num_valid_users", 500, "With --early_stopping: "
+                     "validation users, held out of the training users "
+                     "like the test users.")
 flags.DEFINE_integer("min_user_events", 10, "Events a user needs to be "
                      "held out.")
 flags.DEFINE_integer("min_rating", 4, "Keep ratings >= this (datasets with "
@@ -101,7 +110,8 @@ def run_experiment(ctx: runner.RunContext) -> Dict[str, Any]:
       synthetic_config=runner.synthetic_config(f))
   split = registry.held_out_split(
       dataset, f["num_test_users"], f["seed"],
-      min_user_events=f["min_user_events"], min_rating=f["min_rating"])
+      min_user_events=f["min_user_events"], min_rating=f["min_rating"],
+      num_valid_users=f["num_valid_users"] if ctx.early_stopping else 0)
   ctx.check_data(train=split.train, test=split.test, valid=split.valid,
                  num_users=dataset.num_users, num_items=dataset.num_items)
   counts = np.bincount(split.train.item, minlength=dataset.num_items)
@@ -134,15 +144,23 @@ def run_experiment(ctx: runner.RunContext) -> Dict[str, Any]:
       every_steps=f["m_step_every_steps"],
       log_dir=os.path.join(ctx.output_dir, "logs") if ctx.chief else None,
       verbose=f["verbose"] > 0)
+  valid = dataclasses.replace(split, test=split.valid)
+  validate = lambda model: {  # DR itself, not the baselines
+      k: v for k, v in evaluate(model, valid, dataset,
+                                history_length=f["history_length"],
+                                ks=ks).items()
+      if not k.startswith(("brute_", "popular_", "norerank_"))}
   # The model's `fit` adds the FreezeReranker of its `freeze_epoch`.
   result = ctx.fit(build, dataset_fn, num_examples=len(split.train),
-                   callbacks=[em_callback])
+                   callbacks=[em_callback], validation=validate,
+                   monitor=f"recall@{ks[-1]}")
   model = result.model
 
   metrics: Dict[str, Any] = {
       "num_items": dataset.num_items,
       "num_train_users": int(len(np.unique(split.train.user))),
       "num_test_users": len(split.test.users),
+      "num_valid_users": len(split.valid.users),
       "train_examples": len(split.train),
       "train_examples_per_second": round(result.examples_per_second, 1),
       "train_seconds": round(result.train_seconds, 3),
@@ -194,7 +212,7 @@ def validate_flags(values: Dict[str, Any]) -> None:
     raise runner.UsageError("--score_decay must be in (0, 1]")
   for name in ("m_step_sweeps", "m_step_every_epochs", "num_sampled",
                "embedding_dim", "gru_units", "history_length",
-               "num_test_users"):
+               "num_test_users", "num_valid_users"):
     if values[name] < 1:
       raise runner.UsageError(f"--{name} must be >= 1, got {values[name]}")
   for name in ("m_step_start_epoch", "m_step_every_steps", "freeze_epoch"):

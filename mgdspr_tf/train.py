@@ -8,17 +8,24 @@ temporal split, ground-truth relevance), `crowdflower` and `bestbuy`
 (relevant (query, item) judgments, query-disjoint split), `amazon-beauty`
 (leave-one-out sequences, empty query). Reported: the flat metric keys
 of `mgdspr_tf.evaluation`.
+
+`--early_stopping=N` holds a validation part out of the training rows, made
+as the test side is (`load_data`; the test rows do not change), follows
+its `recall@k` (the largest of `--ks`) after every epoch and keeps the best
+epoch's weights (`best_epoch`, `val_*`).
 """
 
 from __future__ import annotations
 
+import dataclasses
 import os
-from typing import Any, Dict
+from typing import Any, Dict, Optional, Tuple
 
 from absl import flags
+import numpy as np
 
 from retrieval_tf import runner
-from retrieval_tf.datasets import registry, synthetic
+from retrieval_tf.datasets import registry, splits, synthetic
 from retrieval_tf.datasets.errors import DataError
 
 from mgdspr_tf import data as data_lib
@@ -61,7 +68,11 @@ flags.DEFINE_list("rc_fields", [], "Item fields whose values relevance "
                   "catalogue has; synthetic: leaf_category, brand, colour, "
                   "size; bestbuy: brand, category_lvl0, category_lvl1, "
                   "category_lvl2).")
-flags.DEFINE_integer("max_test", 2000, "Test searches evaluated at most.")
+flags.DEFINE_integer("max_test", 2000, "Test searches evaluated at most "
+                     "(and validation searches, with --early_stopping).")
+flags.DEFINE_float("valid_fraction", 0.1, "With --early_stopping: share of "
+                   "the training searches (synthetic) or queries "
+                   "(crowdflower, bestbuy) held out for validation.")
 flags.DEFINE_string("export_dir", None, "Export the servable (raw query + "
                     "behaviour -> item ids) as the next version here.")
 
@@ -82,28 +93,50 @@ def validate_command(values: Dict[str, Any]) -> None:
     raise runner.UsageError("--ks and --rc_k must be >= 1")
   if values["embedding_dim"] < 1 or values["max_test"] < 1:
     raise runner.UsageError("--embedding_dim and --max_test must be >= 1")
+  if not 0.0 < values["valid_fraction"] < 1.0:
+    raise runner.UsageError("--valid_fraction must be in (0, 1)")
 
 
-def load_data(f: Dict[str, Any]) -> data_lib.MGDSPRData:
+def load_data(f: Dict[str, Any]
+              ) -> Tuple[data_lib.MGDSPRData, Optional[np.ndarray]]:
+  """The data of `--dataset` and, with `--early_stopping`, the bool mask of
+  its training rows held out for validation (None without it): the latest
+  `--valid_fraction` of the training searches in time (synthetic), a
+  query-disjoint `--valid_fraction` of the training queries (crowdflower,
+  bestbuy), or each user's last training event (amazon-beauty), as the
+  test side is made."""
   lengths = (f["max_real"], f["max_short"], f["max_long"])
-  name = f["dataset"]
+  name, fraction = f["dataset"], f["valid_fraction"]
+  seed = splits.validation_seed(f["seed"])
   if name == "synthetic":
     config = (runner.synthetic_config(f) or
               synthetic.SyntheticConfig(seed=f["seed"]))
-    return data_lib.from_synthetic(synthetic.generate(config), lengths,
-                                   max_test=f["max_test"])
-  if name == "crowdflower":
-    from retrieval_tf.datasets.crowdflower import load_crowdflower  # pylint: disable=g-import-not-at-top
-    return data_lib.from_search_dataset(load_crowdflower(f["data_dir"]),
-                                        lengths, seed=f["seed"],
-                                        max_test=f["max_test"])
-  if name == "bestbuy":
-    from retrieval_tf.datasets.bestbuy import load_bestbuy  # pylint: disable=g-import-not-at-top
-    return data_lib.from_search_dataset(load_bestbuy(f["data_dir"]), lengths,
+    world = synthetic.generate(config)
+    data = data_lib.from_synthetic(world, lengths, max_test=f["max_test"])
+    return data, (splits.temporal_mask(
+        world.search_time[data.train.search], fraction)
+                  if f["early_stopping"] else None)
+  if name in ("crowdflower", "bestbuy"):
+    # pylint: disable=g-import-not-at-top
+    if name == "crowdflower":
+      from retrieval_tf.datasets.crowdflower import load_crowdflower as load
+    else:
+      from retrieval_tf.datasets.bestbuy import load_bestbuy as load
+    data = data_lib.from_search_dataset(load(f["data_dir"]), lengths,
                                         seed=f["seed"],
                                         max_test=f["max_test"])
+    return data, (splits.query_disjoint_split(
+        data.train.query, fraction, seed)[1] if f["early_stopping"] else None)
   dataset = registry.load_rec_dataset(name, f["data_dir"], seed=f["seed"])
-  return data_lib.from_rec_dataset(dataset, lengths, max_test=f["max_test"])
+  data = data_lib.from_rec_dataset(dataset, lengths, max_test=f["max_test"])
+  if not f["early_stopping"]:
+    return data, None
+  # Training rows are the sorted log's rows (`search`) minus each user's
+  # last; hold out the new last one of users who keep a training event.
+  user = dataset.interactions.sorted().user[data.train.search]
+  last = np.append(user[1:] != user[:-1], True)
+  first = np.insert(user[1:] != user[:-1], 0, True)
+  return data, last & ~first & (data.train.real_time[:, 0] >= 0)
 
 
 def build_model(f: Dict[str, Any], data: data_lib.MGDSPRData) -> MGDSPRModel:
@@ -124,7 +157,17 @@ def build_model(f: Dict[str, Any], data: data_lib.MGDSPRData) -> MGDSPRModel:
 
 def run_experiment(ctx: runner.RunContext) -> Dict[str, Any]:
   f = ctx.flags
-  data = data_lib.with_intent_fields(load_data(f), f["rc_fields"])
+  data, held = load_data(f)
+  data = data_lib.with_intent_fields(data, f["rc_fields"])
+  ks = [int(k) for k in f["ks"]]
+  valid = None
+  if held is not None:
+    if not held.any():
+      raise DataError(f"{data.name}: no training rows left for validation")
+    valid = dataclasses.replace(
+        data, test=data.train.take(held).first_searches(f["max_test"]),
+        unrelated=None, donor=None)
+    data = dataclasses.replace(data, train=data.train.take(~held))
   if len(data.train) < f["batch_size"]:
     raise DataError(f"{data.name}: {len(data.train)} training examples, "
                     f"fewer than one batch of {f['batch_size']}")
@@ -142,10 +185,15 @@ def run_experiment(ctx: runner.RunContext) -> Dict[str, Any]:
                                      seed=f["seed"],
                                      num_items=data.num_items)
 
-  result = ctx.fit(build, dataset_fn, num_examples=len(data.train))
+  result = ctx.fit(build, dataset_fn, num_examples=len(data.train),
+                   validation=None if valid is None else (
+                       lambda model: evaluation.evaluate(model, valid, ks,
+                                                         f["rc_k"])),
+                   monitor=f"recall@{max(ks)}")
   model = result.model
-  ks = [int(k) for k in f["ks"]]
   out = evaluation.evaluate(model, data, ks, f["rc_k"])
+  if valid is not None:
+    out["num_valid_searches"] = int(len(np.unique(valid.test.search)))
   out.update({"train_seconds": round(result.train_seconds, 3),
               "train_steps": result.train_steps,
               "final_loss": result.history.get("loss", [float("nan")])[-1],

@@ -20,6 +20,11 @@ last `--history_length` of them feed TrigNet). Reported (flat keys in
   user's training items excluded;
 * `index_build_seconds`, `index_candidates_per_item`, training timings.
 
+`--early_stopping=N` holds each user's latest training interaction out as
+a validation target with its own sampled negatives (`validation.npz` in
+`--output_dir`; the test rows do not change), follows its `hr@10` after
+every epoch and keeps the best epoch's weights (`best_epoch`, `val_*`).
+
 Training (Sec. 4.6): one example per training interaction, its history the
 user's earlier interactions, `--num_negatives` uniform negatives per
 positive (`retrieval_tf.data.samplers.UniformSampler`, the distribution
@@ -90,6 +95,9 @@ flags.DEFINE_string("export_dir", None, "Export the servable (raw request "
                     "-> item ids) as the next version of this folder.")
 
 
+VALIDATION_FILE = "validation.npz"
+
+
 def _int_list(values):
   return [int(v) for v in values]
 
@@ -99,7 +107,8 @@ def run_experiment(ctx: runner.RunContext) -> Dict[str, Any]:
   data = registry.leave_one_out(
       registry.load_rec_dataset(f["dataset"], f["data_dir"], seed=f["seed"],
                                 synthetic_config=runner.synthetic_config(f)),
-      num_negatives=f["num_eval_negatives"], seed=f["seed"])
+      num_negatives=f["num_eval_negatives"], seed=f["seed"],
+      validation=ctx.early_stopping > 0)
   dataset = data.dataset
   train = dataset.interactions
   ctx.check_data(train=train, test=data.test, negatives=data.negatives,
@@ -126,11 +135,21 @@ def run_experiment(ctx: runner.RunContext) -> Dict[str, Any]:
     model.compile(optimizer=keras.optimizers.Adam(f["learning_rate"]))
     return model
 
-  result = ctx.fit(build, dataset_fn, num_examples=len(train))
+  validate = None
+  if data.valid is not None:
+    if ctx.chief:
+      data.save_validation(os.path.join(ctx.output_dir, VALIDATION_FILE))
+    valid = data.validation()
+    validate = lambda model: evaluate(
+        model, valid, history_length=f["history_length"],
+        batch_size=f["eval_batch_size"])
+  result = ctx.fit(build, dataset_fn, num_examples=len(train),
+                   validation=validate, monitor="hr@10")
   model: PDNModel = result.model
   metrics: Dict[str, Any] = {
       "num_users": dataset.num_users, "num_items": dataset.num_items,
       "num_train_examples": len(train), "num_test_users": len(data.test),
+      "num_valid_users": 0 if data.valid is None else len(data.valid),
       "direct_net": int(f["direct_net"]), "bias_net": int(f["bias_net"]),
       "direct_item_id": int(f["direct_item_id"]),
       "cooccurrence_pairs": cooccurrence.nnz,

@@ -28,6 +28,11 @@ every other user trains. Reported (flat keys in `metrics.json`):
   fresh codes, and the staleness of the stored ones (`codes_never_stored`,
   `coarse_codes_changed`, `pq_codes_changed`).
 
+`--early_stopping=N` holds `--num_valid_users` more users out of training
+(halved like the test users; the test users do not change), follows the
+served index's `recall@100` on them after every epoch and keeps the best
+epoch's weights, index included (`best_epoch`, `val_*`).
+
 Items of the user's input half are excluded from the results. The item
 tower reads the item id only, so that sampled negatives (ids) go through the
 same tower as positives.
@@ -35,6 +40,7 @@ same tower as positives.
 
 from __future__ import annotations
 
+import dataclasses
 import math
 import os
 from typing import Any, Dict
@@ -84,6 +90,9 @@ flags.DEFINE_float("rotation_learning_rate", 0.01,
 flags.DEFINE_integer("embedding_dim", 64, "Embedding and tower size d.")
 flags.DEFINE_integer("history_length", 50, "Behaviour-history window.")
 flags.DEFINE_integer("num_test_users", 1000, "Held-out test users.")
+flags.DEFINE_integer("num_valid_users", 500, "With --early_stopping: "
+                     "validation users, held out of the training users "
+                     "like the test users.")
 flags.DEFINE_integer("nprobe", 0, "Lists the served index probes "
                      "(0: J / 4).")
 flags.DEFINE_integer("rerank", 0, "Candidates the servable re-scores "
@@ -107,7 +116,9 @@ def run_experiment(ctx: runner.RunContext) -> Dict[str, Any]:
   dataset = registry.load_rec_dataset(
       f["dataset"], f["data_dir"], seed=f["seed"],
       synthetic_config=runner.synthetic_config(f))
-  split = registry.held_out_split(dataset, f["num_test_users"], f["seed"])
+  split = registry.held_out_split(
+      dataset, f["num_test_users"], f["seed"],
+      num_valid_users=f["num_valid_users"] if ctx.early_stopping else 0)
   ctx.check_data(train=split.train, test=split.test, valid=split.valid,
                  num_users=dataset.num_users, num_items=dataset.num_items)
   hinge = f["loss"] == "hinge"
@@ -140,12 +151,17 @@ def run_experiment(ctx: runner.RunContext) -> Dict[str, Any]:
   usage_logger = callbacks_lib.UtilisationLogger(
       lambda: holder["model"].catalogue_embeddings(),
       os.path.join(ctx.output_dir, "logs") if ctx.chief else None)
+  nprobe = f["nprobe"] or max(1, f["num_centroids"] // 4)
+  valid = dataclasses.replace(split, test=split.valid)
+  validate = lambda model: evaluation.evaluate(
+      model, valid, dataset, f["history_length"], ks=evaluation.KS,
+      nprobe=nprobe, rerank=f["rerank"], codes=f["index_codes"])
   result = ctx.fit(build, dataset_fn, num_examples=len(split.train),
-                   callbacks=[usage_logger])
+                   callbacks=[usage_logger], validation=validate,
+                   monitor=f"recall@{evaluation.KS[-1]}")
   model = result.model
 
   vectors = model.catalogue_embeddings()
-  nprobe = f["nprobe"] or max(1, f["num_centroids"] // 4)
   # One index for the evaluation and the export (whose k may reach 1,000).
   index, build_seconds = servable.index_from_codes(
       model, vectors, nprobe, f["rerank"], max_k=1000,
@@ -154,6 +170,7 @@ def run_experiment(ctx: runner.RunContext) -> Dict[str, Any]:
       "num_items": dataset.num_items, "num_train_users": int(
           len(np.unique(split.train.user))),
       "num_test_users": len(split.test.users),
+      "num_valid_users": len(split.valid.users),
       "train_examples_per_second": round(result.examples_per_second, 1),
       "train_seconds": round(result.train_seconds, 3),
       "train_steps": result.train_steps,
@@ -191,7 +208,8 @@ def validate_flags(values: Dict[str, Any]) -> None:
   if values["num_negatives"] < 0:
     raise runner.UsageError("--num_negatives must be >= 0")
   for name in ("embedding_dim", "num_centroids", "num_codewords",
-               "num_subspaces", "history_length", "num_test_users"):
+               "num_subspaces", "history_length", "num_test_users",
+               "num_valid_users"):
     if values[name] < 1:
       raise runner.UsageError(f"--{name} must be >= 1, got {values[name]}")
   if d % m:

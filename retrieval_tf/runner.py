@@ -626,7 +626,8 @@ class RunContext:
       return export_fn()
     except Exception as error:  # pylint: disable=broad-except
       logging.exception("the export failed")
-      self.export_error = f"{type(error).__name__}: {error}"
+      # One line, even for TensorFlow's multi-line tracebacks.
+      self.export_error = " ".join(f"{type(error).__name__}: {error}".split())
       metrics["export_error"] = self.export_error
       return None
 

@@ -242,7 +242,21 @@ def temporal_split(interactions: Interactions,
                      "cutoff")
   if interactions.timestamp is None:
     raise DataError("temporal_split: the interactions have no timestamps")
-  ts = interactions.timestamp
+  is_test = temporal_mask(interactions.timestamp, test_fraction, cutoff)
+  return interactions.take(~is_test), interactions.take(is_test)
+
+
+def temporal_mask(timestamps: np.ndarray,
+                  test_fraction: Optional[float] = None,
+                  cutoff: Optional[int] = None) -> np.ndarray:
+  """The test rows of `temporal_split`'s cut over `timestamps`, as a bool
+  mask (the same rule and errors), for data that is not `Interactions`."""
+  if (test_fraction is None) == (cutoff is None):
+    raise ValueError("temporal_split: give exactly one of test_fraction and "
+                     "cutoff")
+  ts = np.asarray(timestamps, dtype=np.int64)
+  if len(ts) == 0:
+    raise DataError("temporal_split: no rows to split")
   if test_fraction is not None:
     if not 0.0 < test_fraction < 1.0:
       raise ValueError(f"temporal_split: test_fraction must be in (0, 1), got "
@@ -255,7 +269,7 @@ def temporal_split(interactions: Interactions,
         f"temporal_split: the cut at timestamp {cutoff} leaves the "
         f"{'train' if is_test.all() else 'test'} side empty (timestamps span "
         f"{int(ts.min())}..{int(ts.max())})")
-  return interactions.take(~is_test), interactions.take(is_test)
+  return is_test
 
 
 def normalize_query(query: str) -> str:
