@@ -44,7 +44,20 @@ flags.DEFINE_list("datasets", ["ml-1m", "amazon-beauty"], "Datasets.")
 flags.DEFINE_list("train_flags", [
     "--loss=softmax", "--learning_rate=0.1", "--epochs=3",
     "--steps_per_epoch=400", "--warm_start_steps=300"],
-                  "Extra flags of the Poeem training run.")
+                  "Extra flags of the --figures training runs.")
+flags.DEFINE_list("seeds", ["0", "1", "2"], "Table 2: seeds (each its own "
+                  "training run; figures are mean ± std over them).")
+flags.DEFINE_list("ablation_seeds", ["0", "1", "2"], "Table 2: seeds of the "
+                  "ablation runs.")
+flags.DEFINE_list("ablations", ["norotation", "warm_start_steps"], "Table 2: "
+                  "the ablations run (no rotation, cold start).")
+flags.DEFINE_integer("max_epochs", 5, "Table 2: the longest training tried "
+                     "(epochs of --steps_per_epoch steps); validation picks "
+                     "the epoch tested.")
+flags.DEFINE_integer("steps_per_epoch", 400, "Table 2: steps per epoch.")
+flags.DEFINE_integer("warm_start_steps", 300, "Table 2: warm-start steps.")
+flags.DEFINE_integer("num_valid_users", 500, "Table 2: validation users, "
+                     "held out of the training users.")
 flags.DEFINE_bool("figures", False, "Instead of Table 2: Figure 2 (r@100 "
                   "over J, K, D with and without rotation, against Faiss "
                   "IVFPQ) and Figure 3 (r@100 over warm-start steps, coarse "
@@ -285,70 +298,232 @@ of the {max(WARM_STEPS)}-step run (equal search cost).
       "commands": commands})
 
 
+# The Table 2 settings (the CLI flags of the recorded equivalent run).
+SETTINGS = {"loss": "softmax", "learning_rate": 0.1, "batch_size": 1024,
+            "history_length": 50, "embedding_dim": 64, "num_centroids": 64,
+            "num_codewords": 16, "num_subspaces": 16, "temperature": 0.05,
+            "num_test_users": 1000}
+STALENESS = ("codes_never_stored", "coarse_codes_changed", "pq_codes_changed")
+
+
+def poeem_seed(dataset, seed: int, variant, max_epochs: int,
+               steps_per_epoch: int, num_valid: int):
+  """One seed of one variant: trains on the DR split's training users less
+  `num_valid` validation users, scores the validation users' r@100 (served
+  index) after every epoch once the index is on, keeps the best epoch's
+  weights and evaluates the test users once with them.
+
+  Returns:
+    `(test metrics with the validation curve and the chosen epoch, split,
+    model)`.
+  """
+  import dataclasses  # pylint: disable=g-import-not-at-top
+  import poeem_tf  # pylint: disable=g-import-not-at-top
+  from poeem_tf import servable  # pylint: disable=g-import-not-at-top
+  from retrieval_tf.compat import keras  # pylint: disable=g-import-not-at-top
+  from retrieval_tf.datasets import registry  # pylint: disable=g-import-not-at-top
+  keras.utils.set_random_seed(seed)
+  s = SETTINGS
+  split = registry.held_out_split(dataset, s["num_test_users"], seed)
+  train_side = dataclasses.replace(dataset, interactions=split.train)
+  inner = registry.held_out_split(train_side, num_valid, seed)
+  train = poeem_tf.training_dataset(
+      inner.train, batch_size=s["batch_size"],
+      history_length=s["history_length"], num_items=dataset.num_items,
+      num_users=dataset.num_users, with_log_q=True, seed=seed, repeat=True)
+  model = poeem_tf.PoeemModel(
+      dataset.num_items, embedding_dim=s["embedding_dim"],
+      output_dim=s["embedding_dim"], num_centroids=s["num_centroids"],
+      num_subspaces=s["num_subspaces"], num_codewords=s["num_codewords"],
+      loss=s["loss"], temperature=s["temperature"], warm_start_seed=seed,
+      **variant)
+  model.compile(optimizer=keras.optimizers.Adagrad(s["learning_rate"]))
+  curve, best = [], {"recall": -1.0}
+
+  class Validation(keras.callbacks.Callback):
+    """Validation r@100 of the served index after every epoch."""
+
+    def on_epoch_end(self, epoch, logs=None):
+      if not float(model.index_layer.enabled.numpy()):
+        return   # still warming up: no index to serve yet
+      found = poeem_tf.evaluate(model, inner, train_side,
+                                s["history_length"], ks=(K,))
+      curve.append({"epoch": epoch + 1,
+                    "steps": (epoch + 1) * steps_per_epoch,
+                    f"valid_recall@{K}": found[f"recall@{K}"]})
+      print(f"seed {seed} {variant or 'Poeem'} epoch {epoch + 1}: "
+            f"validation r@{K} {found[f'recall@{K}']:.4f}", flush=True)
+      if found[f"recall@{K}"] > best["recall"]:
+        best.update(recall=found[f"recall@{K}"], epoch=epoch + 1,
+                    weights=model.get_weights())
+
+  start = time.perf_counter()
+  model.fit(train, epochs=max_epochs, steps_per_epoch=steps_per_epoch,
+            callbacks=[Validation()], verbose=0)
+  train_seconds = time.perf_counter() - start
+  if "weights" not in best:
+    raise ValueError(f"--warm_start_steps never ended within {max_epochs} "
+                     f"epochs of {steps_per_epoch} steps: nothing to validate")
+  model.set_weights(best["weights"])
+  vectors = model.catalogue_embeddings()
+  nprobe = max(1, s["num_centroids"] // 4)
+  index, build_seconds = servable.index_from_codes(
+      model, vectors, nprobe, 0, max_k=1000)
+  metrics = poeem_tf.evaluate(
+      model, split, dataset, s["history_length"], nprobe=nprobe,
+      nprobe_sweep=True, index=index, item_vectors=vectors)
+  print(f"seed {seed} {variant or 'Poeem'}: chosen epoch {best['epoch']}, "
+        f"test r@{K} {metrics[f'recall@{K}']:.4f}", flush=True)
+  metrics.update(seed=seed, chosen_epoch=best["epoch"],
+                 chosen_steps=best["epoch"] * steps_per_epoch,
+                 validation_curve=curve, train_seconds=round(train_seconds, 1),
+                 index_build_seconds=round(build_seconds, 3),
+                 num_train_users=int(len(np.unique(inner.train.user))),
+                 num_validation_users=len(inner.test.users))
+  return metrics, split, model, vectors
+
+
+def _offline_table(dataset, split, model, vectors):
+  """name -> (p@100, r@100, build s) of the offline indexes on the model's
+  own x, searched with the test users' query vectors."""
+  from poeem_tf import evaluation  # pylint: disable=g-import-not-at-top
+  from retrieval_tf.evaluation import HeldOutProtocol  # pylint: disable=g-import-not-at-top
+  protocol = HeldOutProtocol.from_held_out(split.test, dataset.num_items)
+  queries = evaluation.user_queries(model, protocol, dataset.num_users,
+                                    SETTINGS["history_length"])
+  config = {k: SETTINGS[k] for k in ("num_centroids", "num_codewords",
+                                     "num_subspaces")}
+  config["nprobe"] = 0
+  table = {}
+  for name, (seconds, top) in offline_indexes(
+      vectors, queries, protocol.banned, config).items():
+    scores = metrics_lib.ranking_report(topk=top, truth=protocol.truth,
+                                        ks=(K,))
+    table[name] = (scores[f"precision@{K}"], scores[f"recall@{K}"], seconds)
+  return table
+
+
+def _mean_std(values) -> str:
+  values = [v for v in values if not math.isnan(v)]
+  if not values:
+    return "-"
+  if len(values) == 1:
+    return f"{values[0]:.4f}"
+  return f"{np.mean(values):.4f} ± {np.std(values):.4f}"
+
+
 def main(unused_argv):
   os.chdir(REPO_ROOT)
   harness.pin_threads()
   if FLAGS.figures:
     figures(FLAGS.datasets[0])
     return
+  from retrieval_tf.datasets import registry  # pylint: disable=g-import-not-at-top
+  seeds = [int(s) for s in FLAGS.seeds]
+  ablation_seeds = [int(s) for s in FLAGS.ablation_seeds]
   rows, ablation_rows, staleness, raw = [], [], [], {}
-  for dataset in FLAGS.datasets:
-    out = os.path.join(FLAGS.output_root, dataset)
-    cmd, metrics = _train(dataset, out, [])
-    with open(os.path.join(out, "config.json")) as f:
-      config = json.load(f)
-    saved = np.load(os.path.join(out, "embeddings.npz"))
-    items, queries = saved["items"], saved["queries"]
-    truth, exclude = saved["truth"], saved["exclude"]
-    table = {}
-    for name, (seconds, top) in offline_indexes(items, queries, exclude,
-                                                config).items():
-      scores = metrics_lib.ranking_report(topk=top, truth=truth, ks=(K,))
-      table[name] = (scores[f"precision@{K}"], scores[f"recall@{K}"],
-                     seconds)
-    table["Poeem (served index: codes remembered in training, same "
-          "nprobe)"] = (metrics[f"precision@{K}"], metrics[f"recall@{K}"],
-                        metrics["index_build_seconds"])
-    table["Poeem (codes re-encoded by the final quantizers, same nprobe)"] \
-        = (metrics[f"fresh_precision@{K}"], metrics[f"fresh_recall@{K}"],
-           math.nan)
-    staleness.append([dataset, metrics["codes_never_stored"],
-                      metrics["coarse_codes_changed"],
-                      metrics["pq_codes_changed"]])
-    table["most popular (floor)"] = (metrics[f"popular_precision@{K}"],
-                                     metrics[f"popular_recall@{K}"], 0.0)
-    raw[dataset] = {"command": shlex.join(cmd), "rows": table,
-                    "poeem_metrics": metrics, "ablations": {}}
+  for dataset_name in FLAGS.datasets:
+    dataset = registry.load_rec_dataset(
+        dataset_name, os.path.join(FLAGS.data_root, dataset_name))
+    tables, runs = [], []
+    ablations = {name: [] for name in ABLATIONS}
+    for seed in seeds:
+      metrics, split, model, vectors = poeem_seed(
+          dataset, seed, dict(warm_start_steps=FLAGS.warm_start_steps),
+          FLAGS.max_epochs, FLAGS.steps_per_epoch, FLAGS.num_valid_users)
+      table = _offline_table(dataset, split, model, vectors)
+      table["Poeem (served index: codes remembered in training, same "
+            "nprobe)"] = (metrics[f"precision@{K}"], metrics[f"recall@{K}"],
+                          metrics["index_build_seconds"])
+      table["Poeem (codes re-encoded by the final quantizers, same "
+            "nprobe)"] = (metrics[f"fresh_precision@{K}"],
+                          metrics[f"fresh_recall@{K}"], math.nan)
+      table["most popular (floor)"] = (metrics[f"popular_precision@{K}"],
+                                       metrics[f"popular_recall@{K}"], 0.0)
+      tables.append(table)
+      runs.append(metrics)
+      if seed in ablation_seeds:
+        ablations["Poeem"].append(metrics)
     for name, extra in ABLATIONS.items():
-      found = metrics if not extra else _train(
-          dataset, f"{out}-{extra[0].lstrip('-').split('=')[0]}", extra)[1]
-      raw[dataset]["ablations"][name] = found
+      if not extra or extra[0].lstrip("-").split("=")[0] not in \
+          FLAGS.ablations:
+        continue
+      variant = dict(warm_start_steps=FLAGS.warm_start_steps)
+      variant.update({"--norotation": {"rotation": False},
+                      "--warm_start_steps=0": {"warm_start_steps": 0}}[
+                          extra[0]])
+      for seed in ablation_seeds:
+        ablations[name].append(poeem_seed(
+            dataset, seed, variant, FLAGS.max_epochs, FLAGS.steps_per_epoch,
+            FLAGS.num_valid_users)[0])
+    raw[dataset_name] = {
+        "seeds": seeds, "chosen_epochs": [r["chosen_epoch"] for r in runs],
+        "rows": {name: [t[name] for t in tables] for name in tables[0]},
+        "runs": runs, "ablations": ablations}
+    for name in tables[0]:
+      seconds = [t[name][2] for t in tables]
+      rows.append([dataset_name, name,
+                   _mean_std([t[name][0] for t in tables]),
+                   _mean_std([t[name][1] for t in tables]),
+                   "-" if math.isnan(seconds[0])
+                   else f"{np.mean(seconds):.2f}"])
+    staleness.append([dataset_name] + [_mean_std([r[k] for r in runs])
+                                       for k in STALENESS])
+    scan = float(np.mean([r["scanned"] for r in ablations["Poeem"]]))
+    for name, extra in ABLATIONS.items():
+      found = ablations[name]
+      if not found:
+        continue
       ablation_rows.append([
-          dataset, name, " ".join(extra) or "-", found[f"precision@{K}"],
-          found[f"recall@{K}"], f"{found['scanned']:,.0f}",
-          recall_at_scan(found, metrics["scanned"]), found["coarse_used"],
-          found["coarse_entropy"]])
-    rows += [[dataset, name, p, r, "-" if math.isnan(s) else f"{s:.2f}"]
-             for name, (p, r, s) in table.items()]
-  commands = "\n".join(f"    {v['command']}" for v in raw.values())
+          dataset_name, name, " ".join(extra) or "-",
+          _mean_std([f[f"precision@{K}"] for f in found]),
+          _mean_std([f[f"recall@{K}"] for f in found]),
+          f"{np.mean([f['scanned'] for f in found]):,.0f}",
+          _mean_std([recall_at_scan(f, scan) for f in found]),
+          _mean_std([f["coarse_used"] for f in found]),
+          ", ".join(str(f["chosen_epoch"]) for f in found)])
+  command = "python -m benchmarks.poeem " + " ".join(sys.argv[1:])
+  raw["command"] = command
+  raw["settings"] = dict(SETTINGS, warm_start_steps=FLAGS.warm_start_steps,
+                         max_epochs=FLAGS.max_epochs,
+                         steps_per_epoch=FLAGS.steps_per_epoch,
+                         num_valid_users=FLAGS.num_valid_users)
+  curves = "\n".join(
+      f"* {name}, seed {r['seed']}: " + ", ".join(
+          f"{p['steps']} steps {p[f'valid_recall@{K}']:.4f}"
+          for p in r["validation_curve"])
+      for name, value in raw.items() if isinstance(value, dict)
+      and "runs" in value for r in value["runs"])
   table_md = report.markdown_table(
       ["dataset", "index", f"p@{K}", f"r@{K}", "build s"], rows)
+  s = SETTINGS
   report.write_section("poeem", f"""
 ## Poeem, Table 2: the jointly trained index vs offline indexes
 
-Measured on {report.machine()} by `python -m benchmarks.poeem
-{' '.join(sys.argv[1:])}`, one thread. Poeem is trained by
-
-{commands}
-
-and every offline index is built on that model's own unquantized item
-embeddings x and searched with the same held-out users' query vectors (DR
-protocol, {len(queries)} users, the input half excluded). "build s" of Poeem
-is copying the codes its index layer remembered in training into the index
-(items never quantized after the warm start are encoded then); the row
-below it re-encodes every item with the final quantizers instead.
+Measured on {report.machine()} by `{command}` (one thread; shared with
+other jobs), seeds {', '.join(map(str, seeds))}; figures are mean ± std
+(population) over the seeds. Poeem ({s['loss']} + logQ, Adagrad
+{s['learning_rate']}, batch {s['batch_size']}, J={s['num_centroids']},
+K={s['num_codewords']}, D={s['num_subspaces']}, d={s['embedding_dim']},
+{FLAGS.warm_start_steps} warm-start steps) trains on the DR split's
+training users less {FLAGS.num_valid_users} validation users (held out as
+the test users are: first half of the history in, second half to find);
+the validation users' r@{K} of the served index after every epoch of
+{FLAGS.steps_per_epoch} steps (up to {FLAGS.max_epochs}) picks the epoch
+whose weights are tested, once per seed, on the {s['num_test_users']} test
+users. Every offline index is built on that model's own unquantized item
+embeddings x and searched with the same test users' query vectors (the
+input half excluded). "build s" of Poeem is copying the codes its index
+layer remembered in training into the index (items never quantized after
+the warm start are encoded then); the row below it re-encodes every item
+with the final quantizers instead.
 
 {table_md}
+
+Validation r@{K} (served index) along training, from the first epoch with
+the index on:
+
+{curves}
 
 How stale the remembered codes are at the end of training (share of items
 never quantized after the warm start; among the others, share whose coarse
@@ -358,18 +533,19 @@ code, and share of PQ codes, differ from the final quantizers' codes):
     ["dataset", "never stored", "coarse code changed", "PQ codes changed"],
     staleness)}
 
-Ablations, each a full training run with the flags added (served index):
+Ablations, each trained the same way (its own epoch chosen on validation),
+seeds {', '.join(map(str, ablation_seeds))} (served index):
 
 {report.markdown_table(
     ["dataset", "variant", "flags", f"p@{K}", f"r@{K}", "items scanned",
-     f"r@{K} at Poeem's scan", "coarse centroids used", "coarse entropy"],
+     f"r@{K} at Poeem's scan", "coarse centroids used", "chosen epochs"],
     ablation_rows)}
 
 "items scanned" is the mean number of items the served index scores per
 query (the sizes of its probed lists); "r@{K} at Poeem's scan" is the
 variant's recall when it scans as many items per query as Poeem's default
-run, interpolated along its nprobe sweep (`--nprobe_sweep`): the
-comparison at equal search cost.
+run, interpolated along its nprobe sweep: the comparison at equal search
+cost.
 """, raw)
 
 
