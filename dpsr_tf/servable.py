@@ -5,9 +5,8 @@ index, so raw query text goes in and item ids come out in one call:
 
 * `serving_default(query [B] string, k [B] int32, user_<f> [B] string
   (DPSR-p/-h), history [B, L] string item ids, "" = padding (DPSR-h))
-  -> {item_ids [B, k'] string, scores [B, k'] float32, model_fingerprint
-  [B] string, shard [B] int32, num_shards [B] int32}` with
-  k' = min(k, items in this servable);
+  -> {item_ids [B, k] string, scores [B, k] float32, model_fingerprint
+  [B] string, shard [B] int32, num_shards [B] int32}`;
 * `tokenize(query [B]) -> {token_ids [B, T] int64 (-1 padded), num_tokens
   [B] int32}`: the tokenizer's ids, for consistency checks;
 * `query_embedding(... no k) -> {query_heads [B, m, d]}`.
@@ -26,14 +25,21 @@ serves from an ANN index, Sec. 5.2.2), built by
 `nprobe` and `rerank`. The union is still cut by exact inner products: the
 index's stored vectors (with `rerank` > 0, looked up through the inverse of
 its list order) or else a separate non-trainable copy of the item vectors.
-When the probed lists hold fewer than k items, the tail of a row is padded
-with item id "" and score -inf. With nprobe = num_lists and rerank >= the
-shard's items, the IVF-PQ servable gives the exact answer.
+With nprobe = num_lists and rerank >= the shard's items, the IVF-PQ
+servable gives the exact answer.
+
+`k` follows the k rule of every servable (docs/serving.md, "k"): equal
+across a request's rows and in 1..max_k, max_k = min(the export's max_k,
+the items of this servable: the catalogue, or the shard's items), written
+to the model card; any other k is refused with a message naming it. An
+answer has exactly k columns: when the probed lists of an IVF-PQ index hold
+fewer than k items, the tail of a row is item id "" with score -inf.
 
 `export_dpsr(..., num_shards=N)` splits the items into N contiguous ranges
 and writes N servables that share the query tower (`export_dir/
 shard-i-of-N/<version>`); every one outputs the same `model_fingerprint` (a
-hash of all model weights), which the fan-out client checks.
+hash of all model weights), which the fan-out client checks; the client
+asks each shard for at most the shard's max_k.
 
 Unknown user profile values and history ids map to -1 (a zero vector); an
 empty, whitespace-only or punctuation-only query has no tokens and is served
@@ -54,7 +60,8 @@ from retrieval_tf import export as export_lib
 from retrieval_tf.compat import keras, tf
 from retrieval_tf.index import (BruteForceIndex, IVFPQIndex, build_index,
                                 check_build_options, index_parameters)
-from retrieval_tf.serving.assets import (index_table, non_empty, request_k,
+from retrieval_tf.serving.assets import (index_table, k_card, k_range,
+                                         non_empty, request_k,
                                          write_vocabulary)
 
 from dpsr_tf.model import DPSRModel, all_item_embeddings
@@ -88,10 +95,14 @@ class DPSRServable(tf.Module):
     super().__init__()
     self.model = model
     count = len(item_indices)
-    self.max_k = int(max_k)
+    if index is not None:
+      max_k = min(max_k, index.max_k)
+    self.k_range = k_range(max_k, count, "the catalogue" if num_shards == 1
+                           else "this shard")
+    self.max_k = self.k_range.max_k
     if index is None:
       index = BruteForceIndex(
-          count, item_vectors.shape[1], max_k=min(self.max_k, count),
+          count, item_vectors.shape[1], max_k=self.max_k,
           chunk_size=chunk_size or (262_144 if count > 262_144 else None))
       index.set_embeddings(item_vectors)
     elif (index.num_items, index.dim) != (count, item_vectors.shape[1]):
@@ -177,12 +188,11 @@ class DPSRServable(tf.Module):
     k = request.pop("k")
     heads = self.model.query_heads(self._features(request))  # [B, m, d]
     batch, m = tf.shape(heads)[0], self.model.num_heads
-    k0 = request_k(k, batch, self.max_k)
-    k_here = tf.minimum(k0, self.index.num_items)
+    k0 = request_k(k, batch, self.k_range)
     # Each head retrieves k; the union is scored by the best head.
     _, found = self.index(tf.reshape(heads, [-1, self.model.output_dim]),
-                          k_here)
-    found = tf.reshape(found, [batch, m * k_here])
+                          k0)
+    found = tf.reshape(found, [batch, m * k0])
     scores = tf.reduce_max(
         tf.einsum("bmd,bcd->bcm", heads, self._vectors(found)), -1)
     if not isinstance(self.index, BruteForceIndex):
@@ -196,7 +206,7 @@ class DPSRServable(tf.Module):
     repeat = tf.concat([tf.zeros([batch, 1], tf.bool),
                         found[:, 1:] == found[:, :-1]], axis=1)
     scores = tf.where(repeat, tf.constant(-np.inf, scores.dtype), scores)
-    top_scores, top = tf.math.top_k(scores, k=k_here)
+    top_scores, top = tf.math.top_k(scores, k=k0)
     local = tf.gather(found, top, batch_dims=1)
     global_index = tf.gather(self.global_index, tf.maximum(local, 0))
     if not isinstance(self.index, BruteForceIndex):
@@ -256,7 +266,8 @@ def export_dpsr(model: DPSRModel, export_dir: str,
       `all_item_embeddings(model)`.
     user_vocabularies: profile field -> its values (index order), for
       DPSR-p/-h: requests send these strings as `user_<field>`.
-    num_shards: item shards; max_k: the largest k a request may ask.
+    num_shards: item shards; max_k: the largest k a request may ask (each
+      servable's is capped at its items: the catalogue, or the shard's).
     model_card: extra entries of the model card.
     only_shards: write only these shard numbers (e.g. the one a machine
       serves); all by default.
@@ -269,9 +280,9 @@ def export_dpsr(model: DPSRModel, export_dir: str,
   Returns:
     The written version folders, one per shard (one for `num_shards=1`).
     Each loads with `tf.saved_model.load`; its `serving_default` takes
-    `query [B]` string, `k [B]` int32 (+ `user_<field> [B]` string,
-    `history [B, L]` string item ids) and returns `item_ids [B, k]`,
-    `scores [B, k]`.
+    `query [B]` string, `k [B]` int32 in 1..max_k (+ `user_<field> [B]`
+    string, `history [B, L]` string item ids) and returns `item_ids [B,
+    k]`, `scores [B, k]`; its model card holds its max_k.
 
   Raises:
     ValueError: item ids / vectors / model of different sizes, a bad
@@ -328,14 +339,16 @@ def export_dpsr(model: DPSRModel, export_dir: str,
     servable = DPSRServable(model, item_vectors[indices], indices,
                             items_asset, user_assets, max_k, fingerprint,
                             shard, num_shards, index=layer)
+    example_k = [min(10, servable.max_k)] * 2
     card = {"model": "dpsr", "paper": PAPER,
             "config": model.get_config(),
             "model_fingerprint": fingerprint,
             "shard": shard, "num_shards": num_shards,
             "shard_items": [int(indices[0]), int(indices[-1]) + 1],
             "index": index_parameters(servable.index),
+            **k_card(servable.k_range),
             "example_requests": {
-                "serving_default": dict(example, k=[10, 10]),
+                "serving_default": dict(example, k=example_k),
                 "query_embedding": example,
                 "tokenize": {"query": example["query"]}}}
     card.update(model_card or {})

@@ -14,10 +14,12 @@ beam retrieved (what the reranker saw).
 
 Defined answers: an empty history (all "" or unknown ids) is served as the
 "no-history" user (the encoder's zero state; the same popularity-like
-answer for every such request). When the beam retrieves fewer than k
-items, the rest of the row is item id "" with score -3.4028235e38 (the
-lowest float32), never NaN. `k` must be equal on every row of a request and
-in 1..max_k; an empty batch is an error.
+answer for every such request). `k` follows the k rule of every servable
+(docs/serving.md, "k"): equal on every row of a request and in 1..max_k,
+max_k = min(the export's max_k, V) (in the model card); any other k is
+refused with a message naming it. An answer has exactly k columns: when the
+beam retrieves fewer than k items, the rest of the row is item id "" with
+score -inf, never NaN. An empty batch is an error.
 """
 
 from __future__ import annotations
@@ -32,7 +34,8 @@ from retrieval_tf.compat import tf
 from retrieval_tf.datasets.types import RecDataset
 # The shared servable helpers (vocabulary assets, empty-batch check).
 from retrieval_tf.models.two_tower_servable import raw_requests
-from retrieval_tf.serving.assets import (index_table, non_empty, request_k,
+from retrieval_tf.serving.assets import (index_table, k_card, k_range,
+                                         non_empty, request_k,
                                          write_vocabulary)
 
 from dr_tf.em import path_size_stats
@@ -52,7 +55,8 @@ class DRServable(tf.Module):
     self.model = model
     self.history_length = int(history_length)
     self.beam_size = int(beam_size)
-    self.max_k = int(min(max_k, model.num_items))
+    self.k_range = k_range(max_k, model.num_items)
+    self.max_k = self.k_range.max_k
     self.exclude_history = bool(exclude_history)
     self.items_asset = tf.saved_model.Asset(items_vocabulary)
     self.to_index = index_table(self.items_asset)
@@ -67,12 +71,15 @@ class DRServable(tf.Module):
   def _serve(self, history, k):
     request = non_empty({"history": history, "k": k})
     history, k = request["history"], request["k"]
-    k0 = request_k(k, tf.shape(history)[0], self.max_k)
+    k0 = request_k(k, tf.shape(history)[0], self.k_range)
     ids = tf.cast(self.to_index.lookup(
         history[:, -self.history_length:]), tf.int32)
     items, scores, count = self.model.retrieve(
         ids, ids >= 0, exclude=ids if self.exclude_history else None,
         k=k0, beam_size=self.beam_size)
+    # The model pads short rows with item -1 (id "") and the lowest
+    # float32; the servable's padding score is -inf, as in every servable.
+    scores = tf.where(items >= 0, scores, tf.constant(-np.inf, tf.float32))
     return {"item_ids": self.item_ids.lookup(tf.cast(items, tf.int64)),
             "scores": scores, "num_candidates": count}
 
@@ -96,7 +103,8 @@ def export_dr(model: DeepRetrievalModel, export_dir: str,
     dataset: the `RecDataset` whose item ids the model indexes.
     history_length: L, the last L request items read (as in training).
     beam_size: B at serving (default: the model's).
-    max_k: the largest k a request may ask (capped at V).
+    max_k: the largest k a request may ask (capped at V; in the model
+      card).
     exclude_history: never return the request's own history items.
     model_card: extra entries of the model card.
 
@@ -125,19 +133,18 @@ def export_dr(model: DeepRetrievalModel, export_dir: str,
   example = raw_requests(dataset, [0, 1], min(history_length, 5),
                          with_user_id=False, with_profile=False)
   assignment = model.assignment
+  example_k = [min(10, servable.max_k)] * 2
   card = {"model": "deep_retrieval", "paper": PAPER,
           "structure": {"K": model.num_nodes, "D": model.depth,
                         "J": assignment.num_paths, "B": beam},
           "paths": path_size_stats(assignment.item_paths.numpy(),
                                    assignment.total_paths),
-          "history_length": history_length, "max_k": servable.max_k,
+          "history_length": history_length,
           "exclude_history": exclude_history,
           "empty_history": "served as the no-history user (encoder zero "
                            "state)",
-          "padding": {"item_id": "", "score": float(np.finfo(
-              np.float32).min)},
-          "example_requests": {"serving_default": dict(example,
-                                                       k=[10, 10])}}
+          "example_requests": {"serving_default": dict(example, k=example_k)}}
+  card.update(k_card(servable.k_range))
   card.update(model_card or {})
   return export_lib.export_servable(
       export_dir, servable,

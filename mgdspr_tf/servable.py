@@ -5,9 +5,9 @@ relevance control -> top-k (Sec. 4, Figure 4's online serving).
 [B, R] / short_term [B, S] / long_term [B, L] string item ids (oldest first,
 "" = padding), relevance_control [B] int32 (1: on), k [B] int32)` ->
 
-* `item_ids [B, k'] string`, `scores [B, k'] float32` (k' = min(k, items)):
-  the ANN's top-k' after relevance control, survivors first in score
-  order, then "" / 0;
+* `item_ids [B, k] string`, `scores [B, k] float32`: the ANN's top-k after
+  relevance control, survivors first in score order, then item id "" with
+  score -inf;
 * `num_results [B] int32`: survivors; `removed [B] int32`: items the
   control removed; `fallback [B] int32`: 1 when the control would have
   removed every item and the row was served unfiltered; `num_intents [B]
@@ -18,8 +18,11 @@ relevance control -> top-k (Sec. 4, Figure 4's online serving).
 Rules for bad input: unknown item ids map to -1 (masked like padding); a
 sequence longer than the model's maximum keeps its last (most recent)
 entries; empty histories and queries are valid (the zero vector / empty
-granularities give a defined vector); an empty batch or a bad k fails in
-the graph with a message.
+granularities give a defined vector); an empty batch fails in the graph
+with a message. `k` follows the k rule of every servable (docs/serving.md,
+"k"): equal across a request's rows and in 1..max_k, max_k = min(the
+export's max_k, the catalogue) (in the model card); any other k is refused
+with a message naming it.
 """
 
 from __future__ import annotations
@@ -32,7 +35,8 @@ import numpy as np
 from retrieval_tf import export as export_lib
 from retrieval_tf.compat import tf
 from retrieval_tf.index import BruteForceIndex, index_parameters
-from retrieval_tf.serving.assets import (index_table, non_empty, request_k,
+from retrieval_tf.serving.assets import (index_table, k_card, k_range,
+                                         non_empty, request_k,
                                          write_vocabulary)
 
 from mgdspr_tf.model import SEQUENCES, MGDSPRModel
@@ -56,12 +60,11 @@ class MGDSPRServable(tf.Module):
     model.build_weights()  # creates every variable before they are listed
     self.model_variables = list(model.variables)
     self.control = control
-    count = model.num_items
-    self.index = BruteForceIndex(count, item_vectors.shape[1],
-                                 max_k=min(max_k, count),
-                                 chunk_size=chunk_size)
+    self.k_range = k_range(max_k, model.num_items)
+    self.max_k = self.k_range.max_k
+    self.index = BruteForceIndex(model.num_items, item_vectors.shape[1],
+                                 max_k=self.max_k, chunk_size=chunk_size)
     self.index.set_embeddings(item_vectors)
-    self.max_k = self.index.max_k
     self.items_asset = tf.saved_model.Asset(items_asset)
     self.item_index = index_table(self.items_asset)
     self.item_ids = tf.lookup.StaticHashTable(
@@ -107,7 +110,7 @@ class MGDSPRServable(tf.Module):
     tf.debugging.assert_equal(tf.size(relevance_control), batch,
                               message="relevance_control needs one value "
                               "per row")
-    k0 = request_k(k, batch, self.max_k)
+    k0 = request_k(k, batch, self.k_range)
     scores, found = self.index(user, k0)
     if self.control is None:
       keep = tf.ones_like(found, tf.bool)
@@ -119,7 +122,7 @@ class MGDSPRServable(tf.Module):
     count = tf.reduce_sum(tf.cast(keep, tf.int32), axis=1)
     ids = self.item_ids.lookup(tf.cast(found, tf.int64))
     return {"item_ids": compact(keep, ids, ""),
-            "scores": compact(keep, scores, 0.0),
+            "scores": compact(keep, scores, -np.inf),
             "num_results": count,
             "removed": tf.shape(found)[1] - count,
             "fallback": tf.cast(fallback, tf.int32),
@@ -190,14 +193,16 @@ def export_mgdspr(model: MGDSPRModel, export_dir: str,
   servable = MGDSPRServable(model, model.all_item_vectors(), asset, control,
                             max_k)
   example = example_request(item_ids)
+  example_k = [min(10, servable.max_k)] * 2
   card = {"model": "mgdspr", "paper": PAPER, "config": model.get_config(),
           "index": index_parameters(servable.index),
           "relevance_control": control is not None,
           "intent_terms": 0 if control is None else len(control.terms),
           "example_requests": {
               "serving_default": dict(example, relevance_control=[1, 0],
-                                      k=[10, 10]),
+                                      k=example_k),
               "user_embedding": example}}
+  card.update(k_card(servable.k_range))
   card.update(model_card or {})
   return export_lib.export_servable(
       export_dir, servable,

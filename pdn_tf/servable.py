@@ -10,10 +10,14 @@ ratings only), k [B] int32) -> {item_ids [B, k] string, scores [B, k]}`.
 unknown). Ids map to indices through vocabulary assets; unknown user ids,
 profile values and history items map to -1 (zero embeddings / masked out),
 and the retrieval's fallback pool answers users with nothing usable (see
-`pdn_tf.retrieval`): never an error. Slots beyond the eligible items (only
-possible when k exceeds the pool) hold "" with score -inf. `k` must be
-equal across a request's rows, within `1..max_k` (the pool size); an empty
-batch is an error raised inside the graph.
+`pdn_tf.retrieval`): never an error. `k` follows the k rule of every
+servable (docs/serving.md, "k"): equal across a request's rows, within
+`1..max_k`, where max_k is the size of the fallback pool (`pool_size`,
+capped at the catalogue; in the model card), which every request can fill;
+any other k is refused with a message naming it. An answer has exactly k
+columns: slots beyond the eligible items (the request's own history items
+are never answered) hold item id "" with score -inf. An empty batch is an
+error raised inside the graph.
 
 The servable holds TrigNet with its embedding fields, the Direct Net user
 tower, the static item vectors q_i and the I2I index tensors; SimNet (whose
@@ -33,8 +37,9 @@ from retrieval_tf import export as export_lib
 from retrieval_tf.compat import tf
 from retrieval_tf.data.history import HistoryIndex
 from retrieval_tf.datasets.types import Interactions, RecDataset
-from retrieval_tf.serving.assets import (id_table, index_table, non_empty,
-                                         request_k, write_vocabulary)
+from retrieval_tf.serving.assets import (id_table, index_table, k_card,
+                                         k_range, non_empty, request_k,
+                                         write_vocabulary)
 
 from pdn_tf.model import PDNModel
 from pdn_tf.retrieval import PDNRetriever, build_retriever, history_ratings
@@ -51,7 +56,9 @@ class PDNServable(tf.Module):
                extra_assets: Sequence[str] = ()):
     super().__init__()
     self.retriever = retriever
-    self.max_k = retriever.max_k
+    self.k_range = k_range(retriever.max_k, retriever.max_k,
+                           "the candidate pool (pool_size)")
+    self.max_k = self.k_range.max_k
     self.fields = list(retriever.user_feature_names)
     self.assets = {name: tf.saved_model.Asset(path)
                    for name, path in vocabularies.items()}
@@ -87,7 +94,7 @@ class PDNServable(tf.Module):
           tf.shape(request["history_rating"]), tf.shape(request["history"]),
           message="history_rating must have the shape of history"))
     with tf.control_dependencies(checks):
-      k0 = request_k(k, batch, self.max_k)
+      k0 = request_k(k, batch, self.k_range)
     features = {"user_id": self._lookup("users", request["user_id"]),
                 "history": self._lookup("items", request["history"])}
     for f in self.fields:
@@ -183,6 +190,7 @@ def export_pdn(model: Union[PDNModel, PDNRetriever], export_dir: str,
   servable = PDNServable(retriever, vocabularies, extra_assets=extra)
   example = raw_requests(dataset, [0, 1], min(retriever.history_length, 5),
                          with_rating=retriever.use_rating)
+  example_k = [min(10, servable.max_k)] * 2
   card = {"model": "pdn", "paper": PAPER,
           "retrieval": dict(retriever.parameters(), max_k=servable.max_k),
           "cold_start": ("unknown ids embed to zeros; the pool of the "
@@ -191,7 +199,8 @@ def export_pdn(model: Union[PDNModel, PDNRetriever], export_dir: str,
                          "path reaches them"),
           "vocabulary_assets": sorted(os.path.basename(p) for p in
                                       list(vocabularies.values()) + extra),
-          "example_requests": {"serving_default": dict(example, k=[10, 10])}}
+          "example_requests": {"serving_default": dict(example, k=example_k)}}
+  card.update(k_card(servable.k_range))
   card.update(model_card or {})
   return export_lib.export_servable(
       export_dir, servable,

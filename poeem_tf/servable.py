@@ -10,7 +10,10 @@ centroids, codebooks and rotation into `retrieval_tf.index.IVFPQIndex`
 quantized are encoded. `codes="fresh"` re-encodes the whole catalogue with
 the final quantizers instead; `code_staleness` measures how far the two
 differ. The servable is the shared two-tower one: raw history in, original
-item ids out.
+item ids out, with the k rule of every servable (docs/serving.md, "k"):
+max_k is the index's (the export's max_k capped at the catalogue), a k
+outside 1..max_k is refused, and a row whose probed lists hold fewer than k
+items is padded with item id "" and score -inf.
 """
 
 from __future__ import annotations
@@ -128,7 +131,8 @@ def export_poeem(model: PoeemModel, export_dir: str, dataset: RecDataset,
     dataset: the `RecDataset` whose vocabularies map raw ids.
     history_length: L, the servable's history window.
     nprobe: lists probed per request (0: J / 4).
-    rerank, max_k, codes: as in `index_from_codes`.
+    rerank, max_k, codes: as in `index_from_codes`; max_k (capped at the
+      catalogue) is the largest k a request may ask for.
     index, item_vectors, index_build_seconds: an index already built by
       `index_from_codes` on `item_vectors` (default: built here from
       `model.catalogue_embeddings()`).

@@ -238,8 +238,9 @@ def _error_summary(message: str) -> str:
 
 def main(argv):
   """Prints the top-K of the `--json` request to the export `argv[1]`;
-  returns the exit code: 0, 1 (the servable refused the request) or 2 (a
-  bad request or export: `QueryError`, or invalid JSON)."""
+  returns the exit code: 0, or 2 with a one-line error (a bad request or
+  export: `QueryError`, invalid JSON, or a request the servable's own checks
+  refuse, e.g. a k outside 1..max_k)."""
   if len(argv) != 2 or FLAGS.json is None:
     raise app.UsageError("usage: python -m retrieval_tf.query EXPORT_DIR "
                          "--json '{...}'")
@@ -256,7 +257,7 @@ def main(argv):
   except tf.errors.InvalidArgumentError as e:
     print(f"error: the servable rejected the request: "
           f"{_error_summary(e.message)}", file=sys.stderr)
-    return 1
+    return 2
   if "item_ids" not in outputs:
     for key, value in outputs.items():
       print(f"{key}: {value.tolist()}")

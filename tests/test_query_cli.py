@@ -82,6 +82,19 @@ def test_out_of_range_k_is_refused_not_wrapped(exported):
   assert "Traceback" not in proc.stderr and not proc.stdout
 
 
+@pytest.mark.parametrize("k, rule", [
+    (21, "k must be <= 20 because max_k was set to 20 at export (the "
+         "catalogue holds 150 items)"),
+    (0, "k must be >= 1")])
+def test_k_outside_max_k_is_one_line_with_exit_2(exported, k, rule):
+  data, path = exported
+  proc = _cli(path, dict(_good(data), k=[k]))
+  assert proc.returncode == 2, proc.stderr[-2000:]
+  assert _error_line(proc) == ("error: the servable rejected the request: "
+                               f"k={k} is outside 1..20: {rule}")
+  assert "Traceback" not in proc.stderr and not proc.stdout
+
+
 @pytest.mark.parametrize("dtype, value, ok", [
     (tf.int32, 2**31 - 1, True), (tf.int32, 2**31, False),
     (tf.int32, -2**31, True), (tf.int32, -2**31 - 1, False),

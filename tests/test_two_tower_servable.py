@@ -131,7 +131,8 @@ def test_query_cli_prints_titles(exported):
   bad = subprocess.run([sys.executable, "-m", "retrieval_tf.query", path,
                         "--json", json.dumps(dict(request, k=[0]))],
                        capture_output=True, text=True, timeout=300)
-  assert bad.returncode == 1 and "k must be >= 1" in bad.stderr
+  assert bad.returncode == 2
+  assert "k=0 is outside 1..50: k must be >= 1" in bad.stderr
 
 
 def test_ivfpq_servable_passes_the_checker_and_matches_its_index(

@@ -15,8 +15,12 @@ Out-of-vocabulary path: an unknown user id or profile value maps to -1 and
 contributes a zero vector to the user tower; unknown or empty ("") history
 entries are masked out. A user with nothing known is served from the tower's
 bias alone (a popularity-like answer), never an error. `k` is per row (TF
-Serving's row format batches every input) and must be equal across a
-request's rows and within `1..min(max_k, num_items)`; an empty batch is an
+Serving's row format batches every input) and follows the k rule of every
+servable (docs/serving.md, "k"): equal across a request's rows and within
+`1..max_k`, where `max_k` = min(the export's max_k, num_items) is in the
+model card; any other k is refused with a message naming it. An answer has
+exactly k columns; an approximate index whose probed lists hold fewer than k
+items pads the row with item id "" and score -inf. An empty batch is an
 error raised inside the graph.
 """
 
@@ -36,8 +40,9 @@ from retrieval_tf.evaluation import item_tower_vectors
 from retrieval_tf.index import build_index, index_parameters
 from retrieval_tf.models.two_tower import TwoTowerModel
 from retrieval_tf.saving import SavableModel
-from retrieval_tf.serving.assets import (id_table, index_table, non_empty,
-                                         request_k, write_vocabulary)
+from retrieval_tf.serving.assets import (id_table, index_table, k_card,
+                                         k_range, non_empty, request_k,
+                                         write_vocabulary)
 
 
 class TwoTowerServable(tf.Module):
@@ -50,7 +55,8 @@ class TwoTowerServable(tf.Module):
     self.model = model
     self.index = index
     self.history_length = int(history_length)
-    self.max_k = int(min(max_k, index.num_items))
+    self.k_range = k_range(max_k, index.num_items)
+    self.max_k = self.k_range.max_k
     self.fields = sorted(model.user_features)
     self.assets = {name: tf.saved_model.Asset(path)
                    for name, path in vocabularies.items()}
@@ -96,7 +102,7 @@ class TwoTowerServable(tf.Module):
     request = non_empty(dict(request, k=k))
     k = request.pop("k")
     vectors = self._user_vector(request)
-    k0 = request_k(k, tf.shape(vectors)[0], self.max_k)
+    k0 = request_k(k, tf.shape(vectors)[0], self.k_range)
     scores, indices = self.index(vectors, k0)
     return {"item_ids": self.item_ids.lookup(tf.cast(indices, tf.int64)),
             "scores": scores}
@@ -159,7 +165,8 @@ def export_two_tower(model: TwoTowerModel, export_dir: str,
     history_length: the history window the model was trained with (the
       last `history_length` request items are read); required when the
       model pools a history.
-    max_k: the largest k a request may ask for.
+    max_k: the largest k a request may ask for (capped at the number of
+      items; the servable's max_k is in the model card).
     model_card: extra entries of the export's model card.
     index: a filled index layer over `item_vectors` (e.g. from
       `retrieval_tf.build_index(item_vectors, "ivfpq")`); None: an exact
@@ -208,16 +215,18 @@ def export_two_tower(model: TwoTowerModel, export_dir: str,
   example = raw_requests(dataset, [0, 1], min(history_length, 5),
                          with_user_id=servable.with_user_id,
                          with_profile=bool(servable.fields))
+  example_k = [min(10, servable.max_k)] * 2
   card = {"model": "two_tower", "paper": "Covington et al., RecSys'16 "
           "(YouTube DNN) as a two-tower retrieval model"}
   card.update(model_card or {})
+  card.update(k_card(servable.k_range))
   card.update({
       "index": dict(index_parameters(index), max_k=servable.max_k),
       "history_length": history_length,
       "vocabulary_assets": sorted(os.path.basename(p) for p in
                                   list(vocabularies.values()) + extra),
       "example_requests": {
-          "serving_default": dict(example, k=[10, 10]),
+          "serving_default": dict(example, k=example_k),
           "query_embedding": example}})
   return export_lib.export_servable(
       export_dir, servable,
