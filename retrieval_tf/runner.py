@@ -508,7 +508,15 @@ class FitResult:
 
 @dataclasses.dataclass
 class RunContext:
-  """What an experiment needs from the runner."""
+  """What an experiment needs from the runner.
+
+  Attributes:
+    started: `time.perf_counter()` when the run started (`total_seconds`).
+    export_error: the one-line error of a failed `export`, else None.
+    extra_metrics: figures the runner adds to `metrics.json` (early
+      stopping's `best_epoch`, `stopped_epoch`, `val_*`).
+    data_checked: whether `check_data` ran (`fit` requires it).
+  """
 
   flags: Dict[str, Any]
   output_dir: str

@@ -36,6 +36,11 @@ def test_flag_errors(tmp_path):
                f"--output_dir={tmp_path}/o"])
   assert proc.returncode == 2
   assert "--head_balance must be >= 0, and > 0 needs" in proc.stderr
+  proc = _run(*["--dataset=synthetic", "--model=bm25", "--early_stopping=1",
+               f"--output_dir={tmp_path}/o"])
+  assert proc.returncode == 2
+  assert "--early_stopping: --model=bm25 is not trained by epochs" in (
+      proc.stderr)
 
 
 def test_synthetic_dpsr_h_with_sharded_export(tmp_path):
