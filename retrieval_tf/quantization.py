@@ -10,16 +10,19 @@ only over chunks of a large point set.
 Assignments minimise the squared L2 distance, written as
 `argmax_c (<x, c> - |c|^2 / 2)` so that the work is one batched matmul
 (`nearest_centroids`, also used in the graph by learned quantizers). A Lloyd
-iteration is one pass over the points in chunks of about 2^24 scores (the
+iteration is one pass over the points in chunks of about 2^25 scores (the
 matmul, the argmax and the per-cluster sums of a chunk in one call), so no
 `[n, k]` matrix is ever held.
 
-Speed, as in Faiss: each k-means trains on at most
-`max_points_per_centroid x k` random points, a large k is seeded by k
-distinct random points (k-means++ only for k <= 256, where its serial loop
-is cheap), and Lloyd's iterations stop early once the objective (the sum of
+Speed: each k-means trains on at most `max_points_per_centroid x k` random
+points (64 by default; Faiss samples 256, which here costs twice Faiss'
+build time for about one point of recall@100, see the `index_build`
+section of benchmarks/RESULTS.md), a large k is seeded by k distinct random
+points as Faiss does (k-means++ only for k <= 256, where its serial loop is
+cheap), and Lloyd's iterations stop early once the objective (the sum of
 squared distances to the nearest centroid) improves by less than
-`tolerance` (relative) in one iteration.
+`tolerance` (relative, 1e-3 by default: about the 10 iterations Faiss runs)
+in one iteration.
 """
 
 from __future__ import annotations
@@ -31,8 +34,8 @@ import numpy as np
 
 from retrieval_tf.compat import tf
 
-# Scores (points x centroids x groups) per chunk: about 64 MB of float32.
-_CHUNK_SCORES = 1 << 24
+# Scores (points x centroids x groups) per chunk: about 128 MB of float32.
+_CHUNK_SCORES = 1 << 25
 # The largest k seeded by k-means++ under init="auto".
 _KMEANS_PLUS_PLUS_MAX_K = 256
 KMEANS_INITS = ("auto", "kmeans++", "random")
@@ -55,8 +58,18 @@ def nearest_centroids(points, centroids):
 
 @tf.function(reduce_retracing=True)
 def _assign_chunk(points, centroids):
-  """points [G, n, d], centroids [G, k, d] -> (nearest [G, n], sq. dist)."""
-  nearest, best = nearest_centroids(points, centroids)
+  """points [G, n, d], centroids [G, k, d] -> (nearest [G, n], sq. dist).
+
+  The scores `<x, c> - |c|^2 / 2` come out of one matmul of `[x, 1]` with
+  `[c, -|c|^2 / 2]`, so the `[G, n, k]` scores are written once and read
+  once (by the argmax): the pass that dominates when d is small.
+  """
+  ones = tf.ones_like(points[..., :1])
+  bias = -0.5 * tf.reduce_sum(tf.square(centroids), axis=-1, keepdims=True)
+  scores = tf.matmul(tf.concat([points, ones], axis=-1),
+                     tf.concat([centroids, bias], axis=-1), transpose_b=True)
+  nearest = tf.argmax(scores, axis=-1, output_type=tf.int32)
+  best = tf.gather(scores, nearest[..., tf.newaxis], batch_dims=2)[..., 0]
   distances = tf.reduce_sum(tf.square(points), axis=-1) - 2.0 * best
   return nearest, tf.maximum(distances, 0.0)
 
@@ -88,7 +101,7 @@ def _lloyd_chunk(points, centroids):
 
 
 def _chunk_rows(groups: int, num_centroids: int) -> int:
-  """Points per chunk so that a chunk's scores stay near 2^24 floats."""
+  """Points per chunk so that a chunk's scores stay near 2^25 floats."""
   return max(256, _CHUNK_SCORES // max(1, groups * num_centroids))
 
 
@@ -144,7 +157,7 @@ class KMeansResult:
 
 
 def kmeans(points: np.ndarray, num_centroids: int, iterations: int = 20,
-           seed: int = 0, tolerance: float = 1e-4,
+           seed: int = 0, tolerance: float = 1e-3,
            init: str = "auto") -> np.ndarray:
   """Lloyd's k-means on G groups at once; returns the centroids.
 
@@ -159,7 +172,7 @@ def kmeans(points: np.ndarray, num_centroids: int, iterations: int = 20,
 
 
 def kmeans_fit(points: np.ndarray, num_centroids: int, iterations: int = 20,
-               seed: int = 0, tolerance: float = 1e-4,
+               seed: int = 0, tolerance: float = 1e-3,
                init: str = "auto") -> KMeansResult:
   """Lloyd's k-means on G groups at once.
 
@@ -319,15 +332,15 @@ def encode(vectors: np.ndarray, centroids: np.ndarray,
 
 def train_ivfpq(embeddings: np.ndarray, num_lists: int, num_subspaces: int,
                 num_codewords: int = 256, iterations: int = 20,
-                max_points_per_centroid: int = 256, seed: int = 0,
+                max_points_per_centroid: int = 64, seed: int = 0,
                 normalize: bool = False,
-                tolerance: float = 1e-4) -> IVFPQCodebook:
+                tolerance: float = 1e-3) -> IVFPQCodebook:
   """Trains a coarse quantizer and a residual product quantizer, then
   encodes every embedding.
 
   Each k-means runs on at most `max_points_per_centroid x k` random
-  training points (the Faiss default) and stops early once converged
-  (`tolerance`), then all embeddings are encoded.
+  training points and stops early once converged (`tolerance`), then all
+  embeddings are encoded.
 
   Args:
     embeddings: `[N, d]` item vectors.
@@ -335,7 +348,7 @@ def train_ivfpq(embeddings: np.ndarray, num_lists: int, num_subspaces: int,
     num_subspaces: D; must divide d.
     num_codewords: K codewords per sub-space (at most 256: one byte a code).
     iterations: the most Lloyd iterations of each k-means.
-    max_points_per_centroid: training sample cap.
+    max_points_per_centroid: training sample cap (Faiss: 256).
     seed: random seed.
     normalize: L2-normalise the embeddings first (for cosine search).
     tolerance: each k-means stops once an iteration improves its objective
