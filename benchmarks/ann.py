@@ -58,6 +58,13 @@ flags.DEFINE_integer("latency_queries", 200, "Single queries timed.")
 flags.DEFINE_list("datasets", ["ml-1m", "clustered-1m", "overlapping-1m"],
                   "Which datasets.")
 flags.DEFINE_bool("servables", True, "Also time exported servables.")
+flags.DEFINE_bool("retrain_ml1m", True, "Train the ML-1M two-tower again "
+                  "(false: reuse the embeddings an earlier run saved under "
+                  "--output_root).")
+flags.DEFINE_list("methods", [], "Only these methods (names as in the table;"
+                  " empty: all).")
+flags.DEFINE_list("scale", [], "Item counts of the scale table (clustered "
+                  "x 64, e.g. 100000,1000000,10000000; empty: none).")
 FLAGS = flags.FLAGS
 
 K = 100
@@ -78,7 +85,9 @@ def ml1m_embeddings():
   out = os.path.join(FLAGS.output_root, "ml-1m")
   cmd = _train_command("ncf-ml-1m", out, os.path.join(out, "export"),
                        ["--epochs=5", "--save_embeddings"])
-  harness.run_command(cmd)
+  if FLAGS.retrain_ml1m or not os.path.exists(
+      os.path.join(REPO_ROOT, out, "user_embeddings.npy")):
+    harness.run_command(cmd)
   items = np.load(os.path.join(REPO_ROOT, out, "item_embeddings.npy"))
   users = np.load(os.path.join(REPO_ROOT, out, "user_embeddings.npy"))
   return items, users, cmd, os.path.join(out, "export")
@@ -157,6 +166,16 @@ def methods(items: np.ndarray, large: bool) -> Dict[str, Callable]:
       for rerank in (0, 300):
         settings[f"nprobe={nprobe} rerank={rerank}"] = tf_search(
             lambda q, n=nprobe, r=rerank: index(q, K, nprobe=n, rerank=r))
+    return index_lib.index_parameters(index)["bytes"], settings
+
+  def tf_ivf_flat():
+    # build_index's defaults: J = sqrt(N) lists, nprobe 8 when not given.
+    index = index_lib.build_index(items, "ivf_flat", max_k=K)
+    settings = {}
+    for nprobe in sorted({min(n, index.num_lists)
+                          for n in (1, 2, 4, 8, 16, 32)}):
+      settings[f"J={index.num_lists} nprobe={nprobe}"] = tf_search(
+          lambda q, n=nprobe: index(q, K, nprobe=n))
     return index_lib.index_parameters(index)["bytes"], settings
 
   def tfrs_brute_force():
@@ -246,6 +265,7 @@ def methods(items: np.ndarray, large: bool) -> Dict[str, Callable]:
     return _file_bytes(index.save), settings
 
   return {"tf BruteForceIndex": tf_brute_force, "tf IVFPQIndex": tf_ivfpq,
+          "tf IVFFlatIndex": tf_ivf_flat,
           "tfrs BruteForce": tfrs_brute_force, "tfrs ScaNN": tfrs_scann,
           "ScaNN (Python)": scann_python, "Faiss IndexFlatIP": faiss_flat,
           "Faiss IVFPQ": lambda: faiss_ivfpq(False),
@@ -257,6 +277,8 @@ def benchmark_dataset(name, items, queries):
   truth = exact_top(items, queries)
   rows = []
   for method, build in methods(items, large=len(items) >= 500_000).items():
+    if FLAGS.methods and method not in FLAGS.methods:
+      continue
     print(f"[{name}] {method}: building", flush=True)
     start = time.perf_counter()
     size, settings = build()
@@ -283,11 +305,10 @@ def servable_timings(ml1m_export: str):
   cmd = _train_command(
       "synthetic", out, export,
       [f"--synthetic_items={FLAGS.num_items}", "--epochs=1",
-       "--batch_size=1024", "--learning_rate=0.3", "--index=ivfpq",
-       "--num_lists=2048", "--nprobe=16", "--rerank=300"])
+       "--batch_size=1024", "--learning_rate=0.3", "--index=ivf_flat"])
   commands.append(harness.run_command(cmd))
   exports.append((f"synthetic world, {FLAGS.num_items:,} items, two-tower + "
-                  "IVFPQIndex (J=2048, nprobe=16, rerank=300)", export, out))
+                  "IVFFlatIndex (build_index defaults)", export, out))
   for label, export, run_dir in exports:
     request_file = None
     if run_dir:
@@ -303,6 +324,115 @@ def servable_timings(ml1m_export: str):
     print(json.dumps(result), flush=True)
     results.append(result)
   return results, commands
+
+
+def _servable_timing(export: str, request_file: str) -> dict:
+  """`benchmarks.servable_latency` of an export, in its own process."""
+  cmd = [sys.executable, "-m", "benchmarks.servable_latency",
+         os.path.join(REPO_ROOT, export), f"--k={K}",
+         f"--requests={request_file}"]
+  line = subprocess.run(cmd, check=True, cwd=REPO_ROOT, capture_output=True,
+                        text=True).stdout.strip().splitlines()[-1]
+  return json.loads(line)
+
+
+def export_index(index, export: str, queries: np.ndarray) -> str:
+  """An index alone as a servable: `serving_default(query_embedding [B, d],
+  k [B]) -> item_ids, scores`; returns the version folder."""
+  from retrieval_tf.compat import tf  # pylint: disable=g-import-not-at-top
+  from retrieval_tf import export as export_lib  # pylint: disable=g-import-not-at-top
+  from retrieval_tf import index as index_lib  # pylint: disable=g-import-not-at-top
+  from retrieval_tf.serving import assets  # pylint: disable=g-import-not-at-top
+  limit = assets.k_range(K, index.num_items)
+  module = tf.Module()
+  module.index = index
+
+  @tf.function(input_signature=[
+      tf.TensorSpec([None, index.dim], tf.float32, name="query_embedding"),
+      tf.TensorSpec([None], tf.int32, name="k")])
+  def serve(query_embedding, k):
+    k0 = assets.request_k(k, tf.shape(query_embedding)[0], limit)
+    scores, ids = index(query_embedding, k0)
+    return {"item_ids": ids, "scores": scores}
+
+  example = {"query_embedding": queries[:2].tolist(), "k": [10, 10]}
+  return export_lib.export_servable(
+      export, module, {"serving_default": serve.get_concrete_function()},
+      {"index": index_lib.index_parameters(index),
+       "example_requests": {"serving_default": example}})
+
+
+def scale_table(counts: List[int]):
+  """Build time, bytes, load time, QPS and p50 of the best stock-TF index
+  (`build_index(..., "ivf_flat")` defaults, exported and timed from disk in a
+  TensorFlow-only process, then checked by `retrieval_tf.serving.check`)
+  and ScaNN (leaves 2 sqrt(N), 1/40 of them searched, reorder 300) on
+  clustered N x 64 vectors."""
+  import scann  # pylint: disable=g-import-not-at-top
+  from retrieval_tf import index as index_lib  # pylint: disable=g-import-not-at-top
+  rows = []
+  for count in counts:
+    items, queries = clustered_vectors(count, FLAGS.num_queries)
+    truth = exact_top(items, queries)
+    name = f"clustered {count:,} x 64"
+    print(f"[scale] {name}: tf IVFFlatIndex", flush=True)
+    start = time.perf_counter()
+    index = index_lib.build_index(items, "ivf_flat", max_k=K)
+    build = time.perf_counter() - start
+    from retrieval_tf.compat import tf  # pylint: disable=g-import-not-at-top
+    fn = tf.function(lambda q: index(q, K), input_signature=[
+        tf.TensorSpec([None, items.shape[1]], tf.float32)])
+    result = _measure(lambda q: fn(tf.constant(q))[1].numpy(), queries,
+                      truth)
+    folder = os.path.join(FLAGS.output_root, "scale", str(count))
+    export = export_index(index, os.path.join(folder, "export"), queries)
+    size = index_lib.index_parameters(index)["bytes"]
+    setting = f"J={index.num_lists} nprobe={index.nprobe}"
+    del index, fn
+    request_file = os.path.join(REPO_ROOT, folder, "requests.json")
+    with open(request_file, "w") as f:
+      json.dump({"query_embedding": queries.tolist()}, f)
+    served = _servable_timing(os.path.join(folder, "export"), request_file)
+    check = subprocess.run(
+        [sys.executable, "-m", "retrieval_tf.serving.check", export],
+        cwd=REPO_ROOT, capture_output=True, text=True)
+    rows.append(dict(result, dataset=name, items=count,
+                     method="tf IVFFlatIndex (servable)", setting=setting,
+                     build_seconds=build, bytes=size,
+                     load_seconds=served["load_seconds"],
+                     servable_p50_ms=served["p50_ms"],
+                     servable_rows_per_second=served[
+                         "batch_1000_rows_per_second"],
+                     check="passed" if check.returncode == 0 else
+                     "FAILED: " + check.stdout[-300:]))
+    print(json.dumps(rows[-1]), flush=True)
+    print(f"[scale] {name}: ScaNN", flush=True)
+    leaves = int(2 * np.sqrt(count))
+    start = time.perf_counter()
+    searcher = (scann.scann_ops_pybind.builder(items, K, "dot_product")
+                .tree(num_leaves=leaves, num_leaves_to_search=leaves // 40,
+                      training_sample_size=min(count, 250_000))
+                .score_ah(2, anisotropic_quantization_threshold=0.2)
+                .reorder(300).build())
+    build = time.perf_counter() - start
+    saved = os.path.join(REPO_ROOT, folder, "scann")
+    os.makedirs(saved, exist_ok=True)
+    searcher.serialize(saved)
+    size = sum(os.path.getsize(os.path.join(saved, n))
+               for n in os.listdir(saved))
+    del searcher
+    start = time.perf_counter()
+    searcher = scann.scann_ops_pybind.load_searcher(saved)
+    load = time.perf_counter() - start
+    result = _measure(lambda q: searcher.search_batched(
+        q, final_num_neighbors=K)[0], queries, truth)
+    rows.append(dict(result, dataset=name, items=count, method="ScaNN "
+                     "(Python)", setting=f"leaves={leaves // 40}/{leaves} "
+                     "reorder=300", build_seconds=build, bytes=size,
+                     load_seconds=load))
+    print(json.dumps(rows[-1]), flush=True)
+    del searcher, items, queries, truth
+  return rows
 
 
 def _write_requests(path: str) -> None:
@@ -370,10 +500,16 @@ def main(unused_argv):
     items, queries = overlapping_vectors(FLAGS.num_items, FLAGS.num_queries)
     rows += benchmark_dataset(f"overlapping {len(items):,} x 64", items,
                               queries)
+  scale = scale_table([int(c) for c in FLAGS.scale])
   servables = []
   if FLAGS.servables:
     servables, more = servable_timings(ml1m_export)
     commands += more
+  argv = shlex.join(["python", "-m", "benchmarks.ann"] + sys.argv[1:])
+  for row in rows + scale + servables:
+    row["command"] = argv
+  rows, scale, servables, commands = _merge_earlier(rows, scale, servables,
+                                                    commands)
   plot(rows, os.path.join(report.RESULTS_DIR, "ann.png"))
   table = report.markdown_table(
       ["dataset", "method", "setting", "recall@10", "recall@100", "QPS",
@@ -383,29 +519,56 @@ def main(unused_argv):
         f"{r['p99_ms']:.3f}", f"{r['build_seconds']:.1f}",
         "-" if r["bytes"] is None else f"{r['bytes'] / 2**20:.1f}"]
        for r in rows])
+  scaling = report.markdown_table(
+      ["items", "method", "setting", "build s", "MB", "load s",
+       "recall@100", "QPS", "p50 ms", "servable p50 ms",
+       "servable rows/s", "serving.check"],
+      [[f"{r['items']:,}", r["method"], r["setting"],
+        f"{r['build_seconds']:.1f}", f"{r['bytes'] / 2**20:,.0f}",
+        f"{r['load_seconds']:.2f}", r["recall@100"], f"{r['qps']:,.0f}",
+        f"{r['p50_ms']:.3f}", f"{r.get('servable_p50_ms', '-')}",
+        f"{r.get('servable_rows_per_second', '-')}", r.get("check", "-")]
+       for r in scale])
   serving = report.markdown_table(
       ["servable", "load s", "p50 ms", "p99 ms", "rows/s (1,000-row "
        "request)"],
       [[s["servable_label"], f"{s['load_seconds']:.2f}",
         f"{s['p50_ms']:.3f}", f"{s['p99_ms']:.3f}",
         f"{s['batch_1000_rows_per_second']:,.0f}"] for s in servables])
+  runs = "\n".join(f"    {c}" for c in dict.fromkeys(
+      r["command"] for r in rows + scale + servables))
   listed = "\n".join(f"    {c}" for c in commands)
-  argv = shlex.join(["python", "-m", "benchmarks.ann"] + sys.argv[1:])
   report.write_section("ann", f"""
 ## ANN: pure-TF indexes against TFRS, ScaNN, Faiss, hnswlib, Annoy
 
-Measured on {report.machine()} by `{argv}`, one thread per method, exact
-top-{K} by brute force as ground truth; the embeddings and servables come
-from:
+Measured on {report.machine()}, one thread per method, exact top-{K} by
+brute force as ground truth, by (each row's JSON names its command):
+
+{runs}
+
+The embeddings and servables come from:
 
 {listed}
 
 QPS is for one batch of {FLAGS.num_queries} queries (Annoy: one query at a
 time); p50/p99 over {FLAGS.latency_queries} single queries; MB is the
 serialised index (TF indexes: their variables; TFRS ScaNN: not measured).
-Plot: `results/ann.png`.
+Peers of one dataset are measured side by side in one process.
+Plot: `results/ann.png` (recall@100 against QPS, one panel per dataset).
 
 {table}
+
+### Scale (clustered N x 64)
+
+The stock-TF index is `build_index(items, "ivf_flat")` with its defaults,
+exported alone as a servable (`serving_default(query_embedding, k)`), its
+load time, servable p50 and rows/s (1,000-row request) taken from disk in a
+TensorFlow-only process (`benchmarks.servable_latency`), and the export
+checked by `python -m retrieval_tf.serving.check`; QPS and p50 in process as
+above. ScaNN: 2 sqrt(N) leaves, 1/40 of them searched, reorder 300, load
+time of its serialised searcher.
+
+{scaling}
 
 ### Servables end to end (raw request -> top-{K}, loaded from disk)
 
@@ -413,7 +576,28 @@ Each timed by `python -m benchmarks.servable_latency` in a TensorFlow-only
 process with one thread; synthetic requests are 1,000 users' real histories.
 
 {serving}
-""", {"rows": rows, "servables": servables, "commands": commands})
+""", {"rows": rows, "scale": scale, "servables": servables,
+      "commands": commands})
+
+
+def _merge_earlier(rows, scale, servables, commands):
+  """Keeps the earlier run's parts (results/ann.json) that this run did not
+  measure: rows of other datasets, the scale table and the servables when
+  not asked for, and the commands that made their inputs."""
+  path = os.path.join(report.RESULTS_DIR, "ann.json")
+  if not os.path.exists(path):
+    return rows, scale, servables, commands
+  with open(path) as f:
+    earlier = json.load(f)
+  measured = {r["dataset"] for r in rows}
+  kept = [r for r in earlier.get("rows", []) if r["dataset"] not in measured]
+  scale = scale or earlier.get("scale", [])
+  servables = servables or earlier.get("servables", [])
+  if kept or not commands:
+    commands = list(dict.fromkeys(earlier.get("commands", []) + commands))
+  for row in kept + scale + servables:
+    row.setdefault("command", "an earlier run")
+  return kept + rows, scale, servables, commands
 
 
 if __name__ == "__main__":

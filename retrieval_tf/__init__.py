@@ -27,7 +27,8 @@ imports no TensorFlow):
 * `training_dataset`: the `tf.data` builder of feature dicts for `fit`.
 * `evaluate`: leave-one-out or held-out-user metrics of a two-tower.
 * `export_two_tower`: the servable (raw ids -> top-k ids) as a SavedModel.
-* `BruteForceIndex`, `IVFPQIndex`, `build_index`: the index layers.
+* `BruteForceIndex`, `IVFPQIndex`, `IVFFlatIndex`, `build_index`: the index
+  layers.
 """
 
 import importlib as _importlib
@@ -52,6 +53,7 @@ _LAZY = {
                          "export_two_tower"),
     "BruteForceIndex": ("retrieval_tf.index", "BruteForceIndex"),
     "IVFPQIndex": ("retrieval_tf.index", "IVFPQIndex"),
+    "IVFFlatIndex": ("retrieval_tf.index", "IVFFlatIndex"),
     "build_index": ("retrieval_tf.index", "build_index"),
 }
 

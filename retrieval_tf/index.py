@@ -565,6 +565,293 @@ class IVFPQIndex(keras.layers.Layer):
     return config
 
 
+# IVFFlatIndex: rows per chunk of an inverted list.
+CHUNK_SIZE = 32
+# IVFFlatIndex: most queries scored together against one chunk.
+MAX_TILE_QUERIES = 64
+# IVFFlatIndex.from_embeddings: k-means trains on at most this many points per
+# list (as Faiss does).
+POINTS_PER_LIST = 256
+
+
+@keras.utils.register_keras_serializable(package="retrieval_tf")
+class IVFFlatIndex(keras.layers.Layer):
+  """Inverted file over the full vectors: exact scores of the probed lists.
+
+  Each item x lives in the inverted list of its L2-nearest coarse centroid
+  c_j (k-means). A query q probes the `nprobe` lists with the best <q, c_j>
+  and scores every item in them exactly, <q, x>; there is no quantization
+  error, so recall only depends on whether the true neighbours lie in the
+  probed lists, and with `nprobe = num_lists` the search is exact.
+
+  Lists are stored as fixed-size chunks: `vectors [C, L, d]` with
+  `chunk_items [C, L]` (item index, -1 on padding) and `list_chunks [J + 1]`
+  (list j = chunks `list_chunks[j]` to `list_chunks[j + 1]`), so a probed
+  list is a range of whole chunks. The search is one path for every batch
+  size and nprobe, with no loop and no switch: the (query, chunk) pairs of
+  the batch are grouped by chunk and cut into tiles of at most G queries,
+  G = the batch's mean queries per probed chunk (1 for a single query, up to
+  `MAX_TILE_QUERIES`), so each chunk is read once per tile and scored
+  against its tile's queries in one batched matmul `[T, G, d] x [T, d, L]`.
+  A single query is thus a gather of its chunks and a batched mat-vec; a
+  large batch, where many queries share a list, does the work of a
+  list-by-list scan in one op. Cost grows linearly with the items scanned.
+  The scores are put back in (query, chunk) order, padding and excluded
+  items get -inf, and one `top_k` per query picks the best k.
+
+  `call(queries [B, d], k, nprobe=None, exclude=None) -> (scores [B, k],
+  indices [B, k])`: float32 scores, best first, int32 item indices; `k` and
+  `nprobe` may be tensors and are checked in the graph (`1 <= k <= max_k`,
+  `1 <= nprobe <= num_lists`); `exclude [B, E]` (padded with -1) lists items
+  never to return. Rows with fewer than k candidates are padded with index
+  -1 and score -inf.
+
+      item_vectors = model.item_embedding({"item_id": np.arange(n)})
+      index = IVFFlatIndex.from_embeddings(item_vectors, num_lists=1024,
+                                           nprobe=32)
+      user_vectors = model.user_embedding(user_features)
+      scores, items = index(user_vectors, 10)             # [B, 10] each
+      scores, items = index(user_vectors, 10, nprobe=1024)  # exact
+
+  Args:
+    num_items, dim: the index shape.
+    num_lists: J, coarse centroids.
+    metric: "dot" or "cosine" (queries and stored vectors L2-normalised).
+    max_k: the largest k a caller may ask for.
+    nprobe: default number of lists searched (None: min(8, num_lists)).
+    chunk_size: L, rows per chunk (lists are padded to whole chunks).
+    num_chunks: C, chunks held (None: the most J lists of N items can need,
+      N / L + J; `index` fills the first ones and pads the rest).
+  """
+
+  def __init__(self, num_items: int, dim: int, num_lists: int,
+               metric: str = "dot", max_k: int = 1000,
+               nprobe: Optional[int] = None, chunk_size: int = CHUNK_SIZE,
+               num_chunks: Optional[int] = None, **kwargs):
+    super().__init__(**kwargs)
+    _check_shape_and_metric(self, num_items, dim, metric, max_k)
+    check_build_options("ivf_flat", dim, num_lists, None, nprobe, 0)
+    if num_lists > num_items:
+      raise ValueError(f"num_lists must be in 1..num_items={num_items}, got "
+                       f"{num_lists}")
+    if chunk_size < 1:
+      raise ValueError(f"chunk_size must be >= 1, got {chunk_size}")
+    self.num_items, self.dim, self.metric = int(num_items), int(dim), metric
+    self.num_lists, self.max_k = int(num_lists), int(min(max_k, num_items))
+    self.nprobe = int(min(8, num_lists) if nprobe is None else nprobe)
+    self.chunk_size = int(chunk_size)
+    most = -(-self.num_items // self.chunk_size) + self.num_lists
+    self.num_chunks = int(most if num_chunks is None else num_chunks)
+    if not -(-self.num_items // self.chunk_size) <= self.num_chunks:
+      raise ValueError(f"num_chunks={num_chunks} cannot hold {num_items} "
+                       f"items in chunks of {chunk_size}")
+
+    def state(name, shape, dtype=tf.float32):
+      return self.add_weight(name=name, shape=shape, dtype=dtype,
+                             initializer="zeros", trainable=False)
+
+    self.centroids = state("centroids", (self.num_lists, self.dim))
+    self.list_chunks = state("list_chunks", (self.num_lists + 1,), tf.int32)
+    self.vectors = state("vectors",
+                         (self.num_chunks, self.chunk_size, self.dim))
+    self.chunk_items = state("chunk_items",
+                             (self.num_chunks, self.chunk_size), tf.int32)
+
+  @classmethod
+  def from_embeddings(cls, embeddings, num_lists: int, iterations: int = 20,
+                      seed: int = 0, **kwargs) -> "IVFFlatIndex":
+    """Trains the coarse quantizer on `embeddings [num_items, dim]` and
+    returns the filled index (kwargs go to the constructor)."""
+    embeddings = _item_matrix(embeddings)
+    index = cls(len(embeddings), embeddings.shape[1], num_lists, **kwargs)
+    return index.index(embeddings, iterations=iterations, seed=seed)
+
+  def index(self, embeddings, iterations: int = 20,
+            seed: int = 0) -> "IVFFlatIndex":
+    """Trains the coarse quantizer on `embeddings [num_items, dim]` and puts
+    every item in a list; returns the index.
+
+    Spherical k-means, as Faiss trains inverted files for inner products:
+    `retrieval_tf.quantization.kmeans` (`iterations`, seeded) on at most
+    `POINTS_PER_LIST` random rows per list, L2-normalised, then unit
+    centroids; every item goes to the list of largest <x, c_j>. Lists are
+    then ranked for a query by direction alone, which is what inner-product
+    search needs (un-normalised centroids favour long ones).
+    """
+    embeddings = np.asarray(embeddings, np.float32)
+    if embeddings.shape != (self.num_items, self.dim):
+      raise ValueError(f"embeddings have shape {embeddings.shape}, the index "
+                       f"expects {(self.num_items, self.dim)}")
+    if not np.isfinite(embeddings).all():
+      raise ValueError("embeddings contain NaN or infinite values")
+    if self.metric == "cosine":
+      embeddings = _unit_rows(embeddings)
+    sample = embeddings
+    if self.num_items > POINTS_PER_LIST * self.num_lists:
+      sample = embeddings[np.sort(np.random.default_rng(seed).choice(
+          self.num_items, POINTS_PER_LIST * self.num_lists, replace=False))]
+    centroids = _unit_rows(quantization.kmeans(
+        _unit_rows(sample), self.num_lists, iterations, seed=seed))
+    # For unit centroids the L2-nearest is the one of largest <x, c_j>.
+    assignments, _ = quantization.assign(embeddings, centroids)
+    return self.index_from_assignments(embeddings, centroids, assignments)
+
+  def index_from_assignments(self, embeddings, centroids,
+                             assignments) -> "IVFFlatIndex":
+    """Loads `embeddings [N, d]` into the lists `assignments [N]` of the
+    coarse `centroids [J, d]`; returns the index."""
+    embeddings = np.asarray(embeddings, np.float32)
+    centroids = np.asarray(centroids, np.float32)
+    assignments = np.asarray(assignments)
+    if embeddings.shape != (self.num_items, self.dim):
+      raise ValueError(f"embeddings have shape {embeddings.shape}, the index "
+                       f"expects {(self.num_items, self.dim)}")
+    if centroids.shape != (self.num_lists, self.dim):
+      raise ValueError(f"centroids have shape {centroids.shape}, the index "
+                       f"expects {(self.num_lists, self.dim)}")
+    if assignments.shape != (self.num_items,) or assignments.min() < 0 or \
+        assignments.max() >= self.num_lists:
+      raise ValueError(f"assignments must be [{self.num_items}] lists in "
+                       f"0..{self.num_lists - 1}")
+    if not (np.isfinite(embeddings).all() and np.isfinite(centroids).all()):
+      raise ValueError("embeddings or centroids contain NaN or infinite "
+                       "values")
+    if self.metric == "cosine":
+      embeddings = _unit_rows(embeddings)
+    sizes = np.bincount(assignments, minlength=self.num_lists)
+    chunks = -(-sizes // self.chunk_size)
+    if chunks.sum() > self.num_chunks:
+      raise ValueError(f"the lists need {chunks.sum()} chunks, the index "
+                       f"holds num_chunks={self.num_chunks}")
+    list_chunks = np.concatenate([[0], np.cumsum(chunks)])
+    order = np.argsort(assignments, kind="stable")
+    # Row of each item (in list order) in the flattened [C * L] chunk rows.
+    first_row = list_chunks[:-1] * self.chunk_size
+    list_start = np.concatenate([[0], np.cumsum(sizes)[:-1]])
+    sorted_lists = assignments[order]
+    rows = first_row[sorted_lists] + (np.arange(self.num_items) -
+                                      list_start[sorted_lists])
+    items = np.full(self.num_chunks * self.chunk_size, -1, np.int32)
+    items[rows] = order
+    vectors = np.zeros((self.num_chunks * self.chunk_size, self.dim),
+                       np.float32)
+    vectors[rows] = embeddings[order]
+    self.centroids.assign(centroids)
+    self.list_chunks.assign(list_chunks.astype(np.int32))
+    self.vectors.assign(vectors.reshape(self.vectors.shape))
+    self.chunk_items.assign(items.reshape(self.chunk_items.shape))
+    return self
+
+  def call(self, queries, k, nprobe=None, exclude=None):
+    queries = tf.convert_to_tensor(queries, tf.float32)
+    k = tf.convert_to_tensor(k, tf.int32)
+    nprobe = tf.convert_to_tensor(self.nprobe if nprobe is None else nprobe,
+                                  tf.int32)
+    if exclude is not None:
+      exclude = tf.convert_to_tensor(exclude)
+    if tf.executing_eagerly():
+      return _eager_search(self, queries, k, nprobe, exclude)
+    return self._search(queries, k, nprobe, exclude)
+
+  def _search(self, queries, k, nprobe, exclude):
+    if self.metric == "cosine":
+      queries = tf.math.l2_normalize(queries, axis=-1)
+    k = _checked(k, 1, self.max_k, "k")
+    nprobe = _checked(nprobe, 1, self.num_lists, "nprobe")
+    batch = tf.shape(queries)[0]
+    _, probes = tf.math.top_k(
+        tf.matmul(queries, self.centroids, transpose_b=True), k=nprobe)
+    # The (query, chunk) pairs, query by query: pair i belongs to probe
+    # `probe_of[i]` (of the flattened [B * nprobe]) and to its query `rows`.
+    starts = tf.reshape(tf.gather(self.list_chunks, probes), [-1])
+    lengths = tf.reshape(tf.gather(self.list_chunks, probes + 1), [-1]) - starts
+    probe_end = tf.cumsum(lengths)
+    pairs = tf.reduce_sum(lengths)
+    pair = tf.range(pairs)
+    probe_of = tf.searchsorted(probe_end, pair, side="right")
+    chunks = tf.gather(starts + lengths - probe_end, probe_of) + pair
+    rows = probe_of // nprobe
+    per_query = tf.reduce_sum(tf.reshape(lengths, [batch, nprobe]), axis=1)
+    # Tiles: the pairs grouped by chunk, at most G queries per tile; pair
+    # `order[s]` sits in row `slot[s]` of the tiles' [T * G, L] scores.
+    order = tf.argsort(chunks, stable=True)
+    unique, group, counts = tf.unique_with_counts(tf.gather(chunks, order))
+    tile_queries = tf.clip_by_value(
+        -(-pairs // tf.maximum(tf.size(unique), 1)), 1, MAX_TILE_QUERIES)
+    tiles_per_group = -(-counts // tile_queries)
+    rank = tf.range(pairs) - tf.gather(tf.cumsum(counts, exclusive=True),
+                                       group)
+    slot = ((tf.gather(tf.cumsum(tiles_per_group, exclusive=True), group) +
+             rank // tile_queries) * tile_queries + rank % tile_queries)
+    num_tiles = tf.reduce_sum(tiles_per_group)
+    sorted_rows = tf.gather(rows, order)
+    slot_rows = tf.scatter_nd(slot[:, tf.newaxis], sorted_rows + 1,
+                              [num_tiles * tile_queries]) - 1
+    tile_chunks = tf.gather(unique, tf.searchsorted(
+        tf.cumsum(tiles_per_group), tf.range(num_tiles), side="right"))
+    tile_vectors = tf.gather(self.vectors, tile_chunks)
+    tile_query_vectors = tf.reshape(
+        tf.gather(queries, tf.maximum(slot_rows, 0)),
+        [num_tiles, tile_queries, self.dim])
+    # Back to (query, chunk) order: pair p's scores are in slot
+    # `slot[unsort[p]]` of the tiles.
+    unsort = tf.math.invert_permutation(order)
+    scores = tf.gather(tf.reshape(
+        tf.matmul(tile_query_vectors, tile_vectors, transpose_b=True),
+        [-1, self.chunk_size]), tf.gather(slot, unsort))
+    items = tf.gather(self.chunk_items, chunks)
+    banned = items < 0
+    if exclude is not None:
+      exclude = tf.gather(tf.cast(exclude, tf.int32), rows)
+      banned |= tf.reduce_any(
+          exclude[:, :, tf.newaxis] == items[:, tf.newaxis, :], axis=1)
+    scores = tf.where(banned, tf.constant(-np.inf), scores)
+    # Each query's chunks side by side, [B, most chunks * L] (a gather; a
+    # query with fewer chunks reads the padding row `pairs`), then top k.
+    width = tf.reduce_max(per_query)
+    column = tf.range(width)[tf.newaxis, :]
+    source = tf.where(column < per_query[:, tf.newaxis],
+                      tf.cumsum(per_query, exclusive=True)[:, tf.newaxis] +
+                      column, pairs)
+    dense_scores = tf.reshape(tf.gather(tf.concat(
+        [scores, tf.fill([1, self.chunk_size], tf.constant(-np.inf))], 0),
+        source), [batch, -1])
+    dense_items = tf.reshape(tf.gather(tf.concat(
+        [items, tf.fill([1, self.chunk_size], -1)], 0), source), [batch, -1])
+    top_scores, top = tf.math.top_k(
+        _pad_columns(dense_scores, k, -np.inf), k=k)
+    indices = tf.gather(_pad_columns(dense_items, k, -1), top, batch_dims=1)
+    return top_scores, tf.where(tf.math.is_finite(top_scores), indices, -1)
+
+  def candidates_scanned(self, queries, nprobe=None) -> tf.Tensor:
+    """`[B]` int32: the chunk rows (items and padding) a search with
+    `nprobe` lists scores for each query."""
+    queries = tf.convert_to_tensor(queries, tf.float32)
+    if self.metric == "cosine":
+      queries = tf.math.l2_normalize(queries, axis=-1)
+    nprobe = _checked(self.nprobe if nprobe is None else nprobe, 1,
+                      self.num_lists, "nprobe")
+    _, probes = tf.math.top_k(
+        tf.matmul(queries, self.centroids, transpose_b=True), k=nprobe)
+    sizes = self.list_chunks[1:] - self.list_chunks[:-1]
+    return self.chunk_size * tf.reduce_sum(tf.gather(sizes, probes), axis=1)
+
+  def get_config(self):
+    config = super().get_config()
+    config.update({
+        "num_items": self.num_items, "dim": self.dim,
+        "num_lists": self.num_lists, "metric": self.metric,
+        "max_k": self.max_k, "nprobe": self.nprobe,
+        "chunk_size": self.chunk_size, "num_chunks": self.num_chunks})
+    return config
+
+
+def _unit_rows(matrix: np.ndarray) -> np.ndarray:
+  """Rows scaled to unit L2 norm (zero rows stay zero)."""
+  return matrix / np.maximum(np.linalg.norm(matrix, axis=1, keepdims=True),
+                             1e-12)
+
+
 def _item_matrix(embeddings) -> np.ndarray:
   """`embeddings` as a float32 `[N, d]` array, N, d >= 1 (else ValueError)."""
   embeddings = np.asarray(embeddings, np.float32)
@@ -602,7 +889,7 @@ def _pad_columns(matrix, width, value):
   return tf.pad(matrix, [[0, 0], [0, missing]], constant_values=value)
 
 
-INDEX_KINDS = ("brute_force", "ivfpq")
+INDEX_KINDS = ("brute_force", "ivfpq", "ivf_flat")
 
 
 def check_build_options(kind: str, dim: int,
@@ -613,10 +900,11 @@ def check_build_options(kind: str, dim: int,
   """ValueError for `build_index` options that cannot work on `dim`-d
   vectors (None: its default), so callers fail before any quantizer is
   trained. `prefix` goes before each option's name in the messages ("--"
-  when they are command-line flags)."""
-  if kind not in INDEX_KINDS:
-    raise ValueError(f"{prefix}index must be one of {INDEX_KINDS}, got "
-                     f"{kind!r}")
+  when they are command-line flags). `kind` is one of `INDEX_KINDS` or
+  "auto"."""
+  if kind not in INDEX_KINDS + ("auto",):
+    raise ValueError(f"{prefix}index must be one of {INDEX_KINDS} or 'auto', "
+                     f"got {kind!r}")
   if rerank < 0:
     raise ValueError(f"{prefix}rerank must be >= 0, got {rerank}")
   ivf_options = {"num_lists": num_lists, "num_subspaces": num_subspaces,
@@ -626,8 +914,12 @@ def check_build_options(kind: str, dim: int,
              if value is not None]
     if given:
       raise ValueError(f"{', '.join(given)} only apply to "
-                       f"{prefix}index=ivfpq")
+                       f"{prefix}index=ivfpq, ivf_flat or auto")
     return
+  if kind == "ivf_flat" and num_subspaces is not None:
+    raise ValueError(f"{prefix}num_subspaces only applies to "
+                     f"{prefix}index=ivfpq or auto (ivf_flat stores the "
+                     "full vectors)")
   for name, value in ivf_options.items():
     if value is not None and value < 1:
       raise ValueError(f"{prefix}{name} must be >= 1 or the default, got "
@@ -640,31 +932,67 @@ def check_build_options(kind: str, dim: int,
                      f"{prefix}num_lists={num_lists}")
 
 
+def default_num_lists(count: int) -> int:
+  """J for N = `count` items: min(4 sqrt(N), N / 39), at least 1 (Faiss'
+  guidance; N / 39 keeps 39 training points per list)."""
+  return max(1, min(int(4 * np.sqrt(count)), count // 39))
+
+
+def ivf_flat_bytes(count: int, dim: int, num_lists: int,
+                   chunk_size: int = CHUNK_SIZE) -> int:
+  """The bytes of an `IVFFlatIndex` over `count` x `dim` vectors (its
+  variables, with the most padding its lists can need)."""
+  chunks = -(-count // chunk_size) + num_lists
+  return 4 * (chunks * chunk_size * (dim + 1) + num_lists * (dim + 1) + 1)
+
+
+def ivfpq_bytes(count: int, dim: int, num_lists: int, num_subspaces: int,
+                store_vectors: bool, num_codewords: int = 256) -> int:
+  """The bytes of an `IVFPQIndex` (its variables)."""
+  return (4 * (num_lists * dim + num_codewords * dim + num_lists + 1 + count)
+          + count * num_subspaces + (4 * count * dim if store_vectors else 0))
+
+
 def build_index(item_vectors, kind: str = "brute_force", metric: str = "dot",
                 max_k: int = 1000, num_lists: Optional[int] = None,
                 num_subspaces: Optional[int] = None,
                 nprobe: Optional[int] = None, rerank: int = 100,
-                seed: int = 0, request_rows: Optional[int] = None
+                seed: int = 0, request_rows: Optional[int] = None,
+                memory_budget_bytes: Optional[int] = None
                 ) -> keras.layers.Layer:
   """The index a servable ships, filled with `item_vectors [N, d]`.
 
-      index = build_index(item_vectors, "ivfpq", max_k=100)
+      index = build_index(item_vectors, "ivf_flat", max_k=100)
       scores, items = index(user_vectors, 10)   # [B, 10] each, best first
+      index = build_index(item_vectors, "auto", memory_budget_bytes=2**30)
 
-  Returns a `BruteForceIndex` (`kind="brute_force"`) or an `IVFPQIndex`
-  (`kind="ivfpq"`); `metric` is "dot" or "cosine", `max_k` the largest k a
-  caller may ask for (capped at N); the other options apply to `ivfpq`
-  only (ValueError otherwise, or when they cannot work on d-dimensional
-  vectors, see `check_build_options`). `brute_force` is exact (chunked above 262,144 items so memory stays
-  bounded). `ivfpq` trains its quantizers on the vectors with defaults from
-  the corpus size: J = min(4 sqrt(N), N / 39) lists (Faiss' guidance), the
-  divisor of d nearest d / 4 as sub-spaces (4-d sub-spaces, one byte each),
-  nprobe = J / 16 (at least 1), and the best max(rerank, k) candidates
-  re-scored exactly. `request_rows`: the query rows one request searches
-  (e.g. a multi-head query tower's heads); a request of that many rows is
-  scanned query by query (`IVFPQIndex.list_scan_from` from
-  `list_scan_from_for`), which is far faster for single requests than the
-  list-by-list scan made for large batches.
+  `kind`:
+
+  * "brute_force": a `BruteForceIndex`, exact (chunked above 262,144 items
+    so memory stays bounded);
+  * "ivf_flat": an `IVFFlatIndex` (exact scores of the probed lists, the
+    fastest at a given recall; 4 (d + 1) bytes per item plus padding);
+    by default J = sqrt(N) lists (lists of about sqrt(N) items) and
+    nprobe = min(8, J) (recall@100 >= 0.95 at 1M x 64 on the clustered and
+    overlapping sets of `benchmarks/vectors.py`, held-out queries);
+  * "ivfpq": an `IVFPQIndex` (PQ codes, d / 4 bytes per item; with
+    `rerank > 0` it also stores the vectors to re-score the best
+    max(rerank, k) ADC candidates exactly): J = min(4 sqrt(N), N / 39)
+    lists (Faiss' guidance), the divisor of d
+    nearest d / 4 as sub-spaces (4-d sub-spaces, one byte each),
+    nprobe = J / 16 (at least 1);
+  * "auto": "ivf_flat" when it fits in `memory_budget_bytes` (required),
+    else "ivfpq" without stored vectors (`rerank` 0) when its codes fit,
+    else ValueError.
+
+  `metric` is "dot" or "cosine", `max_k` the largest k a caller may ask for
+  (capped at N); `num_lists` and `nprobe` apply to the inverted files,
+  `num_subspaces` to IVF-PQ (ValueError otherwise, or when they cannot work
+  on d-dimensional vectors, see `check_build_options`); `rerank` only
+  applies to IVF-PQ (IVF-Flat scores are exact). `request_rows` (IVF-PQ):
+  the query rows one request searches (e.g. a multi-head query tower's
+  heads); a request of that many rows is scanned query by query
+  (`IVFPQIndex.list_scan_from` from `list_scan_from_for`).
   """
   item_vectors = np.asarray(item_vectors, np.float32)
   if item_vectors.ndim != 2 or not len(item_vectors):
@@ -672,17 +1000,38 @@ def build_index(item_vectors, kind: str = "brute_force", metric: str = "dot",
                      f"shape {item_vectors.shape}")
   count, dim = item_vectors.shape
   check_build_options(kind, dim, num_lists, num_subspaces, nprobe, rerank)
+  if (memory_budget_bytes is None) == (kind == "auto"):
+    raise ValueError("memory_budget_bytes must be given exactly when "
+                     f"kind='auto' (got kind={kind!r})")
+  if request_rows is not None and request_rows < 1:
+    raise ValueError(f"request_rows must be >= 1, got {request_rows}")
   max_k = min(max_k, count)
   if kind == "brute_force":
     return BruteForceIndex.from_embeddings(
         item_vectors, metric=metric, max_k=max_k,
         chunk_size=262_144 if count > 262_144 else None)
-  if request_rows is not None and request_rows < 1:
-    raise ValueError(f"request_rows must be >= 1, got {request_rows}")
-  num_lists = num_lists or max(1, min(int(4 * np.sqrt(count)), count // 39))
+  flat_lists = num_lists or max(1, int(np.sqrt(count)))
+  num_lists = num_lists or default_num_lists(count)
   num_subspaces = num_subspaces or min(
       (s for s in range(1, dim + 1) if dim % s == 0),
       key=lambda s: abs(s - dim / 4))
+  if kind == "auto":
+    if ivf_flat_bytes(count, dim, flat_lists) <= memory_budget_bytes:
+      kind = "ivf_flat"
+    elif ivfpq_bytes(count, dim, num_lists, num_subspaces,
+                     False) <= memory_budget_bytes:
+      kind, rerank = "ivfpq", 0
+    else:
+      codes = ivfpq_bytes(count, dim, num_lists, num_subspaces, False)
+      raise ValueError(
+          f"memory_budget_bytes={memory_budget_bytes} holds neither an "
+          f"IVF-Flat index ({ivf_flat_bytes(count, dim, flat_lists)} bytes) "
+          f"nor IVF-PQ codes ({codes} bytes) of these vectors: raise the "
+          "budget")
+  if kind == "ivf_flat":
+    return IVFFlatIndex.from_embeddings(
+        item_vectors, flat_lists, seed=seed, metric=metric, max_k=max_k,
+        nprobe=nprobe or min(8, flat_lists))
   nprobe = nprobe or max(1, num_lists // 16)
   return IVFPQIndex.from_embeddings(
       item_vectors, num_lists, num_subspaces,

@@ -4,8 +4,8 @@ import numpy as np
 import pytest
 
 from retrieval_tf.compat import keras, tf
-from retrieval_tf.index import (BruteForceIndex, IVFPQIndex, build_index,
-                                index_parameters)
+from retrieval_tf.index import (BruteForceIndex, IVFFlatIndex, IVFPQIndex,
+                                build_index, index_parameters)
 
 
 def _reference(queries, items, k, exclude=None, cosine=False):
@@ -318,3 +318,173 @@ def test_build_index_defaults_by_corpus_size():
     build_index(np.zeros((0, 4)))
 
 
+
+
+def _ivf_flat_reference(queries, items, centroids, assignments, k, nprobe,
+                        exclude=None):
+  """Plain NumPy IVF-Flat: the nprobe lists of largest <q, c_j>, exact
+  scores of their items, top-k padded with -1 / -inf."""
+  all_scores, all_ids = [], []
+  for row, q in enumerate(queries):
+    probed = np.argsort(-(centroids @ q), kind="stable")[:nprobe]
+    candidates = np.flatnonzero(np.isin(assignments, probed))
+    if exclude is not None:
+      candidates = np.setdiff1d(candidates, exclude[row])
+    scores = items[candidates] @ q
+    order = np.argsort(-scores, kind="stable")[:k]
+    missing = max(k - len(order), 0)
+    all_ids.append(np.pad(candidates[order], (0, missing),
+                          constant_values=-1))
+    all_scores.append(np.pad(scores[order], (0, missing),
+                             constant_values=-np.inf))
+  return np.array(all_scores), np.array(all_ids)
+
+
+@pytest.mark.parametrize("chunk_size", [1, 4, 32])
+@pytest.mark.parametrize("rows", [1, 2, 40])  # one to many queries per tile
+def test_ivf_flat_equals_numpy(chunk_size, rows):
+  rng = np.random.default_rng(20)
+  items = rng.normal(size=(300, 8)).astype(np.float32)
+  centroids = rng.normal(size=(7, 8)).astype(np.float32)
+  assignments = rng.integers(0, 7, 300)
+  assignments[assignments == 5] = 4  # an empty list
+  index = IVFFlatIndex(300, 8, 7, max_k=60, nprobe=3, chunk_size=chunk_size)
+  index.index_from_assignments(items, centroids, assignments)
+  queries = rng.normal(size=(rows, 8)).astype(np.float32)
+  exclude = rng.integers(-1, 300, size=(rows, 5)).astype(np.int32)
+  for nprobe, ban in [(3, None), (2, exclude), (7, exclude)]:
+    scores, ids = index(queries, 60, nprobe=nprobe, exclude=ban)
+    want_scores, want_ids = _ivf_flat_reference(
+        queries, items, centroids, assignments, 60, nprobe, ban)
+    np.testing.assert_array_equal(ids.numpy(), want_ids)
+    np.testing.assert_allclose(scores.numpy(), want_scores, rtol=1e-5,
+                               atol=1e-5)
+
+
+def test_ivf_flat_probing_every_list_is_brute_force():
+  rng = np.random.default_rng(21)
+  items = rng.normal(size=(500, 6)).astype(np.float32)
+  queries = rng.normal(size=(9, 6)).astype(np.float32)
+  for metric in ("dot", "cosine"):
+    index = IVFFlatIndex.from_embeddings(items, num_lists=12, metric=metric,
+                                         max_k=50)
+    exact = BruteForceIndex.from_embeddings(items, metric=metric, max_k=50)
+    scores, ids = index(queries, 50, nprobe=12)
+    want_scores, want_ids = exact(queries, 50)
+    np.testing.assert_array_equal(ids.numpy(), want_ids.numpy())
+    np.testing.assert_allclose(scores.numpy(), want_scores.numpy(),
+                               rtol=1e-5, atol=1e-5)
+
+
+def test_ivf_flat_finds_the_true_neighbours_of_clustered_vectors():
+  rng = np.random.default_rng(22)
+  centres = rng.normal(size=(20, 16)).astype(np.float32)
+  def draw(n):
+    return (centres[rng.integers(0, 20, n)] +
+            0.3 * rng.normal(size=(n, 16))).astype(np.float32)
+  items, queries = draw(4000), draw(50)
+  index = build_index(items, "ivf_flat", max_k=10, nprobe=4)
+  assert index.num_lists == 63  # sqrt(N) lists
+  _, ids = index(queries, 10)
+  truth = np.argsort(-(queries @ items.T), axis=1)[:, :10]
+  recall = np.mean([len(set(a) & set(b)) / 10
+                    for a, b in zip(ids.numpy(), truth)])
+  assert recall > 0.9
+  scanned = index.candidates_scanned(queries).numpy()
+  assert (scanned < 4000 / 4).all() and (scanned > 0).all()
+
+
+def test_ivf_flat_pads_rows_with_too_few_candidates():
+  items = np.eye(4, dtype=np.float32)[np.arange(12) % 4] * np.arange(
+      1, 13, dtype=np.float32)[:, None]
+  index = IVFFlatIndex(12, 4, 4, max_k=8, nprobe=1, chunk_size=2)
+  index.index_from_assignments(items, np.eye(4, dtype=np.float32),
+                               np.arange(12) % 4)
+  scores, ids = index(np.array([[0, 1, 0, 0]], np.float32), 8)
+  np.testing.assert_array_equal(ids.numpy(), [[9, 5, 1, -1, -1, -1, -1, -1]])
+  assert np.isneginf(scores.numpy()[0, 3:]).all()
+  # An excluded item is never returned, not even as padding.
+  _, ids = index(np.array([[0, 1, 0, 0]], np.float32), 3,
+                 exclude=np.array([[5, -1]]))
+  np.testing.assert_array_equal(ids.numpy(), [[9, 1, -1]])
+
+
+def test_ivf_flat_arguments_are_checked():
+  index = IVFFlatIndex(30, 4, 3, max_k=8)
+  index.index(np.random.default_rng(23).normal(size=(30, 4)))
+  search = tf.function(lambda q, k, n: index(q, k, nprobe=n),
+                       input_signature=[tf.TensorSpec([None, 4]),
+                                        tf.TensorSpec([], tf.int32),
+                                        tf.TensorSpec([], tf.int32)])
+  queries = tf.ones([2, 4])
+  assert search(queries, 8, 3)[1].shape == (2, 8)
+  for k, nprobe, message in [(9, 1, "k must be <= 8"), (0, 1, "k must be >= 1"),
+                             (2, 4, "nprobe must be <= 3"),
+                             (2, 0, "nprobe must be >= 1")]:
+    with pytest.raises(tf.errors.InvalidArgumentError, match=message):
+      search(queries, k, nprobe)
+  for make, message in [
+      (lambda: IVFFlatIndex(30, 4, 31), "num_lists must be in 1..num_items"),
+      (lambda: IVFFlatIndex(30, 4, 3, nprobe=4), "nprobe=4 must be <= "),
+      (lambda: IVFFlatIndex(30, 4, 3, chunk_size=0), "chunk_size must be"),
+      (lambda: IVFFlatIndex(30, 4, 3, metric="l2"), "metric"),
+      (lambda: IVFFlatIndex(30, 4, 3, chunk_size=8, num_chunks=3),
+       "num_chunks=3 cannot hold 30 items")]:
+    with pytest.raises(ValueError, match=message):
+      make()
+  with pytest.raises(ValueError, match="expects \\(30, 4\\)"):
+    index.index(np.zeros((30, 5)))
+  with pytest.raises(ValueError, match="NaN"):
+    index.index(np.full((30, 4), np.nan))
+  with pytest.raises(ValueError, match="assignments must be \\[30\\]"):
+    index.index_from_assignments(np.zeros((30, 4)), np.zeros((3, 4)),
+                                 np.full(30, 3))
+  tight = IVFFlatIndex(30, 4, 3, chunk_size=8, num_chunks=4)
+  with pytest.raises(ValueError, match="the lists need 6 chunks"):
+    tight.index_from_assignments(np.zeros((30, 4)), np.zeros((3, 4)),
+                                 np.arange(30) % 3)
+
+
+def test_ivf_flat_config_keras_file_and_checkpoint_round_trip(tmp_path):
+  vectors = np.random.default_rng(24).normal(size=(200, 6)).astype(
+      np.float32)
+  index = IVFFlatIndex.from_embeddings(vectors, num_lists=8, metric="cosine",
+                                       max_k=20, nprobe=3, chunk_size=5)
+  clone = keras.layers.deserialize(keras.layers.serialize(index))
+  assert clone.get_config() == index.get_config()
+  path = tf.train.Checkpoint(index=index).write(str(tmp_path / "ckpt"))
+  tf.train.Checkpoint(index=clone).read(path).assert_consumed()
+  inputs = keras.Input([6])
+  model = keras.Model(inputs, index(inputs, 20)[1])
+  model.save(str(tmp_path / "m.keras"))
+  loaded = keras.models.load_model(str(tmp_path / "m.keras"))
+  queries = vectors[:4] + 0.1
+  for a, b in zip(index(queries, 20), clone(queries, 20)):
+    np.testing.assert_array_equal(a.numpy(), b.numpy())
+  np.testing.assert_array_equal(loaded(queries).numpy(),
+                                index(queries, 20)[1].numpy())
+  card = index_parameters(index)
+  assert card["type"] == "IVFFlatIndex" and card["chunk_size"] == 5
+
+
+def test_build_index_ivf_flat_and_auto_by_memory_budget():
+  vectors = np.random.default_rng(25).normal(size=(2000, 12))
+  flat = build_index(vectors, "ivf_flat", max_k=50)
+  assert isinstance(flat, IVFFlatIndex)
+  assert (flat.num_lists, flat.nprobe) == (44, 8)
+  flat_bytes = index_parameters(flat)["bytes"]
+  roomy = build_index(vectors, "auto", memory_budget_bytes=flat_bytes)
+  assert isinstance(roomy, IVFFlatIndex)
+  tight = build_index(vectors, "auto", memory_budget_bytes=flat_bytes - 1)
+  assert isinstance(tight, IVFPQIndex) and not tight.store_vectors
+  assert index_parameters(tight)["bytes"] < flat_bytes / 4
+  for kind, options, message in [
+      ("auto", {}, "memory_budget_bytes must be given exactly when"),
+      ("ivf_flat", {"memory_budget_bytes": 10**9},
+       "memory_budget_bytes must be given exactly when"),
+      ("auto", {"memory_budget_bytes": 1000}, "holds neither an IVF-Flat"),
+      ("ivf_flat", {"num_subspaces": 4}, "num_subspaces only applies to"),
+      ("ivf_flat", {"num_lists": 4, "nprobe": 5},
+       "nprobe=5 must be <= num_lists=4")]:
+    with pytest.raises(ValueError, match=message):
+      build_index(vectors, kind, **options)

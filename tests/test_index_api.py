@@ -7,7 +7,13 @@ import pytest
 
 import retrieval_tf
 from retrieval_tf.compat import tf
-from retrieval_tf.index import BruteForceIndex, IVFPQIndex, build_index
+from retrieval_tf.datasets import synthetic
+from retrieval_tf.index import (BruteForceIndex, IVFFlatIndex, IVFPQIndex,
+                                build_index)
+from retrieval_tf.models.two_tower import TwoTowerModel
+from retrieval_tf.models.two_tower_servable import (export_two_tower,
+                                                    raw_requests)
+from retrieval_tf.serving import check
 
 
 def test_both_layers_fill_by_from_embeddings_and_index():
@@ -19,8 +25,12 @@ def test_both_layers_fill_by_from_embeddings_and_index():
                                       num_codewords=16, seed=1, max_k=20)
   approx_refilled = IVFPQIndex(120, 8, 4, 4, 16, max_k=20)
   assert approx_refilled.index(vectors, seed=1) is approx_refilled
+  flat = IVFFlatIndex.from_embeddings(vectors, num_lists=5, seed=2, max_k=20)
+  flat_refilled = IVFFlatIndex(120, 8, 5, max_k=20)
+  assert flat_refilled.index(vectors, seed=2) is flat_refilled
   queries = vectors[:5]
-  for a, b in [(exact, refilled), (approx, approx_refilled)]:
+  for a, b in [(exact, refilled), (approx, approx_refilled),
+               (flat, flat_refilled)]:
     for x, y in zip(a(queries, 7), b(queries, 7)):
       np.testing.assert_array_equal(x.numpy(), y.numpy())
   with pytest.raises(ValueError, match="non-empty"):
@@ -29,10 +39,11 @@ def test_both_layers_fill_by_from_embeddings_and_index():
     approx_refilled.index(vectors[:, :4])
 
 
-@pytest.mark.parametrize("kind", ["brute_force", "ivfpq"])
+@pytest.mark.parametrize("kind", ["brute_force", "ivfpq", "ivf_flat"])
 def test_eager_calls_equal_traced_calls_and_reuse_one_trace(kind):
   vectors = np.random.default_rng(10).normal(size=(400, 8)).astype(np.float32)
-  index = build_index(vectors, kind, max_k=30, rerank=20)
+  options = {"rerank": 20} if kind == "ivfpq" else {}
+  index = build_index(vectors, kind, max_k=30, **options)
   traced = tf.function(lambda q, k: index(q, k))
   for rows, k in [(3, 5), (7, 10), (1, 30)]:
     queries = vectors[:rows] + 0.1
@@ -72,6 +83,7 @@ def test_former_names_fill_the_same_index():
 def test_top_level_names_are_the_index_module_ones():
   assert retrieval_tf.BruteForceIndex is BruteForceIndex
   assert retrieval_tf.IVFPQIndex is IVFPQIndex
+  assert retrieval_tf.IVFFlatIndex is IVFFlatIndex
   assert retrieval_tf.build_index is build_index
 
 
@@ -88,3 +100,29 @@ def test_an_eagerly_used_index_exports_without_its_cached_function(tmp_path):
   np.testing.assert_array_equal(loaded.search(vectors[:2])[1].numpy(),
                                 eager[1].numpy())
   assert not hasattr(loaded.index, "_compiled_search")
+
+
+def test_an_ivf_flat_two_tower_servable_passes_the_checker(tmp_path):
+  world = synthetic.generate(synthetic.SyntheticConfig(
+      seed=4, num_items=300, num_users=80))
+  data = world.to_rec_dataset()
+  model = TwoTowerModel(data.num_users, data.num_items,
+                        {f: len(data.feature_vocabularies[f])
+                         for f in data.user_features},
+                        embedding_dim=8, output_dim=8, hidden_units=[16])
+  items = model.item_embedding({"item_id": np.arange(data.num_items)}).numpy()
+  index = build_index(items, "ivf_flat", max_k=50, nprobe=3)
+  path = export_two_tower(model, str(tmp_path / "flat"), data, items,
+                          history_length=5, max_k=50, index=index)
+  assert check.check(path)["checks"] == ["ops", "load", "cli", "rest"]
+  request = raw_requests(data, [0, 3], 5)
+  served = tf.saved_model.load(path).signatures["serving_default"](
+      **{n: tf.constant(v) for n, v in request.items()},
+      k=tf.constant([10, 10]))
+  vectors = tf.saved_model.load(path).signatures["query_embedding"](
+      **{n: tf.constant(v) for n, v in request.items()})["query_embedding"]
+  want_scores, want = index(vectors, 10)
+  np.testing.assert_allclose(served["scores"].numpy(), want_scores.numpy(),
+                             rtol=1e-5, atol=1e-6)
+  got = [[x.decode() for x in row] for row in served["item_ids"].numpy()]
+  np.testing.assert_array_equal(got, data.items.decode(want.numpy()))
