@@ -61,6 +61,9 @@ flags.DEFINE_bool("servables", True, "Also time exported servables.")
 flags.DEFINE_bool("retrain_ml1m", True, "Train the ML-1M two-tower again "
                   "(false: reuse the embeddings an earlier run saved under "
                   "--output_root).")
+flags.DEFINE_string("note", "", "A sentence on the conditions of the run "
+                    "(e.g. the machine load), printed above the tables and "
+                    "kept with the rows it describes.")
 flags.DEFINE_list("methods", [], "Only these methods (names as in the table;"
                   " empty: all).")
 flags.DEFINE_list("scale", [], "Item counts of the scale table (clustered "
@@ -508,8 +511,10 @@ def main(unused_argv):
   argv = shlex.join(["python", "-m", "benchmarks.ann"] + sys.argv[1:])
   for row in rows + scale + servables:
     row["command"] = argv
-  rows, scale, servables, commands = _merge_earlier(rows, scale, servables,
-                                                    commands)
+    row["load_average"] = os.getloadavg()[0]
+  notes = [FLAGS.note] if FLAGS.note else []
+  rows, scale, servables, commands, notes = _merge_earlier(
+      rows, scale, servables, commands, notes)
   plot(rows, os.path.join(report.RESULTS_DIR, "ann.png"))
   table = report.markdown_table(
       ["dataset", "method", "setting", "recall@10", "recall@100", "QPS",
@@ -546,6 +551,8 @@ brute force as ground truth, by (each row's JSON names its command):
 
 {runs}
 
+{chr(10).join(notes)}
+
 The embeddings and servables come from:
 
 {listed}
@@ -557,6 +564,18 @@ Peers of one dataset are measured side by side in one process.
 Plot: `results/ann.png` (recall@100 against QPS, one panel per dataset).
 
 {table}
+
+`tf IVFPQIndex` has two scans and switches between them on the number of
+probed (query, list) pairs of a request (`list_scan_from`, 64): below it,
+ADC query by query (look-up tables, one flattened gather of the candidates'
+codes); above it, list by list, a `tf.while_loop` with one iteration per
+probed list that decodes the list and runs a dozen small ops. A request
+that crosses the threshold (one query at nprobe > 64, or a batch whose pairs
+spread over thousands of lists) pays that per-iteration cost for every
+list: a step in latency, not a slope. `tf IVFFlatIndex` has one path for
+every batch size and nprobe: the batch's (query, chunk) pairs are grouped by
+chunk into tiles of up to 64 queries, scored by one batched matmul, and each
+query's top k is taken once, so its cost grows with the chunks it scans.
 
 ### Scale (clustered N x 64)
 
@@ -577,16 +596,16 @@ process with one thread; synthetic requests are 1,000 users' real histories.
 
 {serving}
 """, {"rows": rows, "scale": scale, "servables": servables,
-      "commands": commands})
+      "commands": commands, "notes": notes})
 
 
-def _merge_earlier(rows, scale, servables, commands):
+def _merge_earlier(rows, scale, servables, commands, notes):
   """Keeps the earlier run's parts (results/ann.json) that this run did not
   measure: rows of other datasets, the scale table and the servables when
   not asked for, and the commands that made their inputs."""
   path = os.path.join(report.RESULTS_DIR, "ann.json")
   if not os.path.exists(path):
-    return rows, scale, servables, commands
+    return rows, scale, servables, commands, notes
   with open(path) as f:
     earlier = json.load(f)
   measured = {r["dataset"] for r in rows}
@@ -597,7 +616,8 @@ def _merge_earlier(rows, scale, servables, commands):
     commands = list(dict.fromkeys(earlier.get("commands", []) + commands))
   for row in kept + scale + servables:
     row.setdefault("command", "an earlier run")
-  return kept + rows, scale, servables, commands
+  notes = list(dict.fromkeys(earlier.get("notes", []) + notes))
+  return kept + rows, scale, servables, commands, notes
 
 
 if __name__ == "__main__":
