@@ -2,10 +2,13 @@
 non-trainable variables (so a 1M x 64 index never becomes a graph constant and
 never meets the 2 GB graph-proto limit).
 
-Both layers are filled the same way: the classmethod `from_embeddings(...)`
-returns a filled index, the instance method `index(embeddings)` (re)fills
-one; `IVFPQIndex.index_from_codes(...)` loads quantizers a model learned.
-`build_index` picks the kind and its defaults from the corpus size. Called
+The layers (`BruteForceIndex`, `IVFFlatIndex`, `IVFPQIndex`) are filled the
+same way: the classmethod `from_embeddings(...)` returns a filled index, the
+instance method `index(embeddings)` (re)fills one;
+`IVFPQIndex.index_from_codes(...)` loads quantizers a model learned and
+`IVFFlatIndex.index_from_assignments(...)` given lists. `build_index` picks
+the kind and its defaults from the corpus size (or from a memory budget
+with `kind="auto"`). Called
 eagerly, a layer runs its search through one cached `tf.function` (traced
 once per argument structure, with relaxed shapes), so a Python caller gets
 graph speed; inside a `tf.function` or a servable the search is inlined.
