@@ -157,7 +157,12 @@ class FanoutClient:
 
   Args:
     shards: callables `request -> answer` (`InProcessShard`, `RestShard`),
-      one per shard, in any order.
+      one per shard, in any order; a shard's `limits` (its max_k and items,
+      from its model card) let the client ask it for min(k, its max_k).
+
+  Attributes:
+    max_k: the largest k the client answers (module docstring); None when
+      a shard's limits are unknown (each shard then checks k alone).
   """
 
   def __init__(self, shards: Sequence[Callable[[Mapping], Answer]],
@@ -168,8 +173,6 @@ class FanoutClient:
     self._pool = concurrent.futures.ThreadPoolExecutor(
         max_workers or len(self.shards))
     limits = [getattr(shard, "limits", None) for shard in self.shards]
-    # The largest k the client answers exactly (module docstring); None
-    # when a shard's limits are unknown: the shards then check k alone.
     self.max_k, self._reason = None, ""
     if all(limits):
       total = sum(l["num_items"] for l in limits)
