@@ -16,7 +16,18 @@ Indexing, side by side in one run with one thread each, on `--num_items` x
   filling the index (`codes="fresh"`);
 * Faiss IVFPQ with the same J, D, K: train + add;
 * ScaNN (J leaves, AH on d/D-dim blocks): build;
-* Annoy (10 trees) and Faiss `IndexLSH` (D log2 K bits): build.
+* Annoy (10 trees) and Faiss `IndexLSH` (D log2 K bits): build;
+* Poeem, the full export: `export_poeem` of a `PoeemModel` with
+  `--num_items` items and `--dim`-d towers, the same J, D, K, in the state
+  training leaves it (quantizers initialised by the warm start's k-means,
+  every item's code remembered; untimed), timed end to end from the model
+  to a loadable servable folder: the item tower over the catalogue, the
+  `IVFPQIndex` from the stored codes, the index-health check and the
+  SavedModel with its vocabularies, into a temporary folder; then,
+  untimed, the folder is loaded in this process and answers a request.
+
+`--parts` picks what to measure (indexing, export, overhead); the others keep
+the figures and command of the earlier run, listed per part.
 
 Training overhead, in this process with one thread: `model.fit` on ML-1M
 (the DR split and batches of `python -m poeem_tf.train --loss=softmax`) of
@@ -27,9 +38,12 @@ the codes, compared by training examples/s (median of interleaved fits).
 
 from __future__ import annotations
 
+import json
 import math
 import os
+import shlex
 import sys
+import tempfile
 import time
 import types
 
@@ -41,6 +55,7 @@ from benchmarks import harness
 from benchmarks import report
 from benchmarks.vectors import clustered_vectors
 
+PARTS = ("indexing", "export", "overhead")
 flags.DEFINE_integer("num_items", 1_000_000, "Vectors indexed.")
 flags.DEFINE_integer("dim", 512, "Their dimension.")
 flags.DEFINE_integer("num_centroids", 1024, "J.")
@@ -48,12 +63,18 @@ flags.DEFINE_integer("num_subspaces", 64, "D.")
 flags.DEFINE_integer("num_codewords", 256, "K.")
 flags.DEFINE_string("data_root", os.path.join("..", "shared", "data"),
                     "Folder holding ml-1m/ (training overhead).")
+flags.DEFINE_list("parts", list(PARTS), "What to measure: indexing (the "
+                  "builds), export (the full export), overhead (training); "
+                  "the others keep the figures of the earlier run.")
 flags.DEFINE_integer("overhead_steps", 200, "Steps of each timed fit.")
 flags.DEFINE_integer("overhead_rounds", 5, "Timed fits per model, "
                      "interleaved; the median is reported.")
 FLAGS = flags.FLAGS
 
 REPO_ROOT = harness.REPO_ROOT
+STORED = "Poeem (the codes remembered in training -> IVFPQIndex)"
+EXPORT = ("Poeem, full export (export_poeem: item tower over the catalogue + "
+          "IVFPQIndex from the stored codes + SavedModel)")
 
 
 def indexing_times(items: np.ndarray):
@@ -83,7 +104,7 @@ def indexing_times(items: np.ndarray):
   coarse, pq = encode_catalogue(layer, items)   # what training remembered
   layer.stored_codes.assign(np.concatenate([coarse[:, None], pq], axis=1))
   holder = types.SimpleNamespace(index_layer=layer)
-  timed("Poeem (the codes remembered in training -> IVFPQIndex)",
+  timed(STORED,
         lambda: index_from_codes(holder, items, nprobe=16, max_k=100,
                                  codes="stored"))
   timed("Poeem (encode with the trained quantizers + fill IVFPQIndex)",
@@ -124,6 +145,51 @@ def indexing_times(items: np.ndarray):
 
   timed(f"Faiss IndexLSH add ({subspaces * bits} bits)", lsh)
   return times
+
+
+def export_seconds(num_items: int, dim: int):
+  """Seconds of `export_poeem` from a model in its trained state to a
+  servable folder, and the seconds that folder then takes to load and
+  answer one request."""
+  from retrieval_tf.compat import tf  # pylint: disable=g-import-not-at-top
+  from retrieval_tf.datasets.types import Interactions, RecDataset, Vocabulary  # pylint: disable=g-import-not-at-top
+  from poeem_tf.callbacks import initialise_from_embeddings  # pylint: disable=g-import-not-at-top
+  from poeem_tf.layers import encode_catalogue  # pylint: disable=g-import-not-at-top
+  from poeem_tf.model import PoeemModel  # pylint: disable=g-import-not-at-top
+  from poeem_tf.servable import export_poeem  # pylint: disable=g-import-not-at-top
+  lists = FLAGS.num_centroids
+  print("preparing the Poeem model for the full export", flush=True)
+  model = PoeemModel(num_items, embedding_dim=64, hidden_units=[128],
+                     output_dim=dim, num_centroids=lists,
+                     num_subspaces=FLAGS.num_subspaces,
+                     num_codewords=FLAGS.num_codewords, warm_start_steps=0)
+  items = model.catalogue_embeddings()
+  layer = model.index_layer
+  initialise_from_embeddings(
+      layer, items[np.random.default_rng(0).choice(
+          num_items, min(num_items, 100 * lists), replace=False)],
+      iterations=5)
+  coarse, pq = encode_catalogue(layer, items)   # what training remembered
+  layer.stored_codes.assign(np.concatenate([coarse[:, None], pq], axis=1))
+  del items, coarse, pq
+  dataset = RecDataset("synthetic", Interactions(user=[0], item=[0]),
+                       Vocabulary(["0"], "user"),
+                       Vocabulary(range(num_items), "item"))
+  with tempfile.TemporaryDirectory() as export_dir:
+    print("exporting", flush=True)
+    start = time.perf_counter()
+    path = export_poeem(model, export_dir, dataset, history_length=50,
+                        nprobe=16, max_k=100)
+    seconds = time.perf_counter() - start
+    print(f"  {seconds:.1f} s -> {path}", flush=True)
+    start = time.perf_counter()
+    serve = tf.saved_model.load(path).signatures["serving_default"]
+    answer = serve(history=tf.constant([["1", "2", "3"]]),
+                   k=tf.constant([100]))["item_ids"].numpy()
+    load = time.perf_counter() - start
+  if answer.shape != (1, 100):
+    raise RuntimeError(f"the exported servable answered {answer.shape}")
+  return seconds, load
 
 
 def training_overhead():
@@ -173,20 +239,58 @@ def training_overhead():
 def main(unused_argv):
   os.chdir(REPO_ROOT)
   harness.pin_threads()
-  items, _ = clustered_vectors(FLAGS.num_items, 1, dim=FLAGS.dim)
-  times = indexing_times(items)
-  overhead = training_overhead()
-  poeem = next(v for k, v in times.items() if k.startswith("Poeem"))
-  rows = [[name, f"{seconds:.2f}", f"{seconds / poeem:,.0f}x"]
-          for name, seconds in times.items()]
+  unknown = set(FLAGS.parts) - set(PARTS)
+  if unknown:
+    raise app.UsageError(f"--parts: unknown {sorted(unknown)}; use some of "
+                         f"{PARTS}")
+  command = shlex.join(["python", "-m", "benchmarks.poeem_indexing"] +
+                       sys.argv[1:])
+  # Parts not run now keep the figures (and command) of the earlier run.
+  path = os.path.join(report.RESULTS_DIR, "poeem_indexing.json")
+  earlier = {}
+  if set(FLAGS.parts) != set(PARTS):
+    with open(path) as f:
+      earlier = json.load(f)
+  commands = dict(earlier.get("commands", {}))
+  times = {k: v for k, v in earlier.get("indexing_seconds", {}).items()
+           if k != EXPORT}
+  if "indexing" in FLAGS.parts:
+    items, _ = clustered_vectors(FLAGS.num_items, 1, dim=FLAGS.dim)
+    times = indexing_times(items)
+    del items
+    commands["indexing"] = command
+  if "export" in FLAGS.parts:
+    export, load = export_seconds(FLAGS.num_items, FLAGS.dim)
+    commands["export"] = command
+  else:
+    export = earlier["indexing_seconds"][EXPORT]
+    load = earlier["export_load_seconds"]
+  times[EXPORT] = export
+  if "overhead" in FLAGS.parts:
+    overhead = training_overhead()
+    commands["overhead"] = command
+  else:
+    overhead = earlier["training_examples_per_second"]
+  earlier_command = "python -m benchmarks.poeem_indexing (an earlier run)"
+  listed = "\n".join(
+      f"    {commands.get(part, earlier_command)}   # {part}"
+      for part in PARTS)
+  poeem = times[STORED]
+  order = sorted(times, key=lambda name: (not name.startswith("Poeem"),
+                                          name != STORED, name == EXPORT))
+  rows = [[name, f"{times[name]:.2f}", f"{times[name] / poeem:,.0f}x"]
+          for name in order]
   off = overhead["towers only (TwoTowerModel, no index layer)"]
   overhead_rows = [[name, f"{rate:,.0f}", f"{100 * (off - rate) / off:.1f} %"]
                    for name, rate in overhead.items()]
   report.write_section("poeem_indexing", f"""
 ## Poeem, Sec. 3.4: indexing time and training overhead
 
-Measured on {report.machine()} by `python -m benchmarks.poeem_indexing
-{' '.join(sys.argv[1:])}`, one thread each, {FLAGS.num_items:,} x
+Measured on {report.machine()} by (each part's command)
+
+{listed}
+
+one thread each, {FLAGS.num_items:,} x
 {FLAGS.dim} clustered synthetic vectors, J={FLAGS.num_centroids},
 D={FLAGS.num_subspaces}, K={FLAGS.num_codewords}:
 
@@ -194,6 +298,13 @@ D={FLAGS.num_subspaces}, K={FLAGS.num_codewords}:
 
 "Poeem (the codes remembered in training)" is the paper's claim that the
 index is just the codes: the encoding was paid during training (below).
+The full export is the wall time of `export_poeem` from a {FLAGS.num_items:,}-item
+Poeem model (64-d item embeddings, a 128-unit hidden layer, {FLAGS.dim}-d
+output, the same J, D, K; its quantizers and remembered codes set as
+training leaves them, untimed) to a servable folder: the item tower over the
+catalogue, the index from the stored codes, the index-health check and the
+SavedModel with its vocabularies; the folder then loaded in
+{load:.1f} s and answered a request (untimed).
 How stale remembered codes are after a real run, and what that costs in
 recall, is in the `poeem` section (`coarse_codes_changed`, `fresh r@100`).
 
@@ -204,7 +315,8 @@ steps):
 
 {report.markdown_table(["model", "training examples/s", "overhead"],
                        overhead_rows)}
-""", {"indexing_seconds": times, "training_examples_per_second": overhead})
+""", {"indexing_seconds": times, "export_load_seconds": load,
+       "training_examples_per_second": overhead, "commands": commands})
 
 
 if __name__ == "__main__":
