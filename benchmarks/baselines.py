@@ -12,7 +12,10 @@ side, never on the test split:
 * validation: each user's last training event is that user's validation
   target, ranked among 99 negatives sampled (seeded) from the items the user
   never touched (training items and the test target excluded); the model is
-  trained on the training events without the validation targets;
+  trained on the training events without the validation targets (the rows
+  of `retrieval_tf.datasets.leave_one_out(..., validation=True)`, which
+  `retrieval_tf.train --early_stopping` uses; here the negatives are drawn
+  with the run's seed itself);
 * after every epoch (1 .. `--max_epochs`) the model's validation HR@10 is
   computed; the weights of the best epoch are kept (the curve and the chosen
   epoch go into `results/baselines.json`);
@@ -27,11 +30,12 @@ and training examples/s.
 from __future__ import annotations
 
 import dataclasses
+import json
 import math
 import os
 import sys
 import time
-from typing import Any, Dict, List
+from typing import Any, Dict, List, Sequence
 
 from absl import app
 from absl import flags
@@ -50,10 +54,12 @@ flags.DEFINE_list("seeds", ["0", "1", "2"], "Two-tower seeds (each its own "
 flags.DEFINE_integer("max_epochs", 8, "Two-tower: the longest training "
                      "tried; validation HR@10 after every epoch picks the "
                      "epoch whose weights are tested.")
-flags.DEFINE_list("datasets", ["ncf-ml-1m", "amazon-beauty"], "Datasets.")
+flags.DEFINE_list("datasets", ["ncf-ml-1m", "amazon-beauty"], "Datasets "
+                  "(the rows of the others are kept from the last run).")
 FLAGS = flags.FLAGS
 
 REPO_ROOT = harness.REPO_ROOT
+DATASETS = ("ncf-ml-1m", "amazon-beauty")
 FLOORS = ("most_popular", "item_cf")
 KEYS = ("hr@10", "ndcg@10", "recall@10", "recall@50")
 # The two-tower's settings: `python -m retrieval_tf.train`'s defaults.
@@ -151,20 +157,47 @@ def two_tower_seed(split, seed: int, max_epochs: int) -> Dict[str, Any]:
                   steps * BATCH_SIZE * max_epochs / train_seconds, 1))
 
 
+def _two_tower_row(dataset: str, entry: Dict[str, Any]) -> List[Any]:
+  """The table row of a two-tower entry: several seeds with the epoch chosen
+  on validation, or (an entry kept from before) one CLI run."""
+  if "runs" not in entry:
+    return [dataset, "two_tower (one seed, epochs fixed, not chosen on "
+                     "validation)"] + [
+        entry[k] for k in KEYS] + [
+            f"{entry['epochs_run']} (fixed)",
+            f"{entry['train_examples_per_second']:,.0f}",
+            f"{entry['total_seconds']:.1f}"]
+  runs = entry["runs"]
+  return [dataset, f"two_tower ({len(runs)} seeds)"] + [
+      report.mean_std(runs, k) for k in KEYS] + [
+          ", ".join(str(r["chosen_epoch"]) for r in runs),
+          f"{np.mean([r['train_examples_per_second'] for r in runs]):,.0f}",
+          entry.get("total_seconds", "-")]
+
+
+def _previous(datasets: Sequence[str]) -> Dict[str, Any]:
+  """The recorded entries of the datasets not run now (rerunning one
+  dataset keeps the others' rows)."""
+  path = os.path.join(report.RESULTS_DIR, "baselines.json")
+  if not os.path.exists(path):
+    return {}
+  with open(path) as f:
+    return {k: v for k, v in json.load(f).items()
+            if k.split("/")[0] not in datasets}
+
+
 def main(unused_argv):
   os.chdir(REPO_ROOT)  # the recorded commands run from the repository root
   from retrieval_tf.datasets import registry  # pylint: disable=g-import-not-at-top
   root = FLAGS.output_root
   seeds = [int(s) for s in FLAGS.seeds]
-  rows, raw = [], {}
+  raw = _previous(FLAGS.datasets)
   for dataset in FLAGS.datasets:
     for model in FLOORS:
       out = os.path.join(root, dataset, model)
       line = harness.run_command(_floor_command(model, dataset, out))
-      metrics = harness.read_metrics(out)
-      raw[f"{dataset}/{model}"] = dict(metrics, command=line)
-      rows.append([dataset, model] + [metrics[k] for k in KEYS] +
-                  ["-", "-", f"{metrics['total_seconds']:.1f}"])
+      raw[f"{dataset}/{model}"] = dict(harness.read_metrics(out),
+                                       command=line)
     start = time.perf_counter()
     data = registry.leave_one_out(
         registry.load_rec_dataset(dataset,
@@ -186,13 +219,21 @@ def main(unused_argv):
                      "temperature": TEMPERATURE},
         "mean": {k: float(np.mean([r[k] for r in runs])) for k in KEYS},
         "std": {k: float(np.std([r[k] for r in runs])) for k in KEYS},
+        "total_seconds": round(time.perf_counter() - start, 1),
         "runs": runs}
-    rows.append(
-        [dataset, f"two_tower ({len(seeds)} seeds)"] +
-        [report.mean_std(runs, k) for k in KEYS] +
-        [", ".join(str(r["chosen_epoch"]) for r in runs),
-         f"{np.mean([r['train_examples_per_second'] for r in runs]):,.0f}",
-         f"{time.perf_counter() - start:.1f}"])
+  write(raw)
+
+
+def write(raw: Dict[str, Any]) -> None:
+  """The `baselines` section of RESULTS.md and its JSON, from `raw`."""
+  datasets = [d for d in DATASETS if f"{d}/two_tower" in raw]
+  rows = []
+  for dataset in datasets:
+    for model in FLOORS:
+      metrics = raw[f"{dataset}/{model}"]
+      rows.append([dataset, model] + [metrics[k] for k in KEYS] +
+                  ["-", "-", f"{metrics['total_seconds']:.1f}"])
+    rows.append(_two_tower_row(dataset, raw[f"{dataset}/two_tower"]))
   for name, (hr, ndcg) in PAPER.items():
     rows.append(["ncf-ml-1m", name, hr, ndcg, "-", "-", "-", "-", "-"])
   table = report.markdown_table(
@@ -201,29 +242,35 @@ def main(unused_argv):
        "train ex/s", "total s"], rows)
   commands = "\n".join(f"    {v['command']}" for k, v in raw.items()
                        if not k.endswith("two_tower"))
+  two_tower = "\n".join(f"    {raw[f'{d}/two_tower']['command']}   # {d}"
+                        for d in datasets)
   curves = "\n".join(
       f"* {name}, seed {r['seed']}: " + ", ".join(
           f"{p['valid_hr@10']:.4f}" for p in r["validation_curve"])
       for name, v in raw.items() if name.endswith("two_tower")
-      for r in v["runs"])
+      and "runs" in v for r in v["runs"])
   report.write_section("baselines", f"""
 ## Baselines: two-tower, most popular, item-CF (leave-one-out)
 
 Measured on {report.machine()} (shared with other jobs: "train ex/s" and
-"total s" are loaded timings) by `python -m benchmarks.baselines
-{' '.join(sys.argv[1:])}`. The floors run as their own processes, from the
-repository root:
+"total s" are loaded timings). The floors run as their own processes, from
+the repository root:
 
 {commands}
 
 The two-tower (the `retrieval_tf.train` defaults: batch {BATCH_SIZE},
 history {HISTORY}, d {DIM}, Adagrad {LEARNING_RATE}, temperature
-{TEMPERATURE}) runs in the benchmark, seeds {', '.join(map(str, seeds))}: its
-epoch count is chosen per seed on a validation split from the training side
-(each user's last training event among 99 never-touched items; the model
-trains without those events), up to {FLAGS.max_epochs} epochs, and the test
-split is evaluated once per seed at the chosen epoch; figures are mean ± std
-(population) over the seeds.
+{TEMPERATURE}) rows were measured by (a `benchmarks.baselines` command
+trains inside the benchmark, one run per seed):
+
+{two_tower}
+
+In the rows with seeds, the epoch count is chosen per seed on a validation
+split from the training side (each user's last training event among 99 never-touched items; the
+model trains without those events), up to `--max_epochs`, and the test
+split is evaluated once per seed at the chosen epoch, the user's whole
+training history as input; figures are mean ± std (population) over the
+seeds.
 
 {table}
 

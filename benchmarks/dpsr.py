@@ -23,12 +23,13 @@ Tables 5/6 (latency, sharding) and Sec. 5.1.2 (compressed input).
   scores + top-1,000). Figure 6 (polysemous queries, 1 vs 2 heads) is read
   from the synthetic DPSR runs' polysemy metrics.
 * headline: the README's headline rows (synthetic: DPSR 2 heads, 1 head
-  with the lexical skip, BM25; CrowdFlower: 1 head
+  with the lexical skip, BM25, DPSR-p, DPSR-h, DSSM; CrowdFlower: 1 head
   with title positives, delta 0.5, the identity-initialised 256-d lexical
   skip, and BM25) over `HEADLINE_SEEDS`, each trained model's epoch count
   chosen on a validation share of the training queries
-  (`--early_stopping`), the test queries evaluated once per seed (section
-  `dpsr_headline`).
+  (`--early_stopping`), the test queries evaluated once per seed (sections
+  `dpsr_headline_synthetic`, `dpsr_headline_crowdflower`; one of them with
+  `--headline_dataset`).
 * heads: Figure 6 over 5 seeds on the synthetic world whose searches for
   a meaning of a polysemous word type the bare word
   (`polysemous_search_rate=1.0`): 1 head, 2 heads, and 2 heads with the
@@ -100,7 +101,8 @@ HEADLINE_SEEDS = (0, 1, 2)
 HEADLINE_EPOCHS = {"synthetic": 20, "crowdflower": 30}
 HEADLINE_PATIENCE = 3
 HEADLINE_VARIANTS = {
-    "synthetic": ("DPSR (2 heads)", "DPSR 1 head + lexical skip", "BM25"),
+    "synthetic": ("DPSR (2 heads)", "DPSR 1 head + lexical skip", "BM25",
+                  "DPSR-p", "DPSR-h", "DSSM"),
     "crowdflower": ("DPSR 1 head + title positives, delta 0.5, identity "
                     "lexical skip, 256-d", "BM25")}
 HEADLINE_KEYS = {
@@ -259,51 +261,50 @@ def table2() -> None:
   report.write_section("dpsr_table2", text, raw)
 
 
-def headline() -> None:
-  """The README's headline rows over `HEADLINE_SEEDS`, every trained model's
-  epoch count chosen on validation (`--early_stopping`: a query-disjoint
-  tenth of the training queries, Top-10 among random items after every
-  epoch, up to `HEADLINE_EPOCHS`, the best epoch's weights tested once)."""
+def headline(dataset: str) -> None:
+  """The README's headline rows on `dataset` over `HEADLINE_SEEDS`, every
+  trained model's epoch count chosen on validation (`--early_stopping`: a
+  query-disjoint tenth of the training queries, Top-10 among random items
+  after every epoch, up to `HEADLINE_EPOCHS`, the best epoch's weights tested
+  once). The section is rewritten after every model, so that an interrupted
+  run keeps the models it finished."""
   raw: Dict[str, Any] = {}
-  sections, commands = [], []
-  for dataset, labels in HEADLINE_VARIANTS.items():
-    variants = _variants(dataset)
-    rows = []
-    for label in labels:
-      flags = variants[label]
-      bm25 = "bm25" in flags[0]
-      runs = []
-      for seed in HEADLINE_SEEDS:
-        slug = (f"headline/{dataset}_" + "_".join(
-            f.split("=")[-1].lstrip("-") for f in flags) + f"_seed{seed}")
-        extra = [f"--seed={seed}"] + (
-            [] if bm25 else [f"--early_stopping={HEADLINE_PATIENCE}"])
-        metrics = _train(slug, dataset, flags + extra, export=False,
-                         epochs=HEADLINE_EPOCHS[dataset])
-        if not bm25:
-          with open(f"{RUNS}/{slug}/validation/state.json") as f:
-            metrics["validation_curve"] = json.load(f)["records"]
-        commands.append(metrics["command"])
-        runs.append(metrics)
-      raw[f"{dataset}/{label}"] = runs
-      rows.append([label] + [report.mean_std(runs, k)
-                             for k in HEADLINE_KEYS[dataset]] +
-                  [", ".join(str(r.get("best_epoch", "-")) for r in runs)])
-    sections.append(f"**{dataset}**\n\n" + report.markdown_table(
-        ["model"] + list(HEADLINE_KEYS[dataset]) + ["epochs (validation)"],
-        rows))
-  curves = "\n".join(
-      f"* {name}, seed {r['command'].split('--seed=')[1].split()[0]}: " +
-      ", ".join(f"{c['top10']:.3f}" for c in r["validation_curve"])
-      for name, runs in raw.items() for r in runs if "validation_curve" in r)
-  listed = "\n".join(f"    {c}" for c in commands)
-  report.write_section("dpsr_headline", f"""
-## DPSR: headline rows over {len(HEADLINE_SEEDS)} seeds, epochs chosen on validation
+  rows, commands = [], []
+  variants = _variants(dataset)
+  keys = HEADLINE_KEYS[dataset]
+  for label in HEADLINE_VARIANTS[dataset]:
+    flags = variants[label]
+    bm25 = "bm25" in flags[0]
+    runs = []
+    for seed in HEADLINE_SEEDS:
+      slug = (f"headline/{dataset}_" + "_".join(
+          f.split("=")[-1].lstrip("-") for f in flags) + f"_seed{seed}")
+      extra = [f"--seed={seed}"] + (
+          [] if bm25 else [f"--early_stopping={HEADLINE_PATIENCE}"])
+      metrics = _train(slug, dataset, flags + extra, export=False,
+                       epochs=HEADLINE_EPOCHS[dataset])
+      if not bm25:
+        with open(f"{RUNS}/{slug}/validation/state.json") as f:
+          metrics["validation_curve"] = json.load(f)["records"]
+      metrics["seed"] = seed
+      commands.append(metrics["command"])
+      runs.append(metrics)
+    raw[label] = runs
+    rows.append([label] + [report.mean_std(runs, k) for k in keys] +
+                [", ".join(str(r.get("best_epoch", "-")) for r in runs)])
+    curves = "\n".join(
+        f"* {name}, seed {r['seed']}: " +
+        ", ".join(f"{c['top10']:.3f}" for c in r["validation_curve"])
+        for name, found in raw.items() for r in found
+        if "validation_curve" in r)
+    listed = "\n".join(f"    {c}" for c in commands)
+    report.write_section(f"dpsr_headline_{dataset}", f"""
+## DPSR on {dataset}: headline rows over {len(HEADLINE_SEEDS)} seeds, epochs chosen on validation
 
-`python -m benchmarks.dpsr --only=headline` on {report.machine()} (shared
-with other jobs). Seeds {', '.join(map(str, HEADLINE_SEEDS))}; each
-trained model runs up to {HEADLINE_EPOCHS['synthetic']} (synthetic) /
-{HEADLINE_EPOCHS['crowdflower']} (CrowdFlower) epochs with
+`python -m benchmarks.dpsr --only=headline --headline_dataset={dataset}` on
+{report.machine()} (shared with other jobs). Seeds
+{', '.join(map(str, HEADLINE_SEEDS))}; each trained model runs up to
+{HEADLINE_EPOCHS[dataset]} epochs with
 `--early_stopping={HEADLINE_PATIENCE}`: a query-disjoint tenth of the
 training queries is held out of training, its Top-10 among random items
 after every epoch picks the epoch whose weights are tested (training stops
@@ -311,7 +312,8 @@ after {HEADLINE_PATIENCE} epochs without a gain); the test queries are
 evaluated once per seed. Mean ± std (population) over the seeds; metrics
 as in the Table 2 analogue.
 
-{chr(10).join(sections)}
+{report.markdown_table(["model"] + list(keys) + ["epochs (validation)"],
+                       rows)}
 
 Validation Top-10 after each epoch (epoch 1 first):
 
@@ -810,8 +812,16 @@ def main():
                                          "latency", "ivfpq_sweep",
                                          "compressed"))
   parser.add_argument("--latency_items", type=int, default=1_000_000)
+  parser.add_argument("--headline_dataset", choices=tuple(HEADLINE_VARIANTS),
+                      help="--only=headline on this dataset alone")
   args = parser.parse_args()
-  parts = {"table2": table2, "headline": headline, "heads": heads,
+
+  def headlines():
+    for dataset in HEADLINE_VARIANTS:
+      if args.headline_dataset in (None, dataset):
+        headline(dataset)
+
+  parts = {"table2": table2, "headline": headlines, "heads": heads,
            "figure7": figure7, "compressed": compressed,
            "latency": lambda: latency(args.latency_items),
            "ivfpq_sweep": lambda: ivfpq_sweep(args.latency_items)}
