@@ -165,7 +165,8 @@ def run_experiment(ctx: runner.RunContext) -> Dict[str, Any]:
   retriever = PDNRetriever(model, index, f["history_length"],
                            f["num_triggers"], f["pool_size"])
   scores: Dict[str, np.ndarray] = {}
-  metrics.update(evaluate(model, data, history_length=f["history_length"],
+  test = data.for_test()  # validation events back in the histories
+  metrics.update(evaluate(model, test, history_length=f["history_length"],
                           retriever=retriever,
                           batch_size=f["eval_batch_size"], full_ks=FULL_KS,
                           outputs=scores))
@@ -175,7 +176,7 @@ def run_experiment(ctx: runner.RunContext) -> Dict[str, Any]:
              negatives=data.negatives, **scores)
   if f["export_dir"]:
     path = ctx.export(lambda: servable.export_pdn(
-        retriever, f["export_dir"], dataset,
+        retriever, f["export_dir"], test.dataset,
         model_card={"config": f, "dataset": f["dataset"],
                     "metrics": dict(metrics)}), metrics)
     if path:

@@ -27,7 +27,9 @@ weights: `leave_one_out` holds each user's latest training event out, with
 its own sampled negatives (`validation.npz` in `--output_dir`), and follows
 the validation `hr@10`; `held_out_users` holds `--num_valid_users` more
 training users out (halved like the test users) and follows their
-`recall@50`. The test rows are the same with or without it.
+`recall@50`. The test rows are the same with or without it, and a test
+user's input history holds every training event, the held-out validation
+event included (`LeaveOneOut.for_test`).
 """
 
 from __future__ import annotations
@@ -124,11 +126,12 @@ def run_experiment(ctx: runner.RunContext) -> Dict[str, Any]:
                                           validation=validate,
                                           monitor="hr@10")
     metrics.update(fit_metrics)
+    test = data.for_test()  # validation events back in the histories
     report, user_vectors, item_vectors = evaluation.two_tower_leave_one_out(
-        model, data, f["history_length"], SAMPLED_KS, FULL_KS,
+        model, test, f["history_length"], SAMPLED_KS, FULL_KS,
         batch_size=f["eval_batch_size"])
     metrics.update(report)
-    _save_and_export(ctx, model, data.dataset, user_vectors, item_vectors,
+    _save_and_export(ctx, model, test.dataset, user_vectors, item_vectors,
                      metrics)
     return metrics
   model = _fit_floor(f["model"], train, data.dataset.num_items)

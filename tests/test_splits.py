@@ -265,3 +265,9 @@ def test_registry_validation_keeps_the_test_rows():
   assert validation.negatives is held.valid_negatives
   with pytest.raises(ValueError, match="validation=True"):
     plain.validation()
+  # The test is scored on the full histories: validation events included.
+  test = held.for_test()
+  assert plain.for_test() is plain
+  assert (sorted(_rows(test.dataset.interactions)) ==
+          sorted(_rows(plain.dataset.interactions)))
+  assert test.test is held.test and test.negatives is held.negatives

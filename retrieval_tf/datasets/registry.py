@@ -81,6 +81,9 @@ class LeaveOneOut:
       `dataset.interactions` (None without validation).
     valid_negatives: int32 `[len(valid), num_negatives]`, sampled like
       `negatives` from items the user never touched.
+    test_history: with validation, every training event, the validation
+      events included: the users' histories when the test is scored (see
+      `for_test`).
   """
 
   dataset: RecDataset
@@ -88,6 +91,18 @@ class LeaveOneOut:
   negatives: np.ndarray
   valid: Optional[Interactions] = None
   valid_negatives: Optional[np.ndarray] = None
+  test_history: Optional[Interactions] = None
+
+  def for_test(self) -> "LeaveOneOut":
+    """The split the test is scored on. Without validation, this split.
+    With it, the same test rows with the validation events back in the
+    users' histories: the model never trained on them, but each test user's
+    input is every event before its target, as without validation."""
+    if self.test_history is None:
+      return self
+    return LeaveOneOut(
+        dataclasses.replace(self.dataset, interactions=self.test_history),
+        self.test, self.negatives)
 
   def validation(self) -> "LeaveOneOut":
     """The validation rows as a `LeaveOneOut` to evaluate like the test:
@@ -113,7 +128,7 @@ def leave_one_out(dataset: RecDataset, num_negatives: int = 99,
   training events as the validation target, with `num_negatives` negatives
   sampled (seeded by `seed`) from items the user never touched
   (`splits.leave_one_out_validation`); the test rows and negatives are the
-  same as without it.
+  same as without it, and `for_test()` scores them on the full histories.
   """
   if dataset.test is not None and dataset.test_negatives is not None:
     out = LeaveOneOut(dataset, dataset.test,
@@ -132,7 +147,8 @@ def leave_one_out(dataset: RecDataset, num_negatives: int = 99,
       out.dataset.interactions, out.test, dataset.num_items, num_negatives,
       seed)
   return LeaveOneOut(dataclasses.replace(out.dataset, interactions=train),
-                     out.test, out.negatives, valid, valid_negatives)
+                     out.test, out.negatives, valid, valid_negatives,
+                     test_history=out.dataset.interactions)
 
 
 def held_out_split(dataset: RecDataset, num_test_users: int, seed: int,
