@@ -213,13 +213,14 @@ def define_index_flags(what: str = "the item embeddings") -> None:
   default), for every CLI that exports one. Check with
   `check_index_flags`, pass on with `index_options`."""
   flags.DEFINE_enum("index", "brute_force", INDEX_KINDS,
-                    f"The servable's item index: exact, or IVF-PQ trained "
-                    f"on {what}.")
-  flags.DEFINE_integer("num_lists", 0, "IVF-PQ lists J (0: from the number "
-                       "of items).")
+                    f"The servable's item index: exact, IVF-Flat or IVF-PQ "
+                    f"trained on {what}.")
+  flags.DEFINE_integer("num_lists", 0, "Inverted lists J (0: sqrt(N) for "
+                       "ivf_flat, from the number of items for ivfpq).")
   flags.DEFINE_integer("num_subspaces", 0, "IVF-PQ sub-spaces D (0: the "
                        "divisor of the dimension nearest dim / 4).")
-  flags.DEFINE_integer("nprobe", 0, "IVF-PQ lists searched (0: J / 16).")
+  flags.DEFINE_integer("nprobe", 0, "Inverted lists searched (0: 8 for "
+                       "ivf_flat, J / 16 for ivfpq).")
   flags.DEFINE_integer("rerank", 100, "IVF-PQ candidates re-scored exactly "
                        "(0: none).")
 
