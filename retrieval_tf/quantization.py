@@ -15,11 +15,11 @@ matmul, the argmax and the per-cluster sums of a chunk in one call), so no
 `[n, k]` matrix is ever held.
 
 Speed: each k-means trains on at most `max_points_per_centroid x k` random
-points (64 by default; Faiss samples 256, which here costs twice Faiss'
-build time for about one point of recall@100, see the `index_build`
-section of benchmarks/RESULTS.md), a large k is seeded by k distinct random
-points as Faiss does (k-means++ only for k <= 256, where its serial loop is
-cheap), and Lloyd's iterations stop early once the objective (the sum of
+points (64 by default; Faiss samples 256, which here costs about 1.5x
+the CPU time of the 64-point build for one to two points of recall@100 at
+J=1024, see the `index_build` section of benchmarks/RESULTS.md), a large k
+is seeded by k distinct random points as Faiss does (k-means++ only for
+k <= 256, where its serial loop is cheap), and Lloyd's iterations stop early once the objective (the sum of
 squared distances to the nearest centroid) improves by less than
 `tolerance` (relative, 1e-3 by default: about the 10 iterations Faiss runs)
 in one iteration.
