@@ -20,7 +20,7 @@ LEAVE_ONE_OUT_KEYS = {"hr@10", "ndcg@10", "mrr", "recall@10", "recall@50",
 def test_every_public_name_exists():
   assert set(retrieval_tf.__all__) == {
       "TwoTowerModel", "training_dataset", "evaluate", "export_two_tower",
-      "BruteForceIndex", "IVFPQIndex", "build_index"}
+      "BruteForceIndex", "IVFPQIndex", "IVFFlatIndex", "build_index"}
   for name in retrieval_tf.__all__:
     assert callable(getattr(retrieval_tf, name)), name
     assert getattr(retrieval_tf, name).__doc__, name
