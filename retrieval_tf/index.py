@@ -97,12 +97,7 @@ class BruteForceIndex(keras.layers.Layer):
     """Loads the item vectors `[num_items, dim]` (row i = item index i);
     returns the index. Raises ValueError on another shape or non-finite
     values."""
-    embeddings = np.asarray(embeddings, np.float32)
-    if embeddings.shape != (self.num_items, self.dim):
-      raise ValueError(f"embeddings have shape {embeddings.shape}, the index "
-                       f"expects {(self.num_items, self.dim)}")
-    if not np.isfinite(embeddings).all():
-      raise ValueError("embeddings contain NaN or infinite values")
+    embeddings = _layer_embeddings(self, embeddings)
     if self.metric == "cosine":
       norms = np.linalg.norm(embeddings, axis=1, keepdims=True)
       embeddings = embeddings / np.maximum(norms, 1e-12)
@@ -309,10 +304,7 @@ class IVFPQIndex(keras.layers.Layer):
             seed: int = 0) -> "IVFPQIndex":
     """Trains the quantizers on `embeddings [num_items, dim]` (`iterations`
     of k-means, seeded) and loads the items' codes; returns the index."""
-    embeddings = np.asarray(embeddings, np.float32)
-    if embeddings.shape != (self.num_items, self.dim):
-      raise ValueError(f"embeddings have shape {embeddings.shape}, the index "
-                       f"expects {(self.num_items, self.dim)}")
+    embeddings = _layer_embeddings(self, embeddings)
     codebook = quantization.train_ivfpq(
         embeddings, self.num_lists, self.num_subspaces, self.num_codewords,
         iterations, seed=seed, normalize=self.metric == "cosine")
@@ -681,12 +673,7 @@ class IVFFlatIndex(keras.layers.Layer):
     then ranked for a query by direction alone, which is what inner-product
     search needs (un-normalised centroids favour long ones).
     """
-    embeddings = np.asarray(embeddings, np.float32)
-    if embeddings.shape != (self.num_items, self.dim):
-      raise ValueError(f"embeddings have shape {embeddings.shape}, the index "
-                       f"expects {(self.num_items, self.dim)}")
-    if not np.isfinite(embeddings).all():
-      raise ValueError("embeddings contain NaN or infinite values")
+    embeddings = _layer_embeddings(self, embeddings)
     if self.metric == "cosine":
       embeddings = _unit_rows(embeddings)
     sample = embeddings
@@ -703,12 +690,9 @@ class IVFFlatIndex(keras.layers.Layer):
                              assignments) -> "IVFFlatIndex":
     """Loads `embeddings [N, d]` into the lists `assignments [N]` of the
     coarse `centroids [J, d]`; returns the index."""
-    embeddings = np.asarray(embeddings, np.float32)
+    embeddings = _layer_embeddings(self, embeddings)
     centroids = np.asarray(centroids, np.float32)
     assignments = np.asarray(assignments)
-    if embeddings.shape != (self.num_items, self.dim):
-      raise ValueError(f"embeddings have shape {embeddings.shape}, the index "
-                       f"expects {(self.num_items, self.dim)}")
     if centroids.shape != (self.num_lists, self.dim):
       raise ValueError(f"centroids have shape {centroids.shape}, the index "
                        f"expects {(self.num_lists, self.dim)}")
@@ -853,6 +837,18 @@ def _unit_rows(matrix: np.ndarray) -> np.ndarray:
   """Rows scaled to unit L2 norm (zero rows stay zero)."""
   return matrix / np.maximum(np.linalg.norm(matrix, axis=1, keepdims=True),
                              1e-12)
+
+
+def _layer_embeddings(layer, embeddings) -> np.ndarray:
+  """`embeddings` as float32, checked to be `layer`'s `[num_items, dim]` and
+  finite (else ValueError)."""
+  embeddings = np.asarray(embeddings, np.float32)
+  if embeddings.shape != (layer.num_items, layer.dim):
+    raise ValueError(f"embeddings have shape {embeddings.shape}, the index "
+                     f"expects {(layer.num_items, layer.dim)}")
+  if not np.isfinite(embeddings).all():
+    raise ValueError("embeddings contain NaN or infinite values")
+  return embeddings
 
 
 def _item_matrix(embeddings) -> np.ndarray:
