@@ -130,11 +130,9 @@ def test_write_json_atomic_leaves_no_partial_file(tmp_path):
   assert [p.name for p in tmp_path.iterdir()] == ["m.json"]
 
 
-def _fit_linear(output_dir, epochs, targets=None, keep_checkpoints=0,
-                early_stopping=None, callbacks=None):
-  """`runner.fit` of a linear model on 32 rows of ones (targets: ones)."""
-  x = np.ones((32, 2), np.float32)
-  y = x[:, :1] if targets is None else targets
+def _linear_model(x, y):
+  """`(build, dataset_fn)` of a compiled linear model fitting `y` from `x`
+  in batches of 8."""
 
   def build():
     model = keras.Sequential([keras.layers.Dense(1)])
@@ -145,6 +143,15 @@ def _fit_linear(output_dir, epochs, targets=None, keep_checkpoints=0,
     del context
     return tf.data.Dataset.from_tensor_slices((x, y)).batch(8).repeat()
 
+  return build, dataset_fn
+
+
+def _fit_linear(output_dir, epochs, targets=None, keep_checkpoints=0,
+                early_stopping=None, callbacks=None):
+  """`runner.fit` of a linear model on 32 rows of ones (targets: ones)."""
+  x = np.ones((32, 2), np.float32)
+  build, dataset_fn = _linear_model(x, x[:, :1] if targets is None
+                                    else targets)
   return runner.fit(build, dataset_fn, strategy=tf.distribute.get_strategy(),
                     output_dir=str(output_dir), epochs=epochs,
                     steps_per_epoch=4, batch_size=8, verbose=0,
@@ -233,17 +240,7 @@ def _linear_experiment(x, kill=False, export=None):
 
   def experiment(ctx):
     ctx.check_data(train=x, num_items=x.shape[1])
-
-    def build():
-      model = keras.Sequential([keras.layers.Dense(1)])
-      model.compile("sgd", "mse")
-      return model
-
-    def dataset_fn(context):
-      del context
-      return tf.data.Dataset.from_tensor_slices(
-          (x, x[:, :1])).batch(8).repeat()
-
+    build, dataset_fn = _linear_model(x, x[:, :1])
     result = ctx.fit(build, dataset_fn, num_examples=len(x))
     if kill:
       raise _Killed()
