@@ -1,5 +1,5 @@
-"""Shared fixtures: where the real datasets are, a clean TF state, and how
-the CLI tests run a command as a user does."""
+"""Shared fixtures: where the real datasets are, a clean TF state, how
+the CLI tests run a command as a user does, and a Keras file round trip."""
 
 import json
 import os
@@ -53,3 +53,14 @@ def run_module(module: str, *args: str, timeout: float = 900
 def read_metrics(output_dir) -> dict:
   """`output_dir/metrics.json` of a finished run."""
   return json.loads((pathlib.Path(output_dir) / "metrics.json").read_text())
+
+
+def keras_file_round_trip(model, path, model_class):
+  """`model.save(path)` + `keras.models.load_model(path)`: the loaded model,
+  checked to be a `model_class` with `model`'s config."""
+  from retrieval_tf.compat import keras
+  model.save(str(path))
+  loaded = keras.models.load_model(str(path))
+  assert isinstance(loaded, model_class)
+  assert loaded.get_config() == model.get_config()
+  return loaded

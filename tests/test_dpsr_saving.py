@@ -8,6 +8,8 @@ answers."""
 import numpy as np
 import pytest
 
+from conftest import keras_file_round_trip
+
 from retrieval_tf.compat import keras, tf
 from retrieval_tf.datasets import synthetic
 from retrieval_tf.text import Tokenizer, build_vocabulary, padded_ids
@@ -99,11 +101,8 @@ def trained(request, task, tmp_path_factory):
 
 def test_keras_file_round_trip(trained, task):
   model, root = trained["model"], trained["root"]
-  model.save(str(root / "m.keras"))
-  loaded = keras.models.load_model(str(root / "m.keras"))
-  assert isinstance(loaded, dpsr_tf.DPSRModel)
-  assert loaded.get_config() == model.get_config()
-  _assert_same(model, loaded, task)
+  _assert_same(model, keras_file_round_trip(model, root / "m.keras",
+                                            dpsr_tf.DPSRModel), task)
 
 
 def test_model_checkpoint_holds_the_whole_model(trained, task):

@@ -7,6 +7,8 @@ and log Q come back with the towers: `retrieve` answers identically."""
 import numpy as np
 import pytest
 
+from conftest import keras_file_round_trip
+
 from retrieval_tf import datasets
 from retrieval_tf.compat import keras, tf
 
@@ -78,11 +80,8 @@ def trained(data, tmp_path_factory):
 
 def test_keras_file_round_trip(trained, data):
   model, root = trained["model"], trained["root"]
-  model.save(str(root / "m.keras"))
-  loaded = keras.models.load_model(str(root / "m.keras"))
-  assert isinstance(loaded, dr_tf.DeepRetrievalModel)
-  assert loaded.get_config() == model.get_config()
-  _assert_same(model, loaded, data)
+  _assert_same(model, keras_file_round_trip(model, root / "m.keras",
+                                            dr_tf.DeepRetrievalModel), data)
 
 
 def test_model_checkpoint_holds_the_whole_model(trained, data):

@@ -9,6 +9,8 @@ equals the original's and answers identically."""
 import numpy as np
 import pytest
 
+from conftest import keras_file_round_trip
+
 from retrieval_tf import datasets
 from retrieval_tf.compat import keras, tf
 
@@ -91,11 +93,8 @@ def trained(data, tmp_path_factory):
 
 def test_keras_file_round_trip(trained, data):
   model, root = trained["model"], trained["root"]
-  model.save(str(root / "m.keras"))
-  loaded = keras.models.load_model(str(root / "m.keras"))
-  assert isinstance(loaded, poeem_tf.PoeemModel)
-  assert loaded.get_config() == model.get_config()
-  _assert_same(model, loaded, data)
+  _assert_same(model, keras_file_round_trip(model, root / "m.keras",
+                                            poeem_tf.PoeemModel), data)
 
 
 def test_model_checkpoint_holds_the_whole_model(trained, data):
