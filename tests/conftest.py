@@ -64,3 +64,18 @@ def keras_file_round_trip(model, path, model_class):
   assert isinstance(loaded, model_class)
   assert loaded.get_config() == model.get_config()
   return loaded
+
+
+def saved_model_matches(trained):
+  """`tf.saved_model.load(trained["root"] / "dir")` (the SavedModel written
+  right after fit), checked to give `trained["model"]`'s outputs on the
+  first training batch; returns the loaded object."""
+  import numpy as np
+  from retrieval_tf.compat import tf
+  model = trained["model"]
+  loaded = tf.saved_model.load(str(trained["root"] / "dir"))
+  batch = next(iter(trained["train"]))
+  np.testing.assert_allclose(loaded(batch, training=False).numpy(),
+                             model(batch, training=False).numpy(),
+                             atol=1e-6)
+  return loaded

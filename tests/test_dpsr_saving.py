@@ -8,7 +8,7 @@ answers."""
 import numpy as np
 import pytest
 
-from conftest import keras_file_round_trip
+from conftest import keras_file_round_trip, saved_model_matches
 
 from retrieval_tf.compat import keras, tf
 from retrieval_tf.datasets import synthetic
@@ -115,12 +115,7 @@ def test_model_checkpoint_holds_the_whole_model(trained, task):
 
 
 def test_saved_model_right_after_fit(trained):
-  model = trained["model"]
-  loaded = tf.saved_model.load(str(trained["root"] / "dir"))
-  batch = next(iter(trained["train"]))
-  np.testing.assert_allclose(loaded(batch, training=False).numpy(),
-                             model(batch, training=False).numpy(),
-                             atol=1e-6)
+  saved_model_matches(trained)
 
 
 def test_load_weights_restores_every_tower(trained, task):

@@ -7,7 +7,7 @@ and log Q come back with the towers: `retrieve` answers identically."""
 import numpy as np
 import pytest
 
-from conftest import keras_file_round_trip
+from conftest import keras_file_round_trip, saved_model_matches
 
 from retrieval_tf import datasets
 from retrieval_tf.compat import keras, tf
@@ -94,11 +94,7 @@ def test_model_checkpoint_holds_the_whole_model(trained, data):
 
 def test_saved_model_right_after_fit(trained):
   model = trained["model"]
-  loaded = tf.saved_model.load(str(trained["root"] / "dir"))
-  batch = next(iter(trained["train"]))
-  np.testing.assert_allclose(loaded(batch, training=False).numpy(),
-                             model(batch, training=False).numpy(),
-                             atol=1e-6)
+  loaded = saved_model_matches(trained)
   np.testing.assert_array_equal(
       loaded.assignment.item_paths.numpy(),
       model.assignment.item_paths.numpy())

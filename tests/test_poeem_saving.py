@@ -9,7 +9,7 @@ equals the original's and answers identically."""
 import numpy as np
 import pytest
 
-from conftest import keras_file_round_trip
+from conftest import keras_file_round_trip, saved_model_matches
 
 from retrieval_tf import datasets
 from retrieval_tf.compat import keras, tf
@@ -107,11 +107,7 @@ def test_model_checkpoint_holds_the_whole_model(trained, data):
 
 def test_saved_model_right_after_fit(trained):
   model = trained["model"]
-  loaded = tf.saved_model.load(str(trained["root"] / "dir"))
-  batch = next(iter(trained["train"]))
-  np.testing.assert_allclose(loaded(batch, training=False).numpy(),
-                             model(batch, training=False).numpy(),
-                             atol=1e-6)
+  loaded = saved_model_matches(trained)
   np.testing.assert_array_equal(
       loaded.index_layer.stored_codes.numpy(),
       model.index_layer.stored_codes.numpy())
