@@ -582,15 +582,16 @@ class IVFFlatIndex(keras.layers.Layer):
   Lists are stored as fixed-size chunks: `vectors [C, L, d]` with
   `chunk_items [C, L]` (item index, -1 on padding) and `list_chunks [J + 1]`
   (list j = chunks `list_chunks[j]` to `list_chunks[j + 1]`), so a probed
-  list is a range of whole chunks. The search is one path for every batch
-  size and nprobe, with no loop and no switch: the (query, chunk) pairs of
-  the batch are grouped by chunk and cut into tiles of at most G queries,
-  G = the batch's mean queries per probed chunk (1 for a single query, up to
-  `MAX_TILE_QUERIES`), so each chunk is read once per tile and scored
-  against its tile's queries in one batched matmul `[T, G, d] x [T, d, L]`.
-  A single query is thus a gather of its chunks and a batched mat-vec; a
-  large batch, where many queries share a list, does the work of a
-  list-by-list scan in one op. Cost grows linearly with the items scanned.
+  list is a range of whole chunks. The search has no loop and no switch on
+  nprobe: the (query, chunk) pairs of the batch are grouped by chunk and cut
+  into tiles of at most G queries, G = the batch's mean queries per probed
+  chunk (up to `MAX_TILE_QUERIES`), so each chunk is read once per tile and
+  scored against its tile's queries in one batched matmul
+  `[T, G, d] x [T, d, L]`; a large batch, where many queries share a list,
+  does the work of a list-by-list scan in one op. A single query (G = 1)
+  skips the grouping: one gather of its chunks and one mat-vec, the same
+  scores on a shorter latency path. Cost grows linearly with the items
+  scanned.
   The scores are put back in (query, chunk) order, padding and excluded
   items get -inf, and one `top_k` per query picks the best k.
 
@@ -748,44 +749,24 @@ class IVFFlatIndex(keras.layers.Layer):
     batch = tf.shape(queries)[0]
     _, probes = tf.math.top_k(
         tf.matmul(queries, self.centroids, transpose_b=True), k=nprobe)
-    # The (query, chunk) pairs, query by query: pair i belongs to probe
-    # `probe_of[i]` (of the flattened [B * nprobe]) and to its query `rows`.
+    # The (query, chunk) pairs, query by query: the chunks of each probed
+    # list in turn, and `rows` the query of each pair.
     starts = tf.reshape(tf.gather(self.list_chunks, probes), [-1])
-    lengths = tf.reshape(tf.gather(self.list_chunks, probes + 1), [-1]) - starts
-    probe_end = tf.cumsum(lengths)
-    pairs = tf.reduce_sum(lengths)
-    pair = tf.range(pairs)
-    probe_of = tf.searchsorted(probe_end, pair, side="right")
-    chunks = tf.gather(starts + lengths - probe_end, probe_of) + pair
-    rows = probe_of // nprobe
-    per_query = tf.reduce_sum(tf.reshape(lengths, [batch, nprobe]), axis=1)
-    # Tiles: the pairs grouped by chunk, at most G queries per tile; pair
-    # `order[s]` sits in row `slot[s]` of the tiles' [T * G, L] scores.
-    order = tf.argsort(chunks, stable=True)
-    unique, group, counts = tf.unique_with_counts(tf.gather(chunks, order))
-    tile_queries = tf.clip_by_value(
-        -(-pairs // tf.maximum(tf.size(unique), 1)), 1, MAX_TILE_QUERIES)
-    tiles_per_group = -(-counts // tile_queries)
-    rank = tf.range(pairs) - tf.gather(tf.cumsum(counts, exclusive=True),
-                                       group)
-    slot = ((tf.gather(tf.cumsum(tiles_per_group, exclusive=True), group) +
-             rank // tile_queries) * tile_queries + rank % tile_queries)
-    num_tiles = tf.reduce_sum(tiles_per_group)
-    sorted_rows = tf.gather(rows, order)
-    slot_rows = tf.scatter_nd(slot[:, tf.newaxis], sorted_rows + 1,
-                              [num_tiles * tile_queries]) - 1
-    tile_chunks = tf.gather(unique, tf.searchsorted(
-        tf.cumsum(tiles_per_group), tf.range(num_tiles), side="right"))
-    tile_vectors = tf.gather(self.vectors, tile_chunks)
-    tile_query_vectors = tf.reshape(
-        tf.gather(queries, tf.maximum(slot_rows, 0)),
-        [num_tiles, tile_queries, self.dim])
-    # Back to (query, chunk) order: pair p's scores are in slot
-    # `slot[unsort[p]]` of the tiles.
-    unsort = tf.math.invert_permutation(order)
-    scores = tf.gather(tf.reshape(
-        tf.matmul(tile_query_vectors, tile_vectors, transpose_b=True),
-        [-1, self.chunk_size]), tf.gather(slot, unsort))
+    ends = tf.reshape(tf.gather(self.list_chunks, probes + 1), [-1])
+    pair_chunks = tf.ragged.range(starts, ends)
+    chunks = pair_chunks.flat_values
+    rows = tf.cast(pair_chunks.value_rowids(), tf.int32) // nprobe
+    pairs = tf.size(chunks)
+    per_query = tf.reduce_sum(tf.reshape(ends - starts, [batch, nprobe]),
+                              axis=1)
+    # One query scores its chunks with one mat-vec; a batch goes through
+    # the tiles. Both give the same scores, `[pairs, L]` in pair order.
+    scores = tf.cond(
+        batch == 1,
+        lambda: tf.reshape(tf.matmul(queries, tf.reshape(
+            tf.gather(self.vectors, chunks), [-1, self.dim]),
+                                     transpose_b=True), [-1, self.chunk_size]),
+        lambda: self._tiled_scores(queries, chunks, rows, pairs))
     items = tf.gather(self.chunk_items, chunks)
     banned = items < 0
     if exclude is not None:
@@ -809,6 +790,36 @@ class IVFFlatIndex(keras.layers.Layer):
         _pad_columns(dense_scores, k, -np.inf), k=k)
     indices = tf.gather(_pad_columns(dense_items, k, -1), top, batch_dims=1)
     return top_scores, tf.where(tf.math.is_finite(top_scores), indices, -1)
+
+  def _tiled_scores(self, queries, chunks, rows, pairs):
+    """`[pairs, L]` scores of each (query `rows[i]`, chunk `chunks[i]`)
+    pair: the pairs grouped by chunk and cut into tiles of at most G
+    queries, each tile one `[G, d] x [d, L]` matmul of a batched matmul."""
+    # Pair `order[s]` sits in row `slot[s]` of the tiles' [T * G, L] scores.
+    order = tf.argsort(chunks, stable=True)
+    unique, group, counts = tf.unique_with_counts(tf.gather(chunks, order))
+    tile_queries = tf.clip_by_value(
+        -(-pairs // tf.maximum(tf.size(unique), 1)), 1, MAX_TILE_QUERIES)
+    tiles_per_group = -(-counts // tile_queries)
+    rank = tf.range(pairs) - tf.gather(tf.cumsum(counts, exclusive=True),
+                                       group)
+    slot = ((tf.gather(tf.cumsum(tiles_per_group, exclusive=True), group) +
+             rank // tile_queries) * tile_queries + rank % tile_queries)
+    num_tiles = tf.reduce_sum(tiles_per_group)
+    sorted_rows = tf.gather(rows, order)
+    slot_rows = tf.scatter_nd(slot[:, tf.newaxis], sorted_rows + 1,
+                              [num_tiles * tile_queries]) - 1
+    tile_chunks = tf.gather(unique, tf.searchsorted(
+        tf.cumsum(tiles_per_group), tf.range(num_tiles), side="right"))
+    tile_vectors = tf.gather(self.vectors, tile_chunks)
+    tile_query_vectors = tf.reshape(
+        tf.gather(queries, tf.maximum(slot_rows, 0)),
+        [num_tiles, tile_queries, self.dim])
+    # Back to pair order: pair p's scores are in slot `slot[unsort[p]]`.
+    unsort = tf.math.invert_permutation(order)
+    return tf.gather(tf.reshape(
+        tf.matmul(tile_query_vectors, tile_vectors, transpose_b=True),
+        [-1, self.chunk_size]), tf.gather(slot, unsort))
 
   def candidates_scanned(self, queries, nprobe=None) -> tf.Tensor:
     """`[B]` int32: the chunk rows (items and padding) a search with
