@@ -749,28 +749,45 @@ class IVFFlatIndex(keras.layers.Layer):
     batch = tf.shape(queries)[0]
     _, probes = tf.math.top_k(
         tf.matmul(queries, self.centroids, transpose_b=True), k=nprobe)
-    # The (query, chunk) pairs, query by query: the chunks of each probed
-    # list in turn, and `rows` the query of each pair.
     starts = tf.reshape(tf.gather(self.list_chunks, probes), [-1])
     ends = tf.reshape(tf.gather(self.list_chunks, probes + 1), [-1])
+    if exclude is not None:
+      exclude = tf.cast(exclude, tf.int32)
+    # One query takes the short path (fewer ops is lower latency); both
+    # paths score the same chunks exactly.
+    return tf.cond(
+        batch == 1,
+        lambda: self._search_one(queries, k, starts, ends, exclude),
+        lambda: self._search_batch(queries, k, nprobe, starts, ends,
+                                   exclude))
+
+  def _search_one(self, query, k, starts, ends, exclude):
+    """Top k of one query `[1, d]` over the chunks `starts[i]` to `ends[i]`
+    of its probed lists: one gather of the chunks and one mat-vec."""
+    chunks = tf.ragged.range(starts, ends).flat_values
+    scores = tf.matmul(query, tf.reshape(tf.gather(self.vectors, chunks),
+                                         [-1, self.dim]), transpose_b=True)
+    items = tf.reshape(tf.gather(self.chunk_items, chunks), [1, -1])
+    banned = items < 0
+    if exclude is not None:
+      banned |= tf.reduce_any(exclude[0][:, tf.newaxis] == items, axis=0)
+    return _best_k(tf.where(banned, tf.constant(-np.inf), scores), items, k)
+
+  def _search_batch(self, queries, k, nprobe, starts, ends, exclude):
+    """Top k of each query of a batch: the probed (query, chunk) pairs
+    scored through the tiles (`_tiled_scores`)."""
+    batch = tf.shape(queries)[0]
     pair_chunks = tf.ragged.range(starts, ends)
     chunks = pair_chunks.flat_values
     rows = tf.cast(pair_chunks.value_rowids(), tf.int32) // nprobe
     pairs = tf.size(chunks)
     per_query = tf.reduce_sum(tf.reshape(ends - starts, [batch, nprobe]),
                               axis=1)
-    # One query scores its chunks with one mat-vec; a batch goes through
-    # the tiles. Both give the same scores, `[pairs, L]` in pair order.
-    scores = tf.cond(
-        batch == 1,
-        lambda: tf.reshape(tf.matmul(queries, tf.reshape(
-            tf.gather(self.vectors, chunks), [-1, self.dim]),
-                                     transpose_b=True), [-1, self.chunk_size]),
-        lambda: self._tiled_scores(queries, chunks, rows, pairs))
+    scores = self._tiled_scores(queries, chunks, rows, pairs)
     items = tf.gather(self.chunk_items, chunks)
     banned = items < 0
     if exclude is not None:
-      exclude = tf.gather(tf.cast(exclude, tf.int32), rows)
+      exclude = tf.gather(exclude, rows)
       banned |= tf.reduce_any(
           exclude[:, :, tf.newaxis] == items[:, tf.newaxis, :], axis=1)
     scores = tf.where(banned, tf.constant(-np.inf), scores)
@@ -786,10 +803,7 @@ class IVFFlatIndex(keras.layers.Layer):
         source), [batch, -1])
     dense_items = tf.reshape(tf.gather(tf.concat(
         [items, tf.fill([1, self.chunk_size], -1)], 0), source), [batch, -1])
-    top_scores, top = tf.math.top_k(
-        _pad_columns(dense_scores, k, -np.inf), k=k)
-    indices = tf.gather(_pad_columns(dense_items, k, -1), top, batch_dims=1)
-    return top_scores, tf.where(tf.math.is_finite(top_scores), indices, -1)
+    return _best_k(dense_scores, dense_items, k)
 
   def _tiled_scores(self, queries, chunks, rows, pairs):
     """`[pairs, L]` scores of each (query `rows[i]`, chunk `chunks[i]`)
@@ -897,6 +911,14 @@ def _pad_columns(matrix, width, value):
   """Pads `[B, n]` on the right to at least `width` columns."""
   missing = tf.maximum(width - tf.shape(matrix)[1], 0)
   return tf.pad(matrix, [[0, 0], [0, missing]], constant_values=value)
+
+
+def _best_k(scores, items, k):
+  """The k best `[B, n]` scores (-inf: no candidate) with their items, best
+  first; rows with fewer than k candidates padded with -inf and item -1."""
+  top_scores, top = tf.math.top_k(_pad_columns(scores, k, -np.inf), k=k)
+  indices = tf.gather(_pad_columns(items, k, -1), top, batch_dims=1)
+  return top_scores, tf.where(tf.math.is_finite(top_scores), indices, -1)
 
 
 INDEX_KINDS = ("brute_force", "ivfpq", "ivf_flat")
