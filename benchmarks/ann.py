@@ -97,9 +97,12 @@ def ml1m_embeddings():
 
 
 def exact_top(items, queries, k=K):
+  """The true top k of each query by inner product, `[Q, k]` item ids; the
+  queries go in blocks of at most 2^27 scores (512 MB), so 10M items fit."""
   top = []
-  for start in range(0, len(queries), 256):
-    scores = queries[start:start + 256] @ items.T
+  block = int(np.clip((1 << 27) // len(items), 1, 256))
+  for start in range(0, len(queries), block):
+    scores = queries[start:start + block] @ items.T
     part = np.argpartition(-scores, k - 1, axis=1)[:, :k]
     order = np.argsort(-np.take_along_axis(scores, part, 1), axis=1)
     top.append(np.take_along_axis(part, order, 1))
@@ -296,6 +299,22 @@ def benchmark_dataset(name, items, queries):
   return rows
 
 
+def call_floor_ms() -> float:
+  """p50 ms of a single query through a `tf.function` that only adds 1 to
+  it, called as the TF indexes are: the fixed cost of a TF call from Python
+  on this machine, below which no TF index's p50 can go."""
+  from retrieval_tf.compat import tf  # pylint: disable=g-import-not-at-top
+  fn = tf.function(lambda q: q + 1.0,
+                   input_signature=[tf.TensorSpec([None, 64], tf.float32)])
+  query = np.zeros((1, 64), np.float32)
+  latencies = []
+  for _ in range(1000):
+    start = time.perf_counter()
+    fn(tf.constant(query)).numpy()
+    latencies.append(time.perf_counter() - start)
+  return 1000 * float(np.percentile(latencies[100:], 50))
+
+
 def servable_timings(ml1m_export: str):
   """Load time and latency of exported servables, each in its own process."""
   out = os.path.join(FLAGS.output_root, "synthetic")
@@ -489,6 +508,7 @@ def main(unused_argv):
   os.chdir(REPO_ROOT)
   harness.pin_threads()
   rows, commands, ml1m_export = [], [], None
+  floor = call_floor_ms()
   if "ml-1m" in FLAGS.datasets:
     items, users, cmd, ml1m_export = ml1m_embeddings()
     commands.append(shlex.join(cmd))
@@ -513,6 +533,10 @@ def main(unused_argv):
     row["command"] = argv
     row["load_average"] = os.getloadavg()[0]
   notes = [FLAGS.note] if FLAGS.note else []
+  if rows:
+    notes.append(f"A `tf.function` that only adds 1 to a single query takes "
+                 f"{floor:.3f} ms p50 in this run (called like the TF "
+                 "indexes): the floor under every TF index's p50 here.")
   rows, scale, servables, commands, notes = _merge_earlier(
       rows, scale, servables, commands, notes)
   plot(rows, os.path.join(report.RESULTS_DIR, "ann.png"))
@@ -573,9 +597,10 @@ probed list that decodes the list and runs a dozen small ops. A request
 that crosses the threshold (one query at nprobe > 64, or a batch whose pairs
 spread over thousands of lists) pays that per-iteration cost for every
 list: a step in latency, not a slope. `tf IVFFlatIndex` has one path for
-every batch size and nprobe: the batch's (query, chunk) pairs are grouped by
-chunk into tiles of up to 64 queries, scored by one batched matmul, and each
-query's top k is taken once, so its cost grows with the chunks it scans.
+every nprobe: a batch's (query, chunk) pairs are grouped by chunk into tiles
+of up to 64 queries, scored by one batched matmul, and each query's top k is
+taken once; a single query skips the grouping (one gather of its chunks, one
+mat-vec). Its cost grows with the chunks it scans.
 
 ### Scale (clustered N x 64)
 
@@ -610,13 +635,17 @@ def _merge_earlier(rows, scale, servables, commands, notes):
     earlier = json.load(f)
   measured = {r["dataset"] for r in rows}
   kept = [r for r in earlier.get("rows", []) if r["dataset"] not in measured]
+  kept_parts = bool(kept) or not scale or not servables
   scale = scale or earlier.get("scale", [])
   servables = servables or earlier.get("servables", [])
   if kept or not commands:
     commands = list(dict.fromkeys(earlier.get("commands", []) + commands))
   for row in kept + scale + servables:
     row.setdefault("command", "an earlier run")
-  notes = list(dict.fromkeys(earlier.get("notes", []) + notes))
+  # The earlier notes describe the parts kept from it; a run that measures
+  # every part replaces them.
+  if kept_parts:
+    notes = list(dict.fromkeys(earlier.get("notes", []) + notes))
   return kept + rows, scale, servables, commands, notes
 
 
