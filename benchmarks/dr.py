@@ -12,7 +12,11 @@
   and truth, the same step budget; with and without the datasets' user and
   item fields, which DR does not use) and most-popular, mean and standard
   deviation over seeds; recall@10 against the beam size B from the same
-  models (`--eval_beam_sizes`).
+  models (`--eval_beam_sizes`). With `--early_stopping=N` (section
+  `dr_table_valid`) each DR and two-tower run trains up to `--max_epochs`
+  epochs and keeps its best epoch on `--num_valid_users` validation users
+  held out of training like the test users (patience N; the epoch chosen
+  per seed goes into the table), never looking at the test users.
 * `sensitivity` (section `dr_sensitivity`): one ML-1M run per setting of
   alpha (Table 5: top path size against alpha, alpha = 0 showing the
   collapse), D, J and K, others at their defaults.
@@ -54,35 +58,39 @@ EVAL_BEAMS = ("5", "10", "50", "100")
 
 
 def _train(name: str, dataset: str, extra: List[str], common: List[str],
-           module: str = "dr_tf.train") -> Dict:
+           module: str = "dr_tf.train", threads: int = 0) -> Dict:
   out = f"{RUNS}/{name}"
   if not os.path.exists(os.path.join(harness.REPO_ROOT, out,
                                      "metrics.json")):
     cmd = ["python", "-m", module, f"--dataset={dataset}",
            f"--data_dir={os.path.relpath(os.path.join(DATA, DATASETS[dataset]), harness.REPO_ROOT)}",
            f"--output_dir={out}", "--overwrite", "--verbose=2"]
-    harness.run_command(cmd + common + extra)
+    harness.run_command(cmd + common + extra, threads=threads or None)
   metrics = harness.read_metrics(out)
   return metrics
 
 
-def _two_tower(dataset: str, seed: int, common: List[str]) -> Dict:
+def _two_tower(dataset: str, seed: int, common: List[str], suffix: str = "",
+               threads: int = 0) -> Dict:
   """The shared two-tower baseline (`retrieval_tf.train`) on the same
   held-out users and truth as `dr_tf.train --seed=seed` (same split flags,
   history length 69), with the DR runs' step budget and batch size; its
   metrics under the `two_tower_` prefix, and those of the same model
   without the dataset's user and item fields (DR's information: the
-  history only) under `two_tower_ids_`."""
+  history only) under `two_tower_ids_`. `suffix` names the runs of a
+  training-length setting other than the default."""
   budget = [flag for flag in common if flag.startswith(
-      ("--epochs=", "--steps_per_epoch=", "--batch_size="))]
+      ("--epochs=", "--steps_per_epoch=", "--batch_size=",
+       "--early_stopping=", "--num_valid_users="))]
   flags = ["--model=two_tower", "--protocol=held_out_users",
            f"--seed={seed}", "--min_rating=4", "--min_user_events=10",
            "--num_test_users=1000", "--history_length=69"]
   metrics = {}
   for prefix, extra in (("two_tower", []),
                         ("two_tower_ids", ["--noside_features"])):
-    run = _train(f"{dataset}_{prefix}_s{seed}", dataset, flags + extra,
-                 budget, module="retrieval_tf.train")
+    run = _train(f"{dataset}_{prefix}_s{seed}{suffix}", dataset,
+                 flags + extra, budget, module="retrieval_tf.train",
+                 threads=threads)
     metrics.update({f"{prefix}_{key}": value for key, value in run.items()})
   return metrics
 
@@ -93,15 +101,40 @@ def _mean_std(values):
           statistics.stdev(values) if len(values) > 1 else 0.0)
 
 
+# The run whose epoch count a table row reports ("" : DR's own).
+EPOCH_SOURCE = {"two_tower_": "two_tower_", "two_tower_ids_": "two_tower_ids_",
+                "popular_": None}
+
+
+def _chosen_epochs(runs: List[Dict], prefix: str) -> str:
+  """The epochs validation chose per seed for a row's model ("-": no
+  training)."""
+  source = EPOCH_SOURCE.get(prefix, "")
+  if source is None:
+    return "-"
+  return ", ".join(str(r[f"{source}best_epoch"]) for r in runs)
+
+
 def table(args) -> None:
   common = args.train_flags.split()
+  suffix, section = "", "dr_table"
+  if args.early_stopping:
+    if args.max_epochs < 1:
+      raise SystemExit("--early_stopping needs --max_epochs >= 1 (the "
+                       "longest training tried).")
+    common += [f"--epochs={args.max_epochs}",
+               f"--early_stopping={args.early_stopping}",
+               f"--num_valid_users={args.num_valid_users}"]
+    suffix = f"_es{args.early_stopping}x{args.max_epochs}"
+    section = "dr_table_valid"
   raw, lines = {"command_flags": common, "runs": {}}, []
   for spec in args.datasets.split(","):
     dataset, _, seeds = spec.partition(":")   # "name" or "name:seeds"
-    runs = [dict(_train(f"{dataset}_s{seed}", dataset,
+    runs = [dict(_train(f"{dataset}_s{seed}{suffix}", dataset,
                         [f"--seed={seed}", "--eval_beam_sizes=" +
-                         ",".join(EVAL_BEAMS)], common),
-                 **_two_tower(dataset, seed, common))
+                         ",".join(EVAL_BEAMS)], common,
+                        threads=args.threads),
+                 **_two_tower(dataset, seed, common, suffix, args.threads))
             for seed in range(int(seeds or args.seeds))]
     raw["runs"][dataset] = runs
     rows = []
@@ -111,13 +144,16 @@ def table(args) -> None:
         for metric in ("precision", "recall", "f"):
           mean, std = _mean_std(r[f"{prefix}{metric}@{k}"] for r in runs)
           row.append(f"{mean:.4f} ± {std:.4f}")
+      if args.early_stopping:
+        row.append(_chosen_epochs(runs, prefix))
       rows.append(row)
     lines.append(f"### {dataset}: {len(runs)} seed(s), "
                  f"{runs[0]['num_test_users']} held-out users, "
                  f"{runs[0]['num_items']} items\n")
     lines.append(report.markdown_table(
-        ["method", "P@10", "R@10", "F@10", "P@50", "R@50", "F@50"], rows))
-    with open(os.path.join(harness.REPO_ROOT, RUNS, f"{dataset}_s0",
+        ["method", "P@10", "R@10", "F@10", "P@50", "R@50", "F@50"] +
+        (["epochs (validation)"] if args.early_stopping else []), rows))
+    with open(os.path.join(harness.REPO_ROOT, RUNS, f"{dataset}_s0{suffix}",
                            "config.json")) as f:
       config = json.load(f)
     lines.append(
@@ -139,13 +175,31 @@ def table(args) -> None:
     lines.append(report.markdown_table(
         ["B", "recall@10", "precision@10", "items retrieved"], beam_rows))
     lines.append("")
-  header = (f"## Deep Retrieval, Table 1/2 analogue\n\n"
-            f"`python -m benchmarks.dr --part=table "
-            f"--datasets={args.datasets} --train_flags='{args.train_flags}'`"
-            f" on {report.machine()}. DR protocol: held-out users, first "
-            "half of the history in, second half as truth, input items "
-            "excluded; mean ± std over seeds (seed = split + init).\n")
-  report.write_section("dr_table", header + "\n" + "\n".join(lines), raw)
+  command = (f"python -m benchmarks.dr --part=table "
+             f"--datasets={args.datasets} --train_flags='{args.train_flags}'")
+  if args.early_stopping:
+    command += (f" --max_epochs={args.max_epochs} --early_stopping="
+                f"{args.early_stopping} --num_valid_users="
+                f"{args.num_valid_users}")
+  if args.threads:
+    command += f" --threads={args.threads}"
+  header = (f"## Deep Retrieval, Table 1/2 analogue"
+            f"{' (training length chosen on validation)' if suffix else ''}"
+            f"\n\n`{command}` on {report.machine()}. DR protocol: held-out "
+            "users, first half of the history in, second half as truth, "
+            "input items excluded; mean ± std over seeds (seed = split + "
+            "init).\n")
+  if args.early_stopping:
+    header += (
+        f"\nEvery DR and two-tower run trains up to {args.max_epochs} "
+        f"epochs and keeps the weights (DR: and paths) of its best epoch "
+        f"by recall@50 on {args.num_valid_users} validation users held out "
+        "of training like the test users (the test users are the same as "
+        f"without validation), stopping after {args.early_stopping} "
+        "epoch(s) without improvement; the test users are evaluated once, "
+        "at that epoch. \"epochs (validation)\": the chosen epoch per "
+        "seed (DR alone and brute force use DR's model).\n")
+  report.write_section(section, header + "\n" + "\n".join(lines), raw)
 
 
 def sensitivity(args) -> None:
@@ -271,6 +325,19 @@ def main():
                       help="comma-separated NAME or NAME:SEEDS")
   parser.add_argument("--train_flags", default="",
                       help="extra flags for every dr_tf.train run")
+  parser.add_argument("--early_stopping", type=int, default=0,
+                      help="table: patience in epochs; each run keeps its "
+                      "best epoch on validation users (0: train "
+                      "--train_flags' epochs, no validation)")
+  parser.add_argument("--max_epochs", type=int, default=0,
+                      help="table with --early_stopping: the longest "
+                      "training tried (epochs of --train_flags' "
+                      "--steps_per_epoch)")
+  parser.add_argument("--num_valid_users", type=int, default=500,
+                      help="table with --early_stopping: validation users")
+  parser.add_argument("--threads", type=int, default=0,
+                      help="TF threads of each training process (0: TF's "
+                      "default)")
   parser.add_argument("--alphas", default="0,1,10")
   parser.add_argument("--structures",
                       default="depth=2;num_paths=1;num_nodes=15")

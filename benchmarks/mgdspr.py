@@ -29,6 +29,15 @@ initialisation and data order all change with the seed):
 
 Writes the `mgdspr` section of `RESULTS.md` and `results/mgdspr.json`.
 
+With `--early_stopping=N` every run trains up to `--max_epochs` epochs,
+holds the latest `--valid_fraction` of its training searches out as
+validation (`mgdspr_tf.train --early_stopping`), keeps its best epoch by
+validation recall@50 (patience N) and is tested once at that epoch; the
+epochs chosen per seed go into the table, which is written to the
+`mgdspr_valid` section (`results/mgdspr_valid.json`). `--configs` picks the
+ablation rows (the full model is always one); empty `--taus` / `--mixes`
+and `--nolatency` skip the sweeps and the latency.
+
 Real data (`--part=real`), a reduced ablation per dataset of `--datasets`:
 
     python -m benchmarks.mgdspr --part=real \
@@ -139,6 +148,18 @@ flags.DEFINE_list("bestbuy_flags", [
     "--verbose=0"], "Flags of every Best Buy run.")
 flags.DEFINE_list("dataset_seeds", [], "name:count pairs overriding "
                   "--seeds for that dataset of --part=real.")
+flags.DEFINE_integer("early_stopping", 0, "--part=synthetic: patience in "
+                     "epochs; each run keeps its best epoch by validation "
+                     "recall@50 (0: train --train_flags' epochs, no "
+                     "validation).")
+flags.DEFINE_integer("max_epochs", 0, "With --early_stopping: the longest "
+                     "training tried (0: --train_flags' --epochs).")
+flags.DEFINE_float("valid_fraction", 0.1, "With --early_stopping: share of "
+                   "the training searches held out for validation.")
+flags.DEFINE_list("configs", [], "--part=synthetic: ablation rows to train "
+                  "(empty: all of them).")
+flags.DEFINE_integer("threads", 0, "TF threads of each training process "
+                     "(0: TF's default).")
 FLAGS = flags.FLAGS
 
 BASE = ["--temperature=1", "--num_hard=0"]
@@ -153,6 +174,11 @@ ABLATION = [
     ("full MGDSPR, hinge loss", ["--loss=hinge"]),
 ]
 FULL = "+ hard negatives (full MGDSPR)"
+flags.register_validator(
+    "configs", lambda names: not names or (
+        FULL in names and set(names) <= set(dict(ABLATION))),
+    f"--configs: ablation row names (commas), {FULL!r} among them; one of "
+    f"{[name for name, _ in ABLATION]}")
 # --part=similarity: (label, run name, flags). The inner-product rows are
 # ablation rows (same run names, so --reuse shares their runs).
 COSINE = ["--similarity=cosine", "--temperature=0.1"]
@@ -178,12 +204,23 @@ def _slug(name: str) -> str:
   return "".join(c if c.isalnum() else "_" for c in name).strip("_")[:60]
 
 
+def _early_stopping_flags() -> List[str]:
+  """The flags `--early_stopping` adds to every synthetic run."""
+  if not FLAGS.early_stopping:
+    return []
+  cap = [f"--epochs={FLAGS.max_epochs}"] if FLAGS.max_epochs else []
+  return cap + [f"--early_stopping={FLAGS.early_stopping}",
+                f"--valid_fraction={FLAGS.valid_fraction}"]
+
+
 def train(name: str, extra: List[str], seed: int, export: bool = False,
           dataset: str = "synthetic") -> Dict:
   if dataset == "synthetic":
-    out = os.path.join(FLAGS.output_root, f"{_slug(name)}_seed{seed}")
+    suffix = (f"_es{FLAGS.early_stopping}x{FLAGS.max_epochs}"
+              if FLAGS.early_stopping else "")
+    out = os.path.join(FLAGS.output_root, f"{_slug(name)}_seed{seed}{suffix}")
     source = [f"--synthetic_items={FLAGS.synthetic_items}"]
-    common = list(FLAGS.train_flags)
+    common = list(FLAGS.train_flags) + _early_stopping_flags()
   else:
     out = os.path.join(FLAGS.output_root, "real", dataset,
                        f"{_slug(name)}_seed{seed}")
@@ -200,7 +237,7 @@ def train(name: str, extra: List[str], seed: int, export: bool = False,
     metrics = harness.read_metrics(out)
     metrics["command"] = " ".join(cmd)
     return metrics
-  line = harness.run_command(cmd)
+  line = harness.run_command(cmd, threads=FLAGS.threads or None)
   metrics = harness.read_metrics(out)
   metrics["command"] = line
   return metrics
@@ -439,7 +476,10 @@ def main(argv):
                "train_flags": list(FLAGS.train_flags),
                "synthetic_items": FLAGS.synthetic_items,
                "machine": report.machine()}
-  for name, extra in ABLATION:
+  ablation = [(name, extra) for name, extra in ABLATION
+              if not FLAGS.configs or name in FLAGS.configs]
+  raw["early_stopping_flags"] = _early_stopping_flags()
+  for name, extra in ablation:
     raw["ablation"][name] = [
         train(name, extra, s, export=(FLAGS.latency and name == FULL and
                                       s == 0)) for s in seeds]
@@ -458,14 +498,16 @@ def main(argv):
     export_dir = raw["ablation"][FULL][0]["export_path"]
     raw["latency"] = measure_latency(os.path.dirname(export_dir), 0)
 
-  rows = [[name] + [report.mean_std(runs, c) for c in COLUMNS]
+  epochs = ["epochs (validation)"] if FLAGS.early_stopping else []
+  rows = [[name] + [report.mean_std(runs, c) for c in COLUMNS] +
+          ([", ".join(str(r["best_epoch"]) for r in runs)] if epochs else [])
           for name, runs in raw["ablation"].items()]
   full = raw["ablation"][FULL]
   control_row = {"recall@50": report.mean_std(full, "rc_recall"),
                  "p_good@50": report.mean_std(full, "rc_p_good")}
-  rows.insert(len(ABLATION) - 1,
+  rows.insert(len(ablation) - 1,
               ["+ relevance control (top-50 filtered)"] +
-              [control_row.get(c, "-") for c in COLUMNS])
+              [control_row.get(c, "-") for c in COLUMNS + epochs])
   control = _control_table({"all fields": full})
   taus = report.markdown_table(
       ["tau", "recall@50", "p_good@10", "p_good@50"],
@@ -477,16 +519,20 @@ def main(argv):
       [[m] + [report.mean_std(raw["mix"][m], c) for c in
               ("recall@50", "p_good@10", "p_good@50")]
        for m in sorted(raw["mix"])])
+  title = ("ablation, training length chosen on validation"
+           if FLAGS.early_stopping else "ablation, tau and (a, b), latency")
   text = [
-      "## MGDSPR (KDD'21): ablation, tau and (a, b), latency",
+      f"## MGDSPR (KDD'21): {title}",
       "",
       f"Synthetic world of {FLAGS.synthetic_items} items (temporal split, "
       f"ground-truth relevance: good = grade >= 2), {len(seeds)} seed(s), "
       f"mean ± std; {report.machine()}. Every run: `python -m "
       f"mgdspr_tf.train --dataset=synthetic "
       f"--synthetic_items={FLAGS.synthetic_items} --seed=S "
-      f"{' '.join(FLAGS.train_flags)}` + the row's flags (recorded in "
-      "`results/mgdspr.json`). `unrelated_*`: test searches whose "
+      f"{' '.join(FLAGS.train_flags + raw['early_stopping_flags'])}` + "
+      "the row's flags (recorded in "
+      f"`results/{'mgdspr_valid' if FLAGS.early_stopping else 'mgdspr'}"
+      ".json`). `unrelated_*`: test searches whose "
       "real-time and short-term behaviour share no mid category with the "
       "query (a few percent of them). `swapped_*`: every test search "
       "re-scored with the history queries and behaviour of another test "
@@ -494,21 +540,26 @@ def main(argv):
       "(`mgdspr_tf.data.unrelated_donors`); recall counts the searching "
       "user's own clicks.",
       "",
-      report.markdown_table(["configuration"] + COLUMNS, rows),
+      report.markdown_table(["configuration"] + COLUMNS + epochs, rows),
       "",
       "Relevance control on the full model's top-50:",
       "",
       control,
-      "",
-      f"Temperature (full model, {len(sweep_seeds)} seed(s)):",
-      "",
-      taus,
-      "",
-      f"Mixing range alpha ~ U(a, b) (full model, {len(sweep_seeds)} "
-      "seed(s)):",
-      "",
-      mixes,
   ]
+  if FLAGS.early_stopping:
+    text[4:4] = [
+        f"Every run trains up to {FLAGS.max_epochs or 'the'} epochs, "
+        f"holds the latest {FLAGS.valid_fraction:g} of its training "
+        "searches out as validation, keeps the weights of its best epoch "
+        f"by validation recall@50, stopping after {FLAGS.early_stopping} "
+        "epoch(s) without improvement, and is tested once at that epoch. "
+        "\"epochs (validation)\": the chosen epoch per seed.", ""]
+  if FLAGS.taus:
+    text += ["", f"Temperature (full model, {len(sweep_seeds)} seed(s)):",
+             "", taus]
+  if FLAGS.mixes:
+    text += ["", f"Mixing range alpha ~ U(a, b) (full model, "
+             f"{len(sweep_seeds)} seed(s)):", "", mixes]
   if "latency" in raw:
     lat = raw["latency"]
     text += ["", f"Servable latency (one thread, top-{FLAGS.latency_k}, "
@@ -519,7 +570,8 @@ def main(argv):
                  [[mode, lat[mode]["p50_ms"], lat[mode]["p99_ms"],
                    lat[mode]["batch_1000_rows_per_second"]]
                   for mode in ("off", "on")])]
-  report.write_section("mgdspr", "\n".join(text), raw)
+  report.write_section("mgdspr_valid" if FLAGS.early_stopping else "mgdspr",
+                       "\n".join(text), raw)
   print("\n".join(text))
 
 

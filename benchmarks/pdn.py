@@ -1,7 +1,7 @@
 """PDN benchmarks: Table 2 and Table 4 analogues, and servable latency.
 
     python -m benchmarks.pdn [--seeds=0,1,2,3,4] [--epochs=1]
-        [--steps_per_epoch=500] [--parallel] [--reuse]
+        [--steps_per_epoch=500] [--early_stopping=0] [--parallel] [--reuse]
         [--sections=table2,table4,latency] [--latency_items=1000000]
         [--table4_datasets=ncf-ml-1m,amazon-beauty] [--beauty_epochs=2]
 
@@ -11,7 +11,13 @@
   std over `--seeds`; "Personalise" and "Item to Item" columns (PDN: SimNet
   alone, Σ_j softplus(s_ji); two-tower: Σ_j <q_j, q_i> over the training
   history; item CF: Σ_j cosine(j, i)), plus the servable's full-corpus
-  recall@50/@300 (two-tower: exact top-k of its embeddings).
+  recall@50/@300 (two-tower: exact top-k of its embeddings). With
+  `--early_stopping=N`, `--epochs` and `--two_tower_epochs` are the longest
+  training tried: each PDN and two-tower run holds each user's latest
+  training interaction out as a validation target (1 + 99), keeps its best
+  epoch by validation HR@10 (patience N) and is tested once at that epoch;
+  the epochs chosen per seed go into the table. `--variants` picks the PDN
+  rows trained.
 * Table 4: PDN (first seed) against the two-tower by the user's number of
   training interactions n: HR@10 (1 + 99) and full-corpus recall@300, with
   the relative gain, on each of `--table4_datasets`. NCF ML-1M reuses the
@@ -47,13 +53,23 @@ from benchmarks import harness, report
 
 FLAGS = flags.FLAGS
 flags.DEFINE_list("seeds", ["0"], "Seeds of the trained rows.")
-flags.DEFINE_integer("epochs", 1, "PDN training epochs.")
+flags.DEFINE_integer("epochs", 1, "PDN training epochs (with "
+                     "--early_stopping: the most tried).")
 flags.DEFINE_integer("steps_per_epoch", 0, "PDN steps per epoch (0: one "
                      "pass over the training log).")
 flags.DEFINE_bool("parallel", False, "Run a seed's training commands at the "
                   "same time (one process each), to use the cores of a "
                   "shared machine; timings then are not comparable.")
-flags.DEFINE_integer("two_tower_epochs", 5, "Two-tower training epochs.")
+flags.DEFINE_integer("two_tower_epochs", 5, "Two-tower training epochs "
+                     "(with --early_stopping: the most tried; 0: no "
+                     "two-tower row, Table 2 only).")
+flags.DEFINE_integer("early_stopping", 0, "Patience in epochs: each PDN and "
+                     "two-tower run keeps its best epoch by validation HR@10 "
+                     "(each user's latest training interaction held out); 0: "
+                     "train the epochs given, no validation.")
+flags.DEFINE_list("variants", ["PDN", "PDN w/o Bias Net",
+                               "PDN w/o Direct Net"],
+                  "PDN rows of Table 2 to train.")
 flags.DEFINE_list("sections", ["table2", "table4", "latency"],
                   "What to run.")
 flags.DEFINE_integer("latency_items", 1000000, "Items of the synthetic "
@@ -78,6 +94,14 @@ flags.register_validator(
 OUT = "runs/benchmarks/pdn"
 VARIANTS = {"PDN": [], "PDN w/o Bias Net": ["--nobias_net"],
             "PDN w/o Direct Net": ["--nodirect_net"]}
+flags.register_multi_flags_validator(
+    ["two_tower_epochs", "sections"],
+    lambda v: v["two_tower_epochs"] > 0 or "table4" not in v["sections"],
+    "--two_tower_epochs=0 (no two-tower) leaves Table 4 nothing to compare: "
+    "drop table4 from --sections or train the two-tower")
+flags.register_validator(
+    "variants", lambda names: bool(names) and set(names) <= set(VARIANTS),
+    f"--variants: each must be one of {sorted(VARIANTS)}")
 PAPER = {  # Table 2, MovieLens: personalise HR, NDCG; item-to-item HR, NDCG
     "PDN": (0.6770, 0.4071, 0.5152, 0.2859),
     "PDN w/o Bias Net": (0.6323, 0.3401, 0.5080, 0.2795),
@@ -106,6 +130,8 @@ def pdn_command(variant: str, seed: int, export: bool,
          "--overwrite", "--verbose=2", f"--seed={seed}",
          f"--epochs={FLAGS.epochs if ncf else FLAGS.beauty_epochs}",
          "--save_scores"] + VARIANTS[variant]
+  if FLAGS.early_stopping:
+    cmd.append(f"--early_stopping={FLAGS.early_stopping}")
   if FLAGS.steps_per_epoch and ncf:
     cmd.append(f"--steps_per_epoch={FLAGS.steps_per_epoch}")
   if export:
@@ -122,6 +148,8 @@ def baseline_command(model: str, seed: int,
          "--verbose=2", f"--seed={seed}"]
   if model == "two_tower":
     cmd += [f"--epochs={FLAGS.two_tower_epochs}", "--save_embeddings"]
+    if FLAGS.early_stopping:
+      cmd.append(f"--early_stopping={FLAGS.early_stopping}")
   return cmd
 
 
@@ -209,17 +237,26 @@ def table2(seeds, commands, raw) -> str:
   for seed in seeds:
     cmds = [pdn_command(variant, seed, export=(variant == "PDN" and
                                                seed == seeds[0]))
-            for variant in VARIANTS] + [baseline_command("two_tower", seed)]
+            for variant in FLAGS.variants]
+    if FLAGS.two_tower_epochs:
+      cmds.append(baseline_command("two_tower", seed))
     if seed == seeds[0]:
       cmds += [baseline_command(m, seed) for m in ("item_cf",
                                                    "most_popular")]
     commands.extend(_run_all(cmds))
-    for variant in VARIANTS:
+    for variant in FLAGS.variants:
       m = harness.read_metrics(f"{OUT}/{_slug(variant)}-s{seed}")
       for key in ("hr@10", "ndcg@10", "i2i_hr@10", "i2i_ndcg@10",
                   "recall@50", "recall@300", "train_seconds"):
         add(variant, key, m[key])
+      if FLAGS.early_stopping:
+        add(variant, "chosen_epoch", m["best_epoch"])
+    if not FLAGS.two_tower_epochs:
+      continue
     run_dir = f"{OUT}/two_tower-s{seed}"
+    if FLAGS.early_stopping:
+      add("two-tower", "chosen_epoch",
+          harness.read_metrics(run_dir)["best_epoch"])
     personal, i2i, top = _two_tower_scores(run_dir, data)
     p, s = _sampled(personal, data), _sampled(i2i, data)
     add("two-tower", "hr@10", p["hr@10"])
@@ -238,6 +275,8 @@ def table2(seeds, commands, raw) -> str:
   raw["table2"] = rows
   header = ["method", "HR@10", "NDCG@10", "I2I HR@10", "I2I NDCG@10",
             "recall@50", "recall@300", "paper (HR, NDCG, I2I HR, I2I NDCG)"]
+  if FLAGS.early_stopping:
+    header.append("epochs (validation)")
   table = []
   for name, values in rows.items():
     paper = PAPER.get(name)
@@ -245,7 +284,25 @@ def table2(seeds, commands, raw) -> str:
         "hr@10", "ndcg@10", "i2i_hr@10", "i2i_ndcg@10", "recall@50",
         "recall@300")] + [", ".join("-" if v is None else f"{v:.4f}"
                                    for v in paper) if paper else "-"])
-  return report.markdown_table(header, table)
+    if FLAGS.early_stopping:
+      table[-1].append(", ".join(str(e) for e in values["chosen_epoch"])
+                       if "chosen_epoch" in values else "-")
+  text = report.markdown_table(header, table)
+  if FLAGS.early_stopping:
+    two_tower = (f" and the two-tower up to {FLAGS.two_tower_epochs} full "
+                 "passes" if FLAGS.two_tower_epochs else
+                 " (no two-tower row: `--two_tower_epochs=0`)")
+    text = (f"Each PDN run trains up to {FLAGS.epochs} epoch(s) of "
+            f"{FLAGS.steps_per_epoch or 'a full pass of'} steps{two_tower},"
+            " keeping the weights of its best epoch by HR@10 "
+            "on a validation split from the training side (each user's "
+            "latest training interaction among 99 sampled negatives, held "
+            f"out of training), stopping after {FLAGS.early_stopping} "
+            "epoch(s) without improvement; the test split is evaluated "
+            "once, at that epoch, with the validation events back in the "
+            "histories. \"epochs (validation)\": the chosen epoch per "
+            "seed.\n\n" + text)
+  return text
 
 
 def table4(dataset: str, seeds, commands, raw) -> str:
@@ -390,19 +447,29 @@ def main(unused_argv):
     parts.append("### Servable latency: raw request -> top-500, one thread"
                  "\n\n" + latency(seeds, raw))
   raw["commands"] = commands
-  text = (f"## PDN (SIGIR'21): Tables 2 and 4, servable latency\n\n"
+  title = ("Table 2, training length chosen on validation"
+           if FLAGS.early_stopping else "Tables 2 and 4, servable latency")
+  text = (f"## PDN (SIGIR'21): {title}\n\n"
           f"Measured on {report.machine()} by `python -m benchmarks.pdn "
           f"--seeds={','.join(map(str, seeds))} --epochs={FLAGS.epochs} "
           f"--steps_per_epoch={FLAGS.steps_per_epoch} "
           f"--sections={','.join(FLAGS.sections)}"
-          f"{' --parallel' if FLAGS.parallel else ''}"
+          + (f" --two_tower_epochs={FLAGS.two_tower_epochs}"
+             if FLAGS.two_tower_epochs != 5 or FLAGS.early_stopping else "")
+          + (f" --early_stopping={FLAGS.early_stopping}"
+             if FLAGS.early_stopping else "")
+          + (f" --variants='{','.join(FLAGS.variants)}'"
+             if FLAGS.variants != list(VARIANTS) else "")
+          + (f" --threads={FLAGS.threads}" if FLAGS.threads != 2 else "")
+          + f"{' --parallel' if FLAGS.parallel else ''}"
           f"{' --reuse' if FLAGS.reuse else ''}`, "
           f"{len(seeds)} seed(s)"
           f"{' (finished training runs with the same flags were reused, with the train seconds of when they ran)' if FLAGS.reuse else ''}"
           f"; training runs:\n\n" +
           "\n".join(f"    {c}" for c in commands) + "\n\n" +
           "\n\n".join(parts))
-  report.write_section("pdn", text, raw)
+  report.write_section("pdn_valid" if FLAGS.early_stopping else "pdn", text,
+                       raw)
   print(text)
 
 
