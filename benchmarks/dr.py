@@ -14,7 +14,7 @@
   deviation over seeds; recall@10 against the beam size B from the same
   models (`--eval_beam_sizes`). With `--early_stopping=N` (section
   `dr_table_valid`) each DR and two-tower run trains up to `--max_epochs`
-  epochs and keeps its best epoch on `--num_valid_users` validation users
+  (two-tower: `--two_tower_max_epochs`) epochs and keeps its best epoch on `--num_valid_users` validation users
   held out of training like the test users (patience N; the epoch chosen
   per seed goes into the table), never looking at the test users.
 * `sensitivity` (section `dr_sensitivity`): one ML-1M run per setting of
@@ -127,6 +127,12 @@ def table(args) -> None:
                f"--num_valid_users={args.num_valid_users}"]
     suffix = f"_es{args.early_stopping}x{args.max_epochs}"
     section = "dr_table_valid"
+  two_tower_cap = args.two_tower_max_epochs or args.max_epochs
+  two_tower_common, two_tower_suffix = common, suffix
+  if args.early_stopping and two_tower_cap != args.max_epochs:
+    two_tower_common = [f for f in common if not f.startswith("--epochs=")]
+    two_tower_common.append(f"--epochs={two_tower_cap}")
+    two_tower_suffix = f"_es{args.early_stopping}x{two_tower_cap}"
   raw, lines = {"command_flags": common, "runs": {}}, []
   for spec in args.datasets.split(","):
     dataset, _, seeds = spec.partition(":")   # "name" or "name:seeds"
@@ -134,7 +140,8 @@ def table(args) -> None:
                         [f"--seed={seed}", "--eval_beam_sizes=" +
                          ",".join(EVAL_BEAMS)], common,
                         threads=args.threads),
-                 **_two_tower(dataset, seed, common, suffix, args.threads))
+                 **_two_tower(dataset, seed, two_tower_common,
+                              two_tower_suffix, args.threads))
             for seed in range(int(seeds or args.seeds))]
     raw["runs"][dataset] = runs
     rows = []
@@ -178,7 +185,8 @@ def table(args) -> None:
   command = (f"python -m benchmarks.dr --part=table "
              f"--datasets={args.datasets} --train_flags='{args.train_flags}'")
   if args.early_stopping:
-    command += (f" --max_epochs={args.max_epochs} --early_stopping="
+    command += (f" --max_epochs={args.max_epochs} --two_tower_max_epochs="
+                f"{two_tower_cap} --early_stopping="
                 f"{args.early_stopping} --num_valid_users="
                 f"{args.num_valid_users}")
   if args.threads:
@@ -191,9 +199,9 @@ def table(args) -> None:
             "init).\n")
   if args.early_stopping:
     header += (
-        f"\nEvery DR and two-tower run trains up to {args.max_epochs} "
-        f"epochs and keeps the weights (DR: and paths) of its best epoch "
-        f"by recall@50 on {args.num_valid_users} validation users held out "
+        f"\nEvery DR run trains up to {args.max_epochs} epochs, every "
+        f"two-tower run up to {two_tower_cap}, and each keeps the weights "
+        f"(DR: and paths) of its best epoch by recall@50 on {args.num_valid_users} validation users held out "
         "of training like the test users (the test users are the same as "
         f"without validation), stopping after {args.early_stopping} "
         "epoch(s) without improvement; the test users are evaluated once, "
@@ -333,6 +341,9 @@ def main():
                       help="table with --early_stopping: the longest "
                       "training tried (epochs of --train_flags' "
                       "--steps_per_epoch)")
+  parser.add_argument("--two_tower_max_epochs", type=int, default=0,
+                      help="table with --early_stopping: the longest "
+                      "two-tower training tried (0: --max_epochs)")
   parser.add_argument("--num_valid_users", type=int, default=500,
                       help="table with --early_stopping: validation users")
   parser.add_argument("--threads", type=int, default=0,
