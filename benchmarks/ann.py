@@ -156,7 +156,9 @@ def methods(items: np.ndarray, large: bool) -> Dict[str, Callable]:
   spec = [tf.TensorSpec([None, dim], tf.float32)]
 
   def tf_search(call):
-    fn = tf.function(call, input_signature=spec)
+    # A concrete function, as a loaded SavedModel's signatures are: no
+    # per-call argument matching.
+    fn = tf.function(call, input_signature=spec).get_concrete_function()
     return lambda q: fn(tf.constant(q, tf.float32))[1].numpy()
 
   def tf_brute_force():
@@ -300,12 +302,13 @@ def benchmark_dataset(name, items, queries):
 
 
 def call_floor_ms() -> float:
-  """p50 ms of a single query through a `tf.function` that only adds 1 to
-  it, called as the TF indexes are: the fixed cost of a TF call from Python
-  on this machine, below which no TF index's p50 can go."""
+  """p50 ms of a single query through a TF function that only adds 1 to it,
+  called as the TF indexes are (a concrete function): the fixed cost of a
+  TF call from Python on this machine, below which no TF index's p50 can
+  go."""
   from retrieval_tf.compat import tf  # pylint: disable=g-import-not-at-top
-  fn = tf.function(lambda q: q + 1.0,
-                   input_signature=[tf.TensorSpec([None, 64], tf.float32)])
+  fn = tf.function(lambda q: q + 1.0, input_signature=[
+      tf.TensorSpec([None, 64], tf.float32)]).get_concrete_function()
   query = np.zeros((1, 64), np.float32)
   latencies = []
   for _ in range(1000):
@@ -403,7 +406,8 @@ def scale_table(counts: List[int]):
     build = time.perf_counter() - start
     from retrieval_tf.compat import tf  # pylint: disable=g-import-not-at-top
     fn = tf.function(lambda q: index(q, K), input_signature=[
-        tf.TensorSpec([None, items.shape[1]], tf.float32)])
+        tf.TensorSpec([None, items.shape[1]], tf.float32)]
+                     ).get_concrete_function()
     result = _measure(lambda q: fn(tf.constant(q))[1].numpy(), queries,
                       truth)
     folder = os.path.join(FLAGS.output_root, "scale", str(count))
@@ -532,13 +536,22 @@ def main(unused_argv):
   for row in rows + scale + servables:
     row["command"] = argv
     row["load_average"] = os.getloadavg()[0]
-  notes = [FLAGS.note] if FLAGS.note else []
-  if rows:
-    notes.append(f"A `tf.function` that only adds 1 to a single query takes "
-                 f"{floor:.3f} ms p50 in this run (called like the TF "
-                 "indexes): the floor under every TF index's p50 here.")
-  rows, scale, servables, commands, notes = _merge_earlier(
-      rows, scale, servables, commands, notes)
+    row["note"] = FLAGS.note
+  for row in rows:
+    row["tf_call_floor_ms"] = floor
+  rows, scale, servables, commands = _merge_earlier(
+      rows, scale, servables, commands)
+  # Each run's note and TF call floor travel with its rows.
+  notes = [n for n in dict.fromkeys(r.get("note", "")
+                                    for r in rows + scale + servables) if n]
+  floors = sorted({round(r["tf_call_floor_ms"], 3) for r in rows
+                   if "tf_call_floor_ms" in r})
+  if floors:
+    notes.append("A TF function that only adds 1 to a single query, called "
+                 "like the TF indexes, takes "
+                 f"{' / '.join(f'{f:.3f}' for f in floors)} ms p50 in the "
+                 "run(s) of these rows: the floor under every TF index's "
+                 "p50 here.")
   plot(rows, os.path.join(report.RESULTS_DIR, "ann.png"))
   table = report.markdown_table(
       ["dataset", "method", "setting", "recall@10", "recall@100", "QPS",
@@ -582,7 +595,8 @@ The embeddings and servables come from:
 {listed}
 
 QPS is for one batch of {FLAGS.num_queries} queries (Annoy: one query at a
-time); p50/p99 over {FLAGS.latency_queries} single queries; MB is the
+time); p50/p99 over {FLAGS.latency_queries} single queries (TF and TFRS: a
+concrete function, as a loaded servable's signature is called); MB is the
 serialised index (TF indexes: their variables; TFRS ScaNN: not measured).
 Peers of one dataset are measured side by side in one process.
 Plot: `results/ann.png` (recall@100 against QPS, one panel per dataset).
@@ -624,29 +638,30 @@ process with one thread; synthetic requests are 1,000 users' real histories.
       "commands": commands, "notes": notes})
 
 
-def _merge_earlier(rows, scale, servables, commands, notes):
+def _merge_earlier(rows, scale, servables, commands):
   """Keeps the earlier run's parts (results/ann.json) that this run did not
-  measure: rows of other datasets, the scale table and the servables when
-  not asked for, and the commands that made their inputs."""
+  measure: rows of other (dataset, method) pairs, the scale table and the
+  servables when not asked for, and the commands that made their inputs."""
   path = os.path.join(report.RESULTS_DIR, "ann.json")
   if not os.path.exists(path):
-    return rows, scale, servables, commands, notes
+    return rows, scale, servables, commands
   with open(path) as f:
     earlier = json.load(f)
-  measured = {r["dataset"] for r in rows}
-  kept = [r for r in earlier.get("rows", []) if r["dataset"] not in measured]
-  kept_parts = bool(kept) or not scale or not servables
+  measured = {(r["dataset"], r["method"]) for r in rows}
+  kept = [r for r in earlier.get("rows", [])
+          if (r["dataset"], r["method"]) not in measured]
   scale = scale or earlier.get("scale", [])
   servables = servables or earlier.get("servables", [])
   if kept or not commands:
     commands = list(dict.fromkeys(earlier.get("commands", []) + commands))
   for row in kept + scale + servables:
     row.setdefault("command", "an earlier run")
-  # The earlier notes describe the parts kept from it; a run that measures
-  # every part replaces them.
-  if kept_parts:
-    notes = list(dict.fromkeys(earlier.get("notes", []) + notes))
-  return kept + rows, scale, servables, commands, notes
+  merged = kept + rows
+  datasets = list(dict.fromkeys(r["dataset"] for r in merged))
+  names = list(dict.fromkeys(r["method"] for r in merged))
+  merged.sort(key=lambda r: (datasets.index(r["dataset"]),
+                             names.index(r["method"])))
+  return merged, scale, servables, commands
 
 
 if __name__ == "__main__":
