@@ -20,8 +20,9 @@ install: $(STAMP)
 demo: $(STAMP)
 	$(PY) -m retrieval_tf.demo
 
+# Two workers, each taking whole test files (module fixtures built once).
 test: $(STAMP)
-	$(PY) -m pytest -q tests
+	$(PY) -m pytest -q -n 2 --dist loadfile tests
 
 bench: $(STAMP)
 	$(PY) -m pip install --quiet -e '.[bench]'

@@ -17,8 +17,10 @@ EXTRAS = {
               "matplotlib", "rank-bm25==0.2.2"],
     # tensorflow-serving-api: the REST -> PredictRequest check of servables.
     # rank-bm25: DPSR's BM25 baseline. hypothesis: the fuzz tests.
-    "dev": ["pytest", "hypothesis", "scikit-learn", "scann[tf]==1.4.2",
-            "faiss-cpu", "tensorflow-serving-api==2.20.*", "rank-bm25==0.2.2"],
+    # pytest-xdist: `make test` runs the suite's files on two workers.
+    "dev": ["pytest", "pytest-xdist", "hypothesis", "scikit-learn",
+            "scann[tf]==1.4.2", "faiss-cpu",
+            "tensorflow-serving-api==2.20.*", "rank-bm25==0.2.2"],
 }
 
 setuptools.setup(
