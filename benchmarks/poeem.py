@@ -17,6 +17,11 @@ same held-out users' query vectors (DR protocol, the input half excluded):
 
 Reports p@100 and r@100 (and build seconds) in the `poeem` section of
 `RESULTS.md` and `results/poeem.json`. One thread everywhere.
+
+    python -m benchmarks.poeem --warm_start_choices=100,300,900 --seeds=0
+
+chooses the warm-start steps on the validation users alone (section
+`poeem_warm_start`).
 """
 
 from __future__ import annotations
@@ -27,6 +32,7 @@ import os
 import shlex
 import sys
 import time
+from typing import List
 
 from absl import app
 from absl import flags
@@ -58,6 +64,11 @@ flags.DEFINE_integer("steps_per_epoch", 400, "Table 2: steps per epoch.")
 flags.DEFINE_integer("warm_start_steps", 300, "Table 2: warm-start steps.")
 flags.DEFINE_integer("num_valid_users", 500, "Table 2: validation users, "
                      "held out of the training users.")
+flags.DEFINE_list("warm_start_choices", [], "Instead of Table 2: the "
+                  "warm-start steps to choose among on validation (each "
+                  "seed of --seeds, first dataset of --datasets); the "
+                  "choice with the best mean validation r@100 wins. Test "
+                  "users are not scored.")
 flags.DEFINE_bool("figures", False, "Instead of Table 2: Figure 2 (r@100 "
                   "over J, K, D with and without rotation, against Faiss "
                   "IVFPQ) and Figure 3 (r@100 over warm-start steps, coarse "
@@ -307,11 +318,13 @@ STALENESS = ("codes_never_stored", "coarse_codes_changed", "pq_codes_changed")
 
 
 def poeem_seed(dataset, seed: int, variant, max_epochs: int,
-               steps_per_epoch: int, num_valid: int):
+               steps_per_epoch: int, num_valid: int, test: bool = True):
   """One seed of one variant: trains on the DR split's training users less
   `num_valid` validation users, scores the validation users' r@100 (served
   index) after every epoch once the index is on, keeps the best epoch's
-  weights and evaluates the test users once with them.
+  weights and evaluates the test users once with them (with `test=False`,
+  never: the metrics are then only the validation curve and the chosen
+  epoch, and there are no item vectors).
 
   Returns:
     `(test metrics with the validation curve and the chosen epoch, split,
@@ -364,6 +377,9 @@ def poeem_seed(dataset, seed: int, variant, max_epochs: int,
   if "weights" not in best:
     raise ValueError(f"--warm_start_steps never ended within {max_epochs} "
                      f"epochs of {steps_per_epoch} steps: nothing to validate")
+  if not test:
+    return ({"validation_curve": curve, "chosen_epoch": best["epoch"]}, split,
+            model, None)
   model.set_weights(best["weights"])
   vectors = model.catalogue_embeddings()
   nprobe = max(1, s["num_centroids"] // 4)
@@ -381,6 +397,53 @@ def poeem_seed(dataset, seed: int, variant, max_epochs: int,
                  num_train_users=int(len(np.unique(inner.train.user))),
                  num_validation_users=len(inner.test.users))
   return metrics, split, model, vectors
+
+
+def choose_warm_start(dataset_name: str, choices: List[int]) -> None:
+  """Warm-start steps chosen on the validation users alone: every choice
+  trained as Table 2 trains Poeem (same seeds, epochs picked on
+  validation), its best validation r@100 per seed compared; no test user
+  is scored."""
+  from retrieval_tf.datasets import registry  # pylint: disable=g-import-not-at-top
+  dataset = registry.load_rec_dataset(
+      dataset_name, os.path.join(FLAGS.data_root, dataset_name))
+  seeds = [int(s) for s in FLAGS.seeds]
+  found = {}
+  for steps in choices:
+    for seed in seeds:
+      curve = poeem_seed(dataset, seed, dict(warm_start_steps=steps),
+                         FLAGS.max_epochs, FLAGS.steps_per_epoch,
+                         FLAGS.num_valid_users,
+                         test=False)[0]["validation_curve"]
+      best = max(curve, key=lambda p: p[f"valid_recall@{K}"])
+      found.setdefault(steps, []).append(
+          {"seed": seed, "epoch": best["epoch"],
+           f"valid_recall@{K}": best[f"valid_recall@{K}"]})
+      print(f"warm start {steps}, seed {seed}: best validation r@{K} "
+            f"{best[f'valid_recall@{K}']:.4f} at epoch {best['epoch']}",
+            flush=True)
+  mean = {steps: float(np.mean([r[f"valid_recall@{K}"] for r in runs]))
+          for steps, runs in found.items()}
+  chosen = max(mean, key=mean.get)
+  command = "python -m benchmarks.poeem " + " ".join(sys.argv[1:])
+  rows = [[steps, _mean_std([r[f"valid_recall@{K}"] for r in runs]),
+           ", ".join(str(r["epoch"]) for r in runs),
+           "chosen" if steps == chosen else ""]
+          for steps, runs in found.items()]
+  report.write_section("poeem_warm_start", f"""
+## Poeem: warm-start steps chosen on validation
+
+Measured on {report.machine()} by `{command}` (one thread), {dataset_name},
+seeds {', '.join(map(str, seeds))}: each choice trained as Table 2 trains
+Poeem, its epoch picked on the {FLAGS.num_valid_users} validation users
+(r@{K} of the served index, up to {FLAGS.max_epochs} epochs of
+{FLAGS.steps_per_epoch} steps); no test user was scored. The choice with
+the best mean validation r@{K} is {chosen}.
+
+{report.markdown_table(
+    ["warm-start steps", f"validation r@{K}", "chosen epochs", ""], rows)}
+""", {"command": command, "dataset": dataset_name, "seeds": seeds,
+      "runs": found, "chosen": chosen})
 
 
 def _offline_table(dataset, split, model, vectors):
@@ -417,6 +480,10 @@ def main(unused_argv):
   harness.pin_threads()
   if FLAGS.figures:
     figures(FLAGS.datasets[0])
+    return
+  if FLAGS.warm_start_choices:
+    choose_warm_start(FLAGS.datasets[0],
+                      [int(v) for v in FLAGS.warm_start_choices])
     return
   from retrieval_tf.datasets import registry  # pylint: disable=g-import-not-at-top
   seeds = [int(s) for s in FLAGS.seeds]
