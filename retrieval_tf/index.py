@@ -235,10 +235,12 @@ class IVFPQIndex(keras.layers.Layer):
     rerank: default number of ADC candidates re-scored exactly (0: none).
     store_vectors: keep the full vectors for re-ranking.
     rotation: hold a `[d, d]` query rotation (set by `index_from_codes`).
-    list_scan_from: batches probing more than this many (query, list) pairs
-      are scanned list by list (each list decoded once, one matmul with all
-      its queries); smaller ones query by query with look-up tables. Both
-      give the same scores; this only trades speed.
+    list_scan_from: batches of two or more queries probing more than this
+      many (query, list) pairs are scanned list by list (each list decoded
+      once, one matmul with all its queries); smaller ones, and a single
+      query at any nprobe (where list by list only adds a loop iteration
+      per list), query by query with look-up tables. Both give the same
+      scores; this only trades speed.
   """
 
   def __init__(self, num_items: int, dim: int, num_lists: int,
@@ -404,7 +406,8 @@ class IVFPQIndex(keras.layers.Layer):
     # The best `width` candidates by ADC (k, or rerank when re-ranking);
     # rows with fewer candidates are padded with position -1 / -inf.
     width = tf.maximum(k, rerank)
-    by_list = tf.size(probes) > self.list_scan_from
+    by_list = (tf.shape(probes)[0] > 1) & (
+        tf.size(probes) > self.list_scan_from)
     top_scores, top_positions = tf.cond(
         by_list,
         lambda: self._scan_by_list(rotated, coarse, probes, width, exclude),

@@ -174,6 +174,13 @@ def test_ivfpq_equals_numpy_adc(rotation, metric, list_scan_from):
     np.testing.assert_allclose(scores.numpy(), want_scores, atol=1e-5,
                                rtol=1e-5)
     np.testing.assert_array_equal(ids.numpy(), want_ids)
+    # A single query is scanned query by query whatever list_scan_from
+    # says, with the same answer.
+    scores, ids = index(queries[:1], 20, nprobe=nprobe, rerank=rerank,
+                        exclude=None if ban is None else ban[:1])
+    np.testing.assert_allclose(scores.numpy(), want_scores[:1], atol=1e-5,
+                               rtol=1e-5)
+    np.testing.assert_array_equal(ids.numpy(), want_ids[:1])
 
 
 @pytest.mark.parametrize("rotation", [False, True])
