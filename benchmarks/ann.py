@@ -482,8 +482,12 @@ def plot(rows, path):
   datasets = sorted({r["dataset"] for r in rows})
   fig, axes = plt.subplots(1, len(datasets), figsize=(7 * len(datasets), 5),
                            squeeze=False)
+  methods_ = list(dict.fromkeys(r["method"] for r in rows))
+  # One colour and marker per method, the same in every panel.
+  styles = {m: (plt.cm.tab10(i % 10), "os^Dv<>pP*X"[i % 11])
+            for i, m in enumerate(methods_)}
   for ax, dataset in zip(axes[0], datasets):
-    for method in dict.fromkeys(r["method"] for r in rows):
+    for method in methods_:
       points = sorted(((r["recall@100"], r["qps"]) for r in rows
                        if r["dataset"] == dataset and r["method"] == method),
                       key=lambda p: (-p[0], -p[1]))
@@ -496,8 +500,9 @@ def plot(rows, path):
         if qps > best:
           frontier.append((recall_value, qps))
           best = qps
-      line, = ax.plot(*zip(*frontier), marker="o", label=method)
-      ax.scatter(*zip(*points), color=line.get_color(), s=12)
+      colour, marker = styles[method]
+      ax.plot(*zip(*frontier), marker=marker, color=colour, label=method)
+      ax.scatter(*zip(*points), color=colour, marker=marker, s=12)
     ax.set_yscale("log")
     ax.set_xlabel("recall@100")
     ax.set_ylabel("queries per second (batch of 1,000, 1 thread)")
