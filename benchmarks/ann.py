@@ -482,12 +482,12 @@ def plot(rows, path):
   datasets = sorted({r["dataset"] for r in rows})
   fig, axes = plt.subplots(1, len(datasets), figsize=(7 * len(datasets), 5),
                            squeeze=False)
-  methods_ = list(dict.fromkeys(r["method"] for r in rows))
+  names = list(dict.fromkeys(r["method"] for r in rows))
   # One colour and marker per method, the same in every panel.
   styles = {m: (plt.cm.tab10(i % 10), "os^Dv<>pP*X"[i % 11])
-            for i, m in enumerate(methods_)}
+            for i, m in enumerate(names)}
   for ax, dataset in zip(axes[0], datasets):
-    for method in methods_:
+    for method in names:
       points = sorted(((r["recall@100"], r["qps"]) for r in rows
                        if r["dataset"] == dataset and r["method"] == method),
                       key=lambda p: (-p[0], -p[1]))
@@ -517,7 +517,7 @@ def main(unused_argv):
   os.chdir(REPO_ROOT)
   harness.pin_threads()
   rows, commands, ml1m_export = [], [], None
-  floor = call_floor_ms()
+  floor = call_floor_ms() if FLAGS.datasets else None
   if "ml-1m" in FLAGS.datasets:
     items, users, cmd, ml1m_export = ml1m_embeddings()
     commands.append(shlex.join(cmd))
@@ -617,12 +617,13 @@ of two or more queries that crosses the threshold (a batch whose pairs
 spread over thousands of lists) pays that per-iteration cost for every
 list: a step in latency, not a slope. A single query is always scanned
 query by query (since 2026-12-04), so its latency grows smoothly with
-nprobe: 5.0 ms p50 at nprobe 64 and 65 and 7.9 ms at 128 on 200k x 64, where
-the list-by-list scan took 10.1 and 15.1 ms (side by side, same answers). `tf IVFFlatIndex` has one path for
-every nprobe: a batch's (query, chunk) pairs are grouped by chunk into tiles
-of up to 64 queries, scored by one batched matmul, and each query's top k is
-taken once; a single query skips the grouping (one gather of its chunks, one
-mat-vec). Its cost grows with the chunks it scans.
+nprobe: 5.0 ms p50 at nprobe 64 and 65 and 7.9 ms at 128 on 200k x 64,
+where the list-by-list scan took 10.1 and 15.1 ms (side by side, same
+answers). `tf IVFFlatIndex` has one path for every nprobe: a batch's
+(query, chunk) pairs are grouped by chunk into tiles of up to 64 queries,
+scored by one batched matmul, and each query's top k is taken once; a single
+query skips the grouping (one gather of its chunks, one mat-vec). Its cost
+grows with the chunks it scans.
 
 ### Scale (clustered N x 64)
 

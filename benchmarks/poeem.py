@@ -323,8 +323,8 @@ def poeem_seed(dataset, seed: int, variant, max_epochs: int,
   `num_valid` validation users, scores the validation users' r@100 (served
   index) after every epoch once the index is on, keeps the best epoch's
   weights and evaluates the test users once with them (with `test=False`,
-  never: the metrics are then only the validation curve and the chosen
-  epoch, and there are no item vectors).
+  never: the metrics are then only the validation curve, the chosen epoch
+  and its validation r@100, and there are no item vectors).
 
   Returns:
     `(test metrics with the validation curve and the chosen epoch, split,
@@ -378,8 +378,8 @@ def poeem_seed(dataset, seed: int, variant, max_epochs: int,
     raise ValueError(f"--warm_start_steps never ended within {max_epochs} "
                      f"epochs of {steps_per_epoch} steps: nothing to validate")
   if not test:
-    return ({"validation_curve": curve, "chosen_epoch": best["epoch"]}, split,
-            model, None)
+    return ({"validation_curve": curve, "chosen_epoch": best["epoch"],
+             f"valid_recall@{K}": best["recall"]}, split, model, None)
   model.set_weights(best["weights"])
   vectors = model.catalogue_embeddings()
   nprobe = max(1, s["num_centroids"] // 4)
@@ -411,17 +411,15 @@ def choose_warm_start(dataset_name: str, choices: List[int]) -> None:
   found = {}
   for steps in choices:
     for seed in seeds:
-      curve = poeem_seed(dataset, seed, dict(warm_start_steps=steps),
-                         FLAGS.max_epochs, FLAGS.steps_per_epoch,
-                         FLAGS.num_valid_users,
-                         test=False)[0]["validation_curve"]
-      best = max(curve, key=lambda p: p[f"valid_recall@{K}"])
+      best = poeem_seed(dataset, seed, dict(warm_start_steps=steps),
+                        FLAGS.max_epochs, FLAGS.steps_per_epoch,
+                        FLAGS.num_valid_users, test=False)[0]
       found.setdefault(steps, []).append(
-          {"seed": seed, "epoch": best["epoch"],
+          {"seed": seed, "epoch": best["chosen_epoch"],
            f"valid_recall@{K}": best[f"valid_recall@{K}"]})
       print(f"warm start {steps}, seed {seed}: best validation r@{K} "
-            f"{best[f'valid_recall@{K}']:.4f} at epoch {best['epoch']}",
-            flush=True)
+            f"{best[f'valid_recall@{K}']:.4f} at epoch "
+            f"{best['chosen_epoch']}", flush=True)
   mean = {steps: float(np.mean([r[f"valid_recall@{K}"] for r in runs]))
           for steps, runs in found.items()}
   chosen = max(mean, key=mean.get)

@@ -19,10 +19,10 @@ points (64 by default; Faiss samples 256, which here costs about 1.5x
 the CPU time of the 64-point build for one to two points of recall@100 at
 J=1024, see the `index_build` section of benchmarks/RESULTS.md), a large k
 is seeded by k distinct random points as Faiss does (k-means++ only for
-k <= 256, where its serial loop is cheap), and Lloyd's iterations stop early once the objective (the sum of
-squared distances to the nearest centroid) improves by less than
-`tolerance` (relative, 1e-3 by default: about the 10 iterations Faiss runs)
-in one iteration.
+k <= 256, where its serial loop is cheap), and Lloyd's iterations stop
+early once the objective (the sum of squared distances to the nearest
+centroid) improves by less than `tolerance` (relative, 1e-3 by default:
+about the 10 iterations Faiss runs) in one iteration.
 """
 
 from __future__ import annotations
