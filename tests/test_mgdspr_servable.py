@@ -84,11 +84,8 @@ def _in_memory(model, request, control_on, k):
 @pytest.mark.parametrize("fixture", ["exported", "exported_cosine"])
 def test_export_check_and_equal_to_the_in_memory_model(fixture, request):
   model, path, servable = request.getfixturevalue(fixture)
-  if fixture == "exported":
-    # The checker once (it loads the servable in two fresh processes): the
-    # cosine export only adds the towers' l2_normalize, a stock op.
-    report = check.check(path)
-    assert report["path"] == path
+  report = check.check(path)
+  assert report["path"] == path
   loaded = servable.signatures["serving_default"]
   payload = _request()
   control_on = [1, 1, 1, 0]
