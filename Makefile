@@ -29,6 +29,8 @@ bench: $(STAMP)
 	$(PY) -m benchmarks.baselines
 	$(PY) -m benchmarks.pipeline
 	$(PY) -m benchmarks.ann
+	$(PY) -m benchmarks.scan_paths
+	$(PY) -m benchmarks.index_build
 	$(PY) -m benchmarks.poeem
 	$(PY) -m benchmarks.poeem --figures
 	$(PY) -m benchmarks.poeem_indexing

@@ -680,13 +680,10 @@ def _ivfpq_latency(model, vectors, items_asset, fingerprint, requests,
   """IVF-PQ servables over the same vectors: one quantizer training
   (`build_index`'s defaults for D and rerank, and for J unless `num_lists`
   is given), then one servable per (nprobe, rerank) of `settings` (rerank
-  None: the trained default). `list_scan_from` is the export's
-  (`list_scan_from_for` the heads), so one-row calls stay on the per-query
-  look-up-table path; `_top_ids`' batched calls may scan by list (same
-  scores)."""
+  None: the trained default)."""
   from retrieval_tf import export as export_lib  # pylint: disable=g-import-not-at-top
   from retrieval_tf.compat import tf  # pylint: disable=g-import-not-at-top
-  from retrieval_tf.index import IVFPQIndex, build_index, list_scan_from_for  # pylint: disable=g-import-not-at-top
+  from retrieval_tf.index import IVFPQIndex, build_index  # pylint: disable=g-import-not-at-top
   from dpsr_tf.servable import DPSRServable  # pylint: disable=g-import-not-at-top
   num_items = len(vectors)
   start = time.perf_counter()
@@ -695,8 +692,7 @@ def _ivfpq_latency(model, vectors, items_asset, fingerprint, requests,
   out: Dict[str, Any] = {"build_seconds": round(time.perf_counter() - start,
                                                 1), "runs": []}
   for nprobe, rerank in settings:
-    config = dict(trained.get_config(), nprobe=nprobe,
-                  list_scan_from=list_scan_from_for(model.num_heads, nprobe))
+    config = dict(trained.get_config(), nprobe=nprobe)
     if rerank is not None:
       config["rerank"] = rerank
     config.pop("name")

@@ -335,7 +335,7 @@ def export_dpsr(model: DPSRModel, export_dir: str,
                           max_k=min(max_k, len(indices)),
                           num_lists=num_lists, num_subspaces=num_subspaces,
                           nprobe=nprobe, rerank=min(rerank, len(indices)),
-                          seed=seed, request_rows=model.num_heads)
+                          seed=seed)
     servable = DPSRServable(model, item_vectors[indices], indices,
                             items_asset, user_assets, max_k, fingerprint,
                             shard, num_shards, index=layer)

@@ -41,10 +41,9 @@ from mgdspr_tf.relevance import RelevanceControl, intent_vocabulary
 
 
 def user_encoder(model: MGDSPRModel, batch_size: int = 512):
-  """examples -> user vectors `[n, d]`, in batches, through one traced
-  function (one trace per batch shape class, not per call)."""
-  fn = tf.function(lambda x: model.user_vector(x, training=False),
-                   reduce_retracing=True)
+  """examples -> user vectors `[n, d]`, in batches, through the model's one
+  traced `user_vector` (`MGDSPRModel.traced`)."""
+  fn = model.traced("user_vector")
 
   def encode(examples: data_lib.Examples) -> np.ndarray:
     features = examples.features(with_item=False)

@@ -330,9 +330,22 @@ class MGDSPRModel(SavableModel, keras.Model):
     return self._output(self.item_tower(self.item_embedding(items), words,
                                         mask))
 
+  def traced(self, name: str):
+    """`item_vectors` or `user_vector` (with training=False) as one
+    `tf.function` per model, traced once and reused by every evaluation
+    (a function made per call would retrace each epoch). Kept outside the
+    model's tracked state, so it is not saved with the model."""
+    cache = self.__dict__.setdefault("_traced_functions", {})
+    if name not in cache:
+      method = {"item_vectors": self.item_vectors,
+                "user_vector": lambda x: self.user_vector(x, training=False)
+                }[name]
+      cache[name] = tf.function(method, reduce_retracing=True)
+    return cache[name]
+
   def all_item_vectors(self, batch_size: int = 4096) -> np.ndarray:
     """H_item of every item, `[num_items, d]` float32."""
-    fn = tf.function(self.item_vectors)
+    fn = self.traced("item_vectors")
     return np.concatenate([
         fn(tf.range(s, min(s + batch_size, self.num_items))).numpy()
         for s in range(0, self.num_items, batch_size)])

@@ -170,16 +170,14 @@ class BruteForceIndex(keras.layers.Layer):
     return config
 
 
-# IVFPQIndex scans query by query up to this many probed (query, list) pairs
-# in one call, list by list above it.
-LIST_SCAN_FROM = 64
-
-
-def list_scan_from_for(request_rows: int, nprobe: int) -> int:
-  """The `IVFPQIndex.list_scan_from` that keeps a request of `request_rows`
-  query rows, each probing `nprobe` lists, on the per-query scan (never
-  below the default `LIST_SCAN_FROM`)."""
-  return max(LIST_SCAN_FROM, request_rows * nprobe)
+def default_list_scan_from(num_items: int, num_lists: int) -> int:
+  """`IVFPQIndex.list_scan_from` by default: J (1.5 + 500 J / N) probed
+  (query, list) pairs, i.e. list by list once each probed list is shared
+  by 1.5 queries on average (lists of about 1,000 items) up to about 4
+  (lists of about 200 items), where the per-list loop step weighs more.
+  Measured where the two scans cost the same, one thread, D = 16, 64-d,
+  width 300 (`python -m benchmarks.scan_paths`)."""
+  return int(round(num_lists * (1.5 + 500 * num_lists / num_items)))
 
 
 @keras.utils.register_keras_serializable(package="retrieval_tf")
@@ -237,10 +235,12 @@ class IVFPQIndex(keras.layers.Layer):
     rotation: hold a `[d, d]` query rotation (set by `index_from_codes`).
     list_scan_from: batches of two or more queries probing more than this
       many (query, list) pairs are scanned list by list (each list decoded
-      once, one matmul with all its queries); smaller ones, and a single
-      query at any nprobe (where list by list only adds a loop iteration
-      per list), query by query with look-up tables. Both give the same
-      scores; this only trades speed.
+      once, one matmul with all the queries that probe it); smaller ones,
+      and a single query at any nprobe (where list by list only adds a loop
+      step per list), query by query with look-up tables. Both give the same
+      scores; this only trades speed. None: `default_list_scan_from`, about
+      where the two cost the same, so time grows smoothly with nprobe and
+      batch size (no step where the scan changes).
   """
 
   def __init__(self, num_items: int, dim: int, num_lists: int,
@@ -249,7 +249,7 @@ class IVFPQIndex(keras.layers.Layer):
                nprobe: Optional[int] = None,
                rerank: int = 0, store_vectors: bool = False,
                rotation: bool = False,
-               list_scan_from: int = LIST_SCAN_FROM, **kwargs):
+               list_scan_from: Optional[int] = None, **kwargs):
     super().__init__(**kwargs)
     _check_shape_and_metric(self, num_items, dim, metric, max_k)
     check_build_options("ivfpq", dim, num_lists, num_subspaces, nprobe,
@@ -271,7 +271,9 @@ class IVFPQIndex(keras.layers.Layer):
     self.max_k = int(min(max_k, num_items))
     self.nprobe, self.rerank = int(nprobe), int(rerank)
     self.store_vectors, self.use_rotation = bool(store_vectors), bool(rotation)
-    self.list_scan_from = int(list_scan_from)
+    self.list_scan_from = int(
+        default_list_scan_from(num_items, num_lists)
+        if list_scan_from is None else list_scan_from)
     sub_dim = self.dim // self.num_subspaces
 
     def state(name, shape, dtype=tf.float32):
@@ -406,10 +408,8 @@ class IVFPQIndex(keras.layers.Layer):
     # The best `width` candidates by ADC (k, or rerank when re-ranking);
     # rows with fewer candidates are padded with position -1 / -inf.
     width = tf.maximum(k, rerank)
-    by_list = (tf.shape(probes)[0] > 1) & (
-        tf.size(probes) > self.list_scan_from)
     top_scores, top_positions = tf.cond(
-        by_list,
+        self.scans_by_list(tf.shape(probes)[0], tf.shape(probes)[1]),
         lambda: self._scan_by_list(rotated, coarse, probes, width, exclude),
         lambda: self._scan_by_query(rotated, coarse, probes, width, exclude))
     if self.store_vectors:
@@ -421,6 +421,11 @@ class IVFPQIndex(keras.layers.Layer):
     indices = tf.where(valid, tf.gather(self.list_items,
                                         tf.maximum(top_positions, 0)), -1)
     return top_scores, indices
+
+  def scans_by_list(self, batch, nprobe):
+    """Whether a batch of `batch` queries probing `nprobe` lists each is
+    scanned list by list (else query by query); ints or int32 tensors."""
+    return (batch > 1) & (batch * nprobe > self.list_scan_from)
 
   def _probe(self, queries, nprobe):
     """Coarse step: the rotated queries, and the scores and ids of the
@@ -992,8 +997,7 @@ def build_index(item_vectors, kind: str = "brute_force", metric: str = "dot",
                 max_k: int = 1000, num_lists: Optional[int] = None,
                 num_subspaces: Optional[int] = None,
                 nprobe: Optional[int] = None, rerank: int = 100,
-                seed: int = 0, request_rows: Optional[int] = None,
-                memory_budget_bytes: Optional[int] = None
+                seed: int = 0, memory_budget_bytes: Optional[int] = None
                 ) -> keras.layers.Layer:
   """The index a servable ships, filled with `item_vectors [N, d]`.
 
@@ -1024,10 +1028,7 @@ def build_index(item_vectors, kind: str = "brute_force", metric: str = "dot",
   (capped at N); `num_lists` and `nprobe` apply to the inverted files,
   `num_subspaces` to IVF-PQ (ValueError otherwise, or when they cannot work
   on d-dimensional vectors, see `check_build_options`); `rerank` only
-  applies to IVF-PQ (IVF-Flat scores are exact). `request_rows` (IVF-PQ):
-  the query rows one request searches (e.g. a multi-head query tower's
-  heads); a request of that many rows is scanned query by query
-  (`IVFPQIndex.list_scan_from` from `list_scan_from_for`).
+  applies to IVF-PQ (IVF-Flat scores are exact).
   """
   item_vectors = np.asarray(item_vectors, np.float32)
   if item_vectors.ndim != 2 or not len(item_vectors):
@@ -1038,8 +1039,6 @@ def build_index(item_vectors, kind: str = "brute_force", metric: str = "dot",
   if (memory_budget_bytes is None) == (kind == "auto"):
     raise ValueError("memory_budget_bytes must be given exactly when "
                      f"kind='auto' (got kind={kind!r})")
-  if request_rows is not None and request_rows < 1:
-    raise ValueError(f"request_rows must be >= 1, got {request_rows}")
   max_k = min(max_k, count)
   if kind == "brute_force":
     return BruteForceIndex.from_embeddings(
@@ -1071,8 +1070,7 @@ def build_index(item_vectors, kind: str = "brute_force", metric: str = "dot",
   return IVFPQIndex.from_embeddings(
       item_vectors, num_lists, num_subspaces,
       num_codewords=min(256, count), seed=seed, metric=metric, max_k=max_k,
-      nprobe=nprobe, rerank=rerank, store_vectors=rerank > 0,
-      list_scan_from=list_scan_from_for(request_rows or 0, nprobe))
+      nprobe=nprobe, rerank=rerank, store_vectors=rerank > 0)
 
 
 def index_parameters(index: keras.layers.Layer) -> dict:

@@ -303,10 +303,11 @@ def test_build_index_defaults_by_corpus_size():
   assert isinstance(approx, IVFPQIndex)
   assert (approx.num_lists, approx.num_subspaces) == (51, 3)
   assert approx.nprobe == 3 and approx.store_vectors
-  assert approx.list_scan_from == 64  # the index's default
-  wide = build_index(vectors, "ivfpq", num_lists=51, nprobe=40, rerank=0,
-                     request_rows=2)
-  assert wide.list_scan_from == 80  # 2 rows x 40 lists: query by query
+  # By default a batch goes list by list once its (query, list) pairs
+  # reach J (1.5 + 500 J / N): 51 x (1.5 + 12.75) here.
+  assert approx.list_scan_from == 727
+  assert not approx.scans_by_list(1, 51)  # one query: always by query
+  assert not approx.scans_by_list(14, 51) and approx.scans_by_list(15, 51)
   _, ids = approx(vectors[:3].astype(np.float32), 5, nprobe=51, rerank=2000)
   _, want = exact(vectors[:3].astype(np.float32), 5)
   np.testing.assert_array_equal(ids.numpy(), want.numpy())
@@ -317,8 +318,7 @@ def test_build_index_defaults_by_corpus_size():
       ("ivfpq", {"num_lists": 4, "nprobe": 5},
        "nprobe=5 must be <= num_lists=4"),
       ("ivfpq", {"num_lists": 0}, "num_lists must be >= 1"),
-      ("ivfpq", {"rerank": -1}, "rerank must be >= 0"),
-      ("ivfpq", {"request_rows": 0}, "request_rows must be >= 1")]:
+      ("ivfpq", {"rerank": -1}, "rerank must be >= 0")]:
     with pytest.raises(ValueError, match=message):
       build_index(vectors, kind, **options)
   with pytest.raises(ValueError, match="non-empty"):
