@@ -608,18 +608,18 @@ Plot: `results/ann.png` (recall@100 against QPS, one panel per dataset).
 
 {table}
 
-`tf IVFPQIndex` has two scans and switches between them on the number of
-probed (query, list) pairs of a request (`list_scan_from`, 64): below it,
-ADC query by query (look-up tables, one flattened gather of the candidates'
-codes); above it, list by list, a `tf.while_loop` with one iteration per
-probed list that decodes the list and runs a dozen small ops. A request
-of two or more queries that crosses the threshold (a batch whose pairs
-spread over thousands of lists) pays that per-iteration cost for every
-list: a step in latency, not a slope. A single query is always scanned
-query by query (since 2026-12-04), so its latency grows smoothly with
-nprobe: 5.0 ms p50 at nprobe 64 and 65 and 7.9 ms at 128 on 200k x 64,
-where the list-by-list scan took 10.1 and 15.1 ms (side by side, same
-answers). `tf IVFFlatIndex` has one path for every nprobe: a batch's
+`tf IVFPQIndex` has two scans that give the same scores: query by query
+(look-up tables, one flattened gather of the candidates' codes) and list by
+list (a `tf.while_loop` that decodes each probed list once and scores it
+against every query of the batch that probes it). A batch of two or more
+queries goes list by list once its probed (query, list) pairs exceed
+`list_scan_from`, by default J (1.5 + 500 J / N): about where the two cost
+the same, so time grows smoothly with nprobe and batch size (both scans
+side by side over batch x nprobe: the `scan_paths` section,
+`python -m benchmarks.scan_paths`). A single query always goes query by
+query. Until 2026-12-04 the switch sat at 64 pairs whatever J, and small
+batches past it paid the list loop's per-list cost: a step, not a slope.
+`tf IVFFlatIndex` has one path for every nprobe: a batch's
 (query, chunk) pairs are grouped by chunk into tiles of up to 64 queries,
 scored by one batched matmul, and each query's top k is taken once; a single
 query skips the grouping (one gather of its chunks, one mat-vec). Its cost

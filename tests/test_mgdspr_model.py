@@ -145,6 +145,28 @@ def test_switches_give_finite_vectors_and_loss(switches):
   assert clone.get_config() == m.get_config()
 
 
+def test_evaluation_functions_are_traced_once_per_model():
+  m = _model()
+  batch = {k: v for k, v in _batch(np.random.default_rng(5)).items()
+           if k != "item_id"}
+  first = m.all_item_vectors(batch_size=16)  # 40 items: batches 16, 16, 8
+  traces = m.traced("item_vectors").experimental_get_tracing_count()
+  np.testing.assert_allclose(m.all_item_vectors(batch_size=16), first)
+  np.testing.assert_allclose(
+      first[:8], m.item_vectors(np.arange(8)).numpy(), rtol=1e-5, atol=1e-6)
+  users = [m.traced("user_vector")(batch).numpy()]
+  traces = (traces, m.traced("user_vector").experimental_get_tracing_count())
+  users += [m.traced("user_vector")(batch).numpy() for _ in range(2)]
+  np.testing.assert_allclose(users[2], m.user_vector(batch).numpy(),
+                             rtol=1e-5, atol=1e-6)
+  # Every epoch's evaluation reuses the same functions (no retrace).
+  assert m.traced("item_vectors") is m.traced("item_vectors")
+  assert (m.traced("item_vectors").experimental_get_tracing_count(),
+          m.traced("user_vector").experimental_get_tracing_count()) == traces
+  with pytest.raises(KeyError):
+    m.traced("call")
+
+
 def test_cosine_similarity_gives_unit_vectors_and_keeps_tau():
   rng = np.random.default_rng(7)
   dot, cosine = _model(num_hard=0), _model(num_hard=0, similarity="cosine")
