@@ -213,6 +213,15 @@ def _early_stopping_flags() -> List[str]:
                 f"--valid_fraction={FLAGS.valid_fraction}"]
 
 
+def _synthetic_flags() -> List[str]:
+  """Every synthetic run's flags: `--train_flags`, with `--max_epochs` in
+  place of their `--epochs` under `--early_stopping`."""
+  train_flags = list(FLAGS.train_flags)
+  if FLAGS.early_stopping and FLAGS.max_epochs:
+    train_flags = [f for f in train_flags if not f.startswith("--epochs=")]
+  return train_flags + _early_stopping_flags()
+
+
 def train(name: str, extra: List[str], seed: int, export: bool = False,
           dataset: str = "synthetic") -> Dict:
   if dataset == "synthetic":
@@ -220,7 +229,7 @@ def train(name: str, extra: List[str], seed: int, export: bool = False,
               if FLAGS.early_stopping else "")
     out = os.path.join(FLAGS.output_root, f"{_slug(name)}_seed{seed}{suffix}")
     source = [f"--synthetic_items={FLAGS.synthetic_items}"]
-    common = list(FLAGS.train_flags) + _early_stopping_flags()
+    common = _synthetic_flags()
   else:
     out = os.path.join(FLAGS.output_root, "real", dataset,
                        f"{_slug(name)}_seed{seed}")
@@ -529,7 +538,7 @@ def main(argv):
       f"mean ± std; {report.machine()}. Every run: `python -m "
       f"mgdspr_tf.train --dataset=synthetic "
       f"--synthetic_items={FLAGS.synthetic_items} --seed=S "
-      f"{' '.join(FLAGS.train_flags + raw['early_stopping_flags'])}` + "
+      f"{' '.join(_synthetic_flags())}` + "
       "the row's flags (recorded in "
       f"`results/{'mgdspr_valid' if FLAGS.early_stopping else 'mgdspr'}"
       ".json`). `unrelated_*`: test searches whose "
