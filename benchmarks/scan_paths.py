@@ -126,11 +126,9 @@ def ivf_flat_single(items: np.ndarray, queries: np.ndarray) -> dict:
   spec = tf.TensorSpec([1, items.shape[1]], tf.float32)
 
   def path(name):
+    # The layer's own paths on its own probes, as for IVF-PQ above.
     def run(query, nprobe):
-      _, probes = tf.math.top_k(
-          tf.matmul(query, index.centroids, transpose_b=True), k=nprobe)
-      starts = tf.reshape(tf.gather(index.list_chunks, probes), [-1])
-      ends = tf.reshape(tf.gather(index.list_chunks, probes + 1), [-1])
+      starts, ends = index._probe_chunks(query, nprobe)  # pylint: disable=protected-access
       if name == "single-query path":
         return index._search_one(query, 100, starts, ends, None)  # pylint: disable=protected-access
       return index._search_batch(query, 100, nprobe, starts, ends, None)  # pylint: disable=protected-access

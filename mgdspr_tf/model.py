@@ -335,12 +335,14 @@ class MGDSPRModel(SavableModel, keras.Model):
     `tf.function` per model, traced once and reused by every evaluation
     (a function made per call would retrace each epoch). Kept outside the
     model's tracked state, so it is not saved with the model."""
+    methods = {"item_vectors": self.item_vectors,
+               "user_vector": lambda x: self.user_vector(x, training=False)}
+    if name not in methods:
+      raise ValueError(f"traced: name must be one of {sorted(methods)}, got "
+                       f"{name!r}")
     cache = self.__dict__.setdefault("_traced_functions", {})
     if name not in cache:
-      method = {"item_vectors": self.item_vectors,
-                "user_vector": lambda x: self.user_vector(x, training=False)
-                }[name]
-      cache[name] = tf.function(method, reduce_retracing=True)
+      cache[name] = tf.function(methods[name], reduce_retracing=True)
     return cache[name]
 
   def all_item_vectors(self, batch_size: int = 4096) -> np.ndarray:

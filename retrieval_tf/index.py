@@ -173,7 +173,7 @@ class BruteForceIndex(keras.layers.Layer):
 def default_list_scan_from(num_items: int, num_lists: int) -> int:
   """`IVFPQIndex.list_scan_from` by default: J (1.5 + 500 J / N) probed
   (query, list) pairs, i.e. list by list once each probed list is shared
-  by 1.5 queries on average (lists of about 1,000 items) up to about 4
+  by about 2 queries on average (lists of about 1,000 items) up to about 4
   (lists of about 200 items), where the per-list loop step weighs more.
   Measured where the two scans cost the same, one thread, D = 16, 64-d,
   width 300 (`python -m benchmarks.scan_paths`)."""
@@ -755,10 +755,7 @@ class IVFFlatIndex(keras.layers.Layer):
     k = _checked(k, 1, self.max_k, "k")
     nprobe = _checked(nprobe, 1, self.num_lists, "nprobe")
     batch = tf.shape(queries)[0]
-    _, probes = tf.math.top_k(
-        tf.matmul(queries, self.centroids, transpose_b=True), k=nprobe)
-    starts = tf.reshape(tf.gather(self.list_chunks, probes), [-1])
-    ends = tf.reshape(tf.gather(self.list_chunks, probes + 1), [-1])
+    starts, ends = self._probe_chunks(queries, nprobe)
     if exclude is not None:
       exclude = tf.cast(exclude, tf.int32)
     # One query takes the short path (fewer ops is lower latency); both
@@ -768,6 +765,14 @@ class IVFFlatIndex(keras.layers.Layer):
         lambda: self._search_one(queries, k, starts, ends, exclude),
         lambda: self._search_batch(queries, k, nprobe, starts, ends,
                                    exclude))
+
+  def _probe_chunks(self, queries, nprobe):
+    """Coarse step: the chunk ranges `starts[i]` to `ends[i]` `[B * nprobe]`
+    of the `nprobe` best lists of every query, query by query."""
+    _, probes = tf.math.top_k(
+        tf.matmul(queries, self.centroids, transpose_b=True), k=nprobe)
+    return (tf.reshape(tf.gather(self.list_chunks, probes), [-1]),
+            tf.reshape(tf.gather(self.list_chunks, probes + 1), [-1]))
 
   def _search_one(self, query, k, starts, ends, exclude):
     """Top k of one query `[1, d]` over the chunks `starts[i]` to `ends[i]`

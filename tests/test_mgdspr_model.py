@@ -163,7 +163,7 @@ def test_evaluation_functions_are_traced_once_per_model():
   assert m.traced("item_vectors") is m.traced("item_vectors")
   assert (m.traced("item_vectors").experimental_get_tracing_count(),
           m.traced("user_vector").experimental_get_tracing_count()) == traces
-  with pytest.raises(KeyError):
+  with pytest.raises(ValueError, match="item_vectors', 'user_vector"):
     m.traced("call")
 
 
