@@ -68,8 +68,25 @@ behaviour attention with the zero vector at tau = 1 (behaviour datasets),
 the full model without hard negatives (tau = 2), full MGDSPR (tau = 2,
 mixed hard negatives), full with hinge loss. Per-dataset training flags in
 `--crowdflower_flags` / `--amazon_beauty_flags` / `--bestbuy_flags`, chosen
-from learning curves (see `docs/mgdspr.md`). Writes the `mgdspr_real` section of
-`RESULTS.md` and `results/mgdspr_real.json`.
+from learning curves of the test metric (see `docs/mgdspr.md`). Writes the
+`mgdspr_real` section of `RESULTS.md` and `results/mgdspr_real.json`.
+
+With `--early_stopping=N` every real-data run holds a validation part out of
+its training rows (`mgdspr_tf.train --early_stopping`: a query-disjoint
+`--valid_fraction` of the training queries, or each user's last training
+event on Amazon Beauty), trains up to `--dataset_max_epochs` epochs, keeps
+its best epoch by validation recall@50 and is tested once; the table gains
+the epochs chosen per seed and goes to the `mgdspr_real_valid` section
+(`results/mgdspr_real_valid.json`). The measured run:
+
+    python -m benchmarks.mgdspr --part=real \
+        --datasets=crowdflower,amazon-beauty,bestbuy --seeds=3 \
+        --early_stopping=2 \
+        --dataset_max_epochs=crowdflower:12,amazon-beauty:10,bestbuy:15 \
+        --dataset_steps_per_epoch=crowdflower:250 --threads=1
+
+(CrowdFlower's epochs are 250 steps, five passes over its 6,000 training
+pairs, so that a patience of 2 is not spent on the first passes' noise.)
 
 Inner product against cosine F (`--part=similarity`), on the synthetic
 world with the ablation's flags:
@@ -148,14 +165,24 @@ flags.DEFINE_list("bestbuy_flags", [
     "--verbose=0"], "Flags of every Best Buy run.")
 flags.DEFINE_list("dataset_seeds", [], "name:count pairs overriding "
                   "--seeds for that dataset of --part=real.")
-flags.DEFINE_integer("early_stopping", 0, "--part=synthetic: patience in "
-                     "epochs; each run keeps its best epoch by validation "
-                     "recall@50 (0: train --train_flags' epochs, no "
+flags.DEFINE_integer("early_stopping", 0, "--part=synthetic or real: "
+                     "patience in epochs; each run keeps its best epoch by "
+                     "validation recall@50 (0: train the flags' epochs, no "
                      "validation).")
-flags.DEFINE_integer("max_epochs", 0, "With --early_stopping: the longest "
-                     "training tried (0: --train_flags' --epochs).")
+flags.DEFINE_integer("max_epochs", 0, "With --early_stopping, "
+                     "--part=synthetic: the longest training tried (0: "
+                     "--train_flags' --epochs).")
+flags.DEFINE_list("dataset_max_epochs", [], "With --early_stopping, "
+                  "--part=real: name:count pairs, the longest training "
+                  "tried on that dataset (default: its flags' --epochs).")
+flags.DEFINE_list("dataset_steps_per_epoch", [], "--part=real: name:count "
+                  "pairs, that dataset's steps per epoch (default: one pass "
+                  "over its training rows).")
 flags.DEFINE_float("valid_fraction", 0.1, "With --early_stopping: share of "
-                   "the training searches held out for validation.")
+                   "the training searches (synthetic) or queries "
+                   "(crowdflower, bestbuy) held out for validation; "
+                   "amazon-beauty holds out each user's last training "
+                   "event.")
 flags.DEFINE_list("configs", [], "--part=synthetic: ablation rows to train "
                   "(empty: all of them).")
 flags.DEFINE_integer("threads", 0, "TF threads of each training process "
@@ -204,35 +231,48 @@ def _slug(name: str) -> str:
   return "".join(c if c.isalnum() else "_" for c in name).strip("_")[:60]
 
 
-def _early_stopping_flags() -> List[str]:
-  """The flags `--early_stopping` adds to every synthetic run."""
+def _early_stopping_flags(max_epochs: int) -> List[str]:
+  """The flags `--early_stopping` adds to every run (`max_epochs` 0: the
+  run's own `--epochs` is the cap)."""
   if not FLAGS.early_stopping:
     return []
-  cap = [f"--epochs={FLAGS.max_epochs}"] if FLAGS.max_epochs else []
+  cap = [f"--epochs={max_epochs}"] if max_epochs else []
   return cap + [f"--early_stopping={FLAGS.early_stopping}",
                 f"--valid_fraction={FLAGS.valid_fraction}"]
 
 
-def _synthetic_flags() -> List[str]:
-  """Every synthetic run's flags: `--train_flags`, with `--max_epochs` in
-  place of their `--epochs` under `--early_stopping`."""
-  train_flags = list(FLAGS.train_flags)
-  if FLAGS.early_stopping and FLAGS.max_epochs:
+def _with_early_stopping(train_flags: List[str],
+                         max_epochs: int) -> List[str]:
+  """`train_flags`, with `max_epochs` in place of their `--epochs` under
+  `--early_stopping`."""
+  train_flags = list(train_flags)
+  if FLAGS.early_stopping and max_epochs:
     train_flags = [f for f in train_flags if not f.startswith("--epochs=")]
-  return train_flags + _early_stopping_flags()
+  return train_flags + _early_stopping_flags(max_epochs)
+
+
+def _synthetic_flags() -> List[str]:
+  """Every synthetic run's flags."""
+  return _with_early_stopping(FLAGS.train_flags, FLAGS.max_epochs)
+
+
+def _run_suffix(max_epochs: int) -> str:
+  """Run folders of early-stopping runs are their own."""
+  return (f"_es{FLAGS.early_stopping}x{max_epochs}"
+          if FLAGS.early_stopping else "")
 
 
 def train(name: str, extra: List[str], seed: int, export: bool = False,
           dataset: str = "synthetic") -> Dict:
   if dataset == "synthetic":
-    suffix = (f"_es{FLAGS.early_stopping}x{FLAGS.max_epochs}"
-              if FLAGS.early_stopping else "")
-    out = os.path.join(FLAGS.output_root, f"{_slug(name)}_seed{seed}{suffix}")
+    out = os.path.join(FLAGS.output_root, f"{_slug(name)}_seed{seed}"
+                       f"{_run_suffix(FLAGS.max_epochs)}")
     source = [f"--synthetic_items={FLAGS.synthetic_items}"]
     common = _synthetic_flags()
   else:
     out = os.path.join(FLAGS.output_root, "real", dataset,
-                       f"{_slug(name)}_seed{seed}")
+                       f"{_slug(name)}_seed{seed}"
+                       f"{_run_suffix(real_max_epochs(dataset))}")
     source = [f"--data_dir={os.path.join(FLAGS.data_root, REAL[dataset][0])}"]
     common = real_flags(dataset)
   cmd = (["python", "-m", "mgdspr_tf.train", f"--dataset={dataset}"] +
@@ -316,8 +356,33 @@ REAL_FULL = "full MGDSPR (tau 2, mixed hard negatives)"
 REAL_COLUMNS = ["recall@10", "recall@50", "p_good@10", "p_good@50"]
 
 
+def _dataset_counts(pairs: List[str], flag: str) -> Dict[str, int]:
+  """`name:count` pairs of `--part=real` datasets as a dict."""
+  counts = {}
+  for pair in pairs:
+    name, _, count = pair.partition(":")
+    if name not in REAL or not count.isdigit() or int(count) < 1:
+      raise app.UsageError(f"--{flag}: bad {pair!r}; want name:count with "
+                           f"name one of {sorted(REAL)}")
+    counts[name] = int(count)
+  return counts
+
+
+def real_max_epochs(dataset: str) -> int:
+  """With `--early_stopping`: the longest training tried on `dataset`
+  (`--dataset_max_epochs`, else the dataset's own `--epochs`)."""
+  return _dataset_counts(FLAGS.dataset_max_epochs,
+                         "dataset_max_epochs").get(dataset, 0)
+
+
 def real_flags(dataset: str) -> List[str]:
-  return list(getattr(FLAGS, dataset.replace("-", "_") + "_flags"))
+  """Every `dataset` run's flags."""
+  steps = _dataset_counts(FLAGS.dataset_steps_per_epoch,
+                          "dataset_steps_per_epoch").get(dataset)
+  return _with_early_stopping(
+      getattr(FLAGS, dataset.replace("-", "_") + "_flags"),
+      real_max_epochs(dataset)) + (
+          [f"--steps_per_epoch={steps}"] if steps else [])
 
 
 def real_ablation(dataset: str) -> List:
@@ -350,18 +415,18 @@ def main_real() -> None:
       raise app.UsageError(f"--datasets: unknown {dataset!r}; known: "
                            f"{sorted(REAL)}")
   counts = {d: FLAGS.seeds for d in FLAGS.datasets}
-  for pair in FLAGS.dataset_seeds:
-    name, _, count = pair.partition(":")
-    if name not in counts or not count.isdigit() or int(count) < 1:
-      raise app.UsageError(f"--dataset_seeds: bad {pair!r}")
-    counts[name] = int(count)
+  counts.update(_dataset_counts(FLAGS.dataset_seeds, "dataset_seeds"))
   raw: Dict = {"machine": report.machine(), "datasets": {}}
-  text = ["## MGDSPR (KDD'21) on real data: reduced ablation", "",
+  section = "mgdspr_real_valid" if FLAGS.early_stopping else "mgdspr_real"
+  title = ("reduced ablation, training length chosen on validation"
+           if FLAGS.early_stopping else "reduced ablation")
+  text = [f"## MGDSPR (KDD'21) on real data: {title}", "",
           "Seeds per dataset below (seed: initialisation, data order "
           "and, on CrowdFlower, the query-disjoint split), mean ± std; "
           f"{report.machine()}. Every run is `python -m mgdspr_tf.train "
           "--dataset=D --data_dir=... --seed=S` + the dataset's flags + the "
-          "row's flags (all recorded in `results/mgdspr_real.json`). "
+          "row's flags (all recorded in "
+          f"`results/{section}.json`). "
           "CrowdFlower: clicks = pairs with human grade >= 3, "
           "query-disjoint split, P_good@k = share of the top-k with human "
           "grade >= 3 among all products (unjudged = not relevant); the "
@@ -378,6 +443,17 @@ def main_real() -> None:
           "levels): intents recognised in the query filter the top-50; its "
           "category part and the derived judgments both come from "
           "categories, so they are not independent."]
+  epochs = ["epochs (validation)"] if FLAGS.early_stopping else []
+  if FLAGS.early_stopping:
+    text += ["", "Every run trains up to the dataset's cap of epochs "
+             "(its flags' `--epochs`), holds a validation part out of its "
+             f"training rows (CrowdFlower, Best Buy: a query-disjoint "
+             f"{FLAGS.valid_fraction:g} of the training queries; Amazon "
+             "Beauty: each user's last training event), keeps the weights "
+             "of its best epoch by validation recall@50, stopping after "
+             f"{FLAGS.early_stopping} epoch(s) without improvement, and is "
+             "tested once at that epoch. \"epochs (validation)\": the "
+             "chosen epoch per seed."]
   for dataset in FLAGS.datasets:
     seeds = list(range(counts[dataset]))
     rows = real_ablation(dataset)
@@ -388,7 +464,8 @@ def main_real() -> None:
     columns = [c for c in REAL_COLUMNS
                if any(c in r for v in runs.values() for r in v)]
     table = [[name] + [report.mean_std(v, c) for c in columns] +
-             [f"{np.mean([r['train_seconds'] for r in v]):.0f}"]
+             [f"{np.mean([r['train_seconds'] for r in v]):.0f}"] +
+             ([", ".join(str(r["best_epoch"]) for r in v)] if epochs else [])
              for name, v in runs.items()]
     full = runs[REAL_FULL]
     # Relevance control variants: the full model's top-50 filtered by the
@@ -405,7 +482,9 @@ def main_real() -> None:
                "p_good@50": report.mean_std(variant, "rc_p_good")}
       table.insert(len(table) - 1, [
           f"full MGDSPR + relevance control, {label} (top-50 filtered)"] +
-          [cells.get(c, "-") for c in columns] + ["-"])
+          [cells.get(c, "-") for c in columns] + ["-"] +
+          ([", ".join(str(r["best_epoch"]) for r in variant)]
+           if epochs else []))
     first = runs[rows[0][0]][0]
     minutes = sum(r.get("total_seconds", 0) for v in runs.values()
                   for r in v) / 60
@@ -416,12 +495,13 @@ def main_real() -> None:
              f"`{' '.join(real_flags(dataset))}`. Total training + "
              f"evaluation time {minutes:.1f} min.", "",
              report.markdown_table(
-                 ["configuration"] + columns + ["train s"], table)]
+                 ["configuration"] + columns + ["train s"] + epochs,
+                 table)]
     if controls:
       text += ["", "Relevance control on the full model's top-50 (its "
                "recognised intents: every field, or one field only):", "",
                _control_table(controls)]
-  report.write_section("mgdspr_real", "\n".join(text), raw)
+  report.write_section(section, "\n".join(text), raw)
   print("\n".join(text))
 
 
@@ -487,7 +567,7 @@ def main(argv):
                "machine": report.machine()}
   ablation = [(name, extra) for name, extra in ABLATION
               if not FLAGS.configs or name in FLAGS.configs]
-  raw["early_stopping_flags"] = _early_stopping_flags()
+  raw["early_stopping_flags"] = _early_stopping_flags(FLAGS.max_epochs)
   for name, extra in ablation:
     raw["ablation"][name] = [
         train(name, extra, s, export=(FLAGS.latency and name == FULL and
