@@ -164,10 +164,12 @@ def run_experiment(ctx: runner.RunContext) -> Dict[str, Any]:
   if held is not None:
     if not held.any():
       raise DataError(f"{data.name}: no training rows left for validation")
+    train = data.train.take(~held)
     valid = dataclasses.replace(
-        data, test=data.train.take(held).first_searches(f["max_test"]),
+        data, train=train,
+        test=data.train.take(held).first_searches(f["max_test"]),
         unrelated=None, donor=None)
-    data = dataclasses.replace(data, train=data.train.take(~held))
+    data = dataclasses.replace(data, train=train)
   if len(data.train) < f["batch_size"]:
     raise DataError(f"{data.name}: {len(data.train)} training examples, "
                     f"fewer than one batch of {f['batch_size']}")
