@@ -19,7 +19,10 @@
   per seed goes into the table), never looking at the test users.
 * `sensitivity` (section `dr_sensitivity`): one ML-1M run per setting of
   alpha (Table 5: top path size against alpha, alpha = 0 showing the
-  collapse), D, J and K, others at their defaults.
+  collapse), D, J and K, others at their defaults. With `--early_stopping`
+  (section `dr_sensitivity_valid`) each run's length is chosen on
+  validation users as in the table, and the default row is the validated
+  table's seed-0 run.
 * `timing` (section `dr_timing`): milliseconds per request of the exported
   DR servable (raw ids -> encoder -> beam search -> CSR -> rerank -> top-k)
   against brute force in TF (encoder -> all V logits -> top-k) over the
@@ -39,7 +42,7 @@ import os
 import statistics
 import tempfile
 import time
-from typing import Dict, List
+from typing import Dict, List, Tuple
 
 import numpy as np
 
@@ -115,18 +118,25 @@ def _chosen_epochs(runs: List[Dict], prefix: str) -> str:
   return ", ".join(str(r[f"{source}best_epoch"]) for r in runs)
 
 
-def table(args) -> None:
+def _training_flags(args) -> Tuple[List[str], str]:
+  """Every DR run's flags (`--train_flags`, and with `--early_stopping`
+  the cap, patience and validation users) and the suffix of its run
+  folder ("" without validation)."""
   common = args.train_flags.split()
-  suffix, section = "", "dr_table"
-  if args.early_stopping:
-    if args.max_epochs < 1:
-      raise SystemExit("--early_stopping needs --max_epochs >= 1 (the "
-                       "longest training tried).")
-    common += [f"--epochs={args.max_epochs}",
-               f"--early_stopping={args.early_stopping}",
-               f"--num_valid_users={args.num_valid_users}"]
-    suffix = f"_es{args.early_stopping}x{args.max_epochs}"
-    section = "dr_table_valid"
+  if not args.early_stopping:
+    return common, ""
+  if args.max_epochs < 1:
+    raise SystemExit("--early_stopping needs --max_epochs >= 1 (the "
+                     "longest training tried).")
+  return common + [f"--epochs={args.max_epochs}",
+                   f"--early_stopping={args.early_stopping}",
+                   f"--num_valid_users={args.num_valid_users}"], (
+                       f"_es{args.early_stopping}x{args.max_epochs}")
+
+
+def table(args) -> None:
+  common, suffix = _training_flags(args)
+  section = "dr_table_valid" if args.early_stopping else "dr_table"
   two_tower_cap = args.two_tower_max_epochs or args.max_epochs
   two_tower_common, two_tower_suffix = common, suffix
   if args.early_stopping and two_tower_cap != args.max_epochs:
@@ -211,7 +221,7 @@ def table(args) -> None:
 
 
 def sensitivity(args) -> None:
-  common = args.train_flags.split()
+  common, suffix = _training_flags(args)
   settings = []
   for alpha in args.alphas.split(","):
     settings.append((f"alpha={alpha}", [f"--alpha={alpha}"]))
@@ -219,25 +229,39 @@ def sensitivity(args) -> None:
     settings.append((item, [f"--{kv}" for kv in item.split(",")]))
   rows, raw = [], {"command_flags": common, "runs": {}}
   for label, extra in settings:
-    name = "sens_" + label.replace("=", "").replace(",", "_")
+    name = "sens_" + label.replace("=", "").replace(",", "_") + suffix
     if label == "alpha=1":    # the default: the table's seed-0 run
-      name, extra = "ml-1m_s0", ["--eval_beam_sizes=" + ",".join(EVAL_BEAMS)]
-    m = _train(name, "ml-1m", extra + ["--seed=0"], common)
+      name = "ml-1m_s0" + suffix
+      extra = ["--eval_beam_sizes=" + ",".join(EVAL_BEAMS)]
+    m = _train(name, "ml-1m", extra + ["--seed=0"], common,
+               threads=args.threads)
     raw["runs"][label] = m
     rows.append([label, m["recall@10"], m["precision@10"],
                  m["norerank_recall@10"], m["brute_recall@10"],
                  m["mean_candidates"], m["top_path_size"], m["used_paths"],
-                 round(m["mean_path_size"], 2)])
-  text = (f"## Deep Retrieval, sensitivity (Sec. 4.3) and Table 5\n\n"
-          f"`python -m benchmarks.dr --part=sensitivity "
+                 round(m["mean_path_size"], 2)] +
+                ([m["best_epoch"]] if args.early_stopping else []))
+  validation = (
+      f" --early_stopping={args.early_stopping} --max_epochs="
+      f"{args.max_epochs} --num_valid_users={args.num_valid_users}"
+      if args.early_stopping else "")
+  text = (f"## Deep Retrieval, sensitivity (Sec. 4.3) and Table 5"
+          f"{', training length chosen on validation' if suffix else ''}"
+          f"\n\n`python -m benchmarks.dr --part=sensitivity "
           f"--alphas={args.alphas} --structures='{args.structures}' "
-          f"--train_flags='{args.train_flags}'` on {report.machine()}; "
-          "ML-1M, seed 0, one run per row, other flags at their defaults.\n\n"
+          f"--train_flags='{args.train_flags}'{validation}` on "
+          f"{report.machine()}; ML-1M, seed 0, one run per row, other flags "
+          "at their defaults"
+          + (" (the default row is the validated table's seed-0 run); each "
+             "run keeps its best epoch by the validation users' recall@50 "
+             "(\"epoch\")" if suffix else "") + ".\n\n"
           + report.markdown_table(
               ["setting", "R@10 (DR+rerank)", "P@10", "R@10 (DR alone)",
                "R@10 (brute force)", "items retrieved", "top path size",
-               "used paths", "mean path size"], rows))
-  report.write_section("dr_sensitivity", text, raw)
+               "used paths", "mean path size"] +
+              (["epoch"] if suffix else []), rows))
+  report.write_section("dr_sensitivity_valid" if suffix else
+                       "dr_sensitivity", text, raw)
 
 
 def _timing_dataset(num_items: int):
@@ -334,18 +358,19 @@ def main():
   parser.add_argument("--train_flags", default="",
                       help="extra flags for every dr_tf.train run")
   parser.add_argument("--early_stopping", type=int, default=0,
-                      help="table: patience in epochs; each run keeps its "
+                      help="table, sensitivity: patience in epochs; each "
+                      "run keeps its "
                       "best epoch on validation users (0: train "
                       "--train_flags' epochs, no validation)")
   parser.add_argument("--max_epochs", type=int, default=0,
-                      help="table with --early_stopping: the longest "
+                      help="with --early_stopping: the longest "
                       "training tried (epochs of --train_flags' "
                       "--steps_per_epoch)")
   parser.add_argument("--two_tower_max_epochs", type=int, default=0,
                       help="table with --early_stopping: the longest "
                       "two-tower training tried (0: --max_epochs)")
   parser.add_argument("--num_valid_users", type=int, default=500,
-                      help="table with --early_stopping: validation users")
+                      help="with --early_stopping: validation users")
   parser.add_argument("--threads", type=int, default=0,
                       help="TF threads of each training process (0: TF's "
                       "default)")
