@@ -241,15 +241,16 @@ def sensitivity(args) -> None:
                  m["mean_candidates"], m["top_path_size"], m["used_paths"],
                  round(m["mean_path_size"], 2)] +
                 ([m["best_epoch"]] if args.early_stopping else []))
-  validation = (
+  benchmark_flags = (
       f" --early_stopping={args.early_stopping} --max_epochs="
       f"{args.max_epochs} --num_valid_users={args.num_valid_users}"
-      if args.early_stopping else "")
+      if args.early_stopping else "") + (
+          f" --threads={args.threads}" if args.threads else "")
   text = (f"## Deep Retrieval, sensitivity (Sec. 4.3) and Table 5"
           f"{', training length chosen on validation' if suffix else ''}"
           f"\n\n`python -m benchmarks.dr --part=sensitivity "
           f"--alphas={args.alphas} --structures='{args.structures}' "
-          f"--train_flags='{args.train_flags}'{validation}` on "
+          f"--train_flags='{args.train_flags}'{benchmark_flags}` on "
           f"{report.machine()}; ML-1M, seed 0, one run per row, other flags "
           "at their defaults"
           + (" (the default row is the validated table's seed-0 run); each "
