@@ -20,7 +20,9 @@ and Annoy. Datasets:
 For each method and setting: recall@10 and recall@100 against the exact
 top-100, QPS of one 1,000-query batch (median of 3; Annoy has no batch call
 and is timed query by query), single-query p50 / p99 latency, build time and
-index bytes. It then trains the two-tower on a synthetic world of
+index bytes; for the pure-TF indexes also the single-query p50 of the same
+graph exported and called from C, as a model server runs it
+(`benchmarks/native_latency.py`). It then trains the two-tower on a synthetic world of
 `--num_items` items, exports it with an IVF-PQ index, and times that
 servable and the ML-1M one from disk in a TensorFlow-only process
 (`benchmarks/servable_latency.py`). Writes the `ann` section of RESULTS.md,
@@ -43,6 +45,7 @@ from absl import flags
 import numpy as np
 
 from benchmarks import harness
+from benchmarks import native_latency
 from benchmarks import report
 from benchmarks.vectors import clustered_vectors, overlapping_vectors
 
@@ -58,6 +61,9 @@ flags.DEFINE_integer("latency_queries", 200, "Single queries timed.")
 flags.DEFINE_list("datasets", ["ml-1m", "clustered-1m", "overlapping-1m"],
                   "Which datasets.")
 flags.DEFINE_bool("servables", True, "Also time exported servables.")
+flags.DEFINE_bool("native", True, "Also time the pure-TF indexes from C "
+                  "(benchmarks.native_latency): each exported with one "
+                  "signature per setting, as a model server runs them.")
 flags.DEFINE_bool("retrain_ml1m", True, "Train the ML-1M two-tower again "
                   "(false: reuse the embeddings an earlier run saved under "
                   "--output_root).")
@@ -155,16 +161,24 @@ def methods(items: np.ndarray, large: bool) -> Dict[str, Callable]:
       sorted({max(1, lists // d) for d in (16, 8, 4)}))
   spec = [tf.TensorSpec([None, dim], tf.float32)]
 
-  def tf_search(call):
+  def tf_search(call, index=None):
     # A concrete function, as a loaded SavedModel's signatures are: no
-    # per-call argument matching.
-    fn = tf.function(call, input_signature=spec).get_concrete_function()
-    return lambda q: fn(tf.constant(q, tf.float32))[1].numpy()
+    # per-call argument matching. It wraps `call` so that its Python
+    # signature is `(q)` alone: a traced function with a defaulted parameter
+    # (`lambda q, n=nprobe: ...`) costs 0.3 to 0.5 ms more per call here,
+    # in the binding of its arguments, which inflated these p50s before
+    # 2026-12-04. A pure-TF index's search also carries (index, call), from
+    # which `native_timings` exports the same graph.
+    fn = tf.function(lambda q: call(q),
+                     input_signature=spec).get_concrete_function()
+    search = lambda q: fn(tf.constant(q, tf.float32))[1].numpy()
+    search.servable = None if index is None else (index, call)
+    return search
 
   def tf_brute_force():
     index = index_lib.build_index(items, "brute_force", max_k=K)
     return (index_lib.index_parameters(index)["bytes"],
-            {"exact": tf_search(lambda q: index(q, K))})
+            {"exact": tf_search(lambda q: index(q, K), index)})
 
   def tf_ivfpq():
     index = index_lib.IVFPQIndex.from_embeddings(
@@ -173,7 +187,8 @@ def methods(items: np.ndarray, large: bool) -> Dict[str, Callable]:
     for nprobe in probes:
       for rerank in (0, 300):
         settings[f"nprobe={nprobe} rerank={rerank}"] = tf_search(
-            lambda q, n=nprobe, r=rerank: index(q, K, nprobe=n, rerank=r))
+            lambda q, n=nprobe, r=rerank: index(q, K, nprobe=n, rerank=r),
+            index)
     return index_lib.index_parameters(index)["bytes"], settings
 
   def tf_ivf_flat():
@@ -183,7 +198,7 @@ def methods(items: np.ndarray, large: bool) -> Dict[str, Callable]:
     for nprobe in sorted({min(n, index.num_lists)
                           for n in (1, 2, 4, 8, 16, 32)}):
       settings[f"J={index.num_lists} nprobe={nprobe}"] = tf_search(
-          lambda q, n=nprobe: index(q, K, nprobe=n))
+          lambda q, n=nprobe: index(q, K, nprobe=n), index)
     return index_lib.index_parameters(index)["bytes"], settings
 
   def tfrs_brute_force():
@@ -209,7 +224,7 @@ def methods(items: np.ndarray, large: bool) -> Dict[str, Callable]:
                 .score_ah(2, anisotropic_quantization_threshold=0.2)
                 .reorder(300).build())
     settings = {}
-    for share in ((80, 40, 20) if large else (16, 8, 4)):
+    for share in ((80, 40, 20) if large else (16, 8, 4, 2)):
       searched = max(1, leaves // share)
       settings[f"leaves={searched} reorder=300"] = (
           lambda q, s=searched: searcher.search_batched(
@@ -291,14 +306,48 @@ def benchmark_dataset(name, items, queries):
     start = time.perf_counter()
     size, settings = build()
     build_seconds = time.perf_counter() - start
+    native = native_timings(settings, queries) if FLAGS.native else {}
     for setting, search in settings.items():
       result = _measure(search, queries, truth,
                         batch_search=method != "Annoy")
       result.update(dataset=name, method=method, setting=setting,
                     build_seconds=build_seconds, bytes=size)
+      if setting in native:
+        result.update(native_p50_ms=native[setting]["p50_ms"],
+                      native_p99_ms=native[setting]["p99_ms"],
+                      native_qps=native[setting]["batch_rows_per_second"])
       print(json.dumps(result), flush=True)
       rows.append(result)
   return rows
+
+
+def native_timings(settings, queries) -> Dict[str, dict]:
+  """Each setting of a pure-TF index timed from C, as a model server runs
+  it (`benchmarks.native_latency`): the index is exported once, one
+  signature per setting holding the very graph the in-process search runs,
+  `(query_embedding [B, d]) -> (scores, item_ids)`; {} for other methods."""
+  servable = {s: f.servable for s, f in settings.items()
+              if getattr(f, "servable", None)}
+  if not servable:
+    return {}
+  from retrieval_tf.compat import tf  # pylint: disable=g-import-not-at-top
+  module = tf.Module()
+  module.index = next(iter(servable.values()))[0]
+  spec = [tf.TensorSpec([None, queries.shape[1]], tf.float32,
+                        name="query_embedding")]
+  names = {setting: f"setting_{i}" for i, setting in enumerate(servable)}
+  signatures = {
+      names[setting]: tf.function(
+          lambda query_embedding, c=call: dict(
+              zip(("scores", "item_ids"), c(query_embedding))),
+          input_signature=spec).get_concrete_function()
+      for setting, (_, call) in servable.items()}
+  with tempfile.TemporaryDirectory() as folder:
+    tf.saved_model.save(module, folder, signatures=signatures)
+    return {setting: native_latency.time_servable(
+        folder, {"query_embedding": queries}, calls=FLAGS.latency_queries,
+        batch=len(queries), signature=names[setting])
+            for setting in servable}
 
 
 def call_floor_ms() -> float:
@@ -419,6 +468,10 @@ def scale_table(counts: List[int]):
     with open(request_file, "w") as f:
       json.dump({"query_embedding": queries.tolist()}, f)
     served = _servable_timing(os.path.join(folder, "export"), request_file)
+    native = native_latency.time_servable(
+        export, {"query_embedding": queries,
+                 "k": np.full([len(queries)], K, np.int32)},
+        calls=FLAGS.latency_queries, batch=len(queries))
     check = subprocess.run(
         [sys.executable, "-m", "retrieval_tf.serving.check", export],
         cwd=REPO_ROOT, capture_output=True, text=True)
@@ -427,6 +480,7 @@ def scale_table(counts: List[int]):
                      build_seconds=build, bytes=size,
                      load_seconds=served["load_seconds"],
                      servable_p50_ms=served["p50_ms"],
+                     servable_native_p50_ms=native["p50_ms"],
                      servable_rows_per_second=served[
                          "batch_1000_rows_per_second"],
                      check="passed" if check.returncode == 0 else
@@ -518,6 +572,8 @@ def main(unused_argv):
   harness.pin_threads()
   rows, commands, ml1m_export = [], [], None
   floor = call_floor_ms() if FLAGS.datasets else None
+  native_floor = (native_latency.call_floor_ms()
+                  if FLAGS.datasets and FLAGS.native else None)
   if "ml-1m" in FLAGS.datasets:
     items, users, cmd, ml1m_export = ml1m_embeddings()
     commands.append(shlex.join(cmd))
@@ -544,6 +600,8 @@ def main(unused_argv):
     row["note"] = FLAGS.note
   for row in rows:
     row["tf_call_floor_ms"] = floor
+    if native_floor is not None:
+      row["native_floor_ms"] = native_floor
   rows, scale, servables, commands = _merge_earlier(
       rows, scale, servables, commands)
   # Each run's note and TF call floor travel with its rows.
@@ -557,23 +615,32 @@ def main(unused_argv):
                  f"{' / '.join(f'{f:.3f}' for f in floors)} ms p50 in the "
                  "run(s) of these rows: the floor under every TF index's "
                  "p50 here.")
+  native_floors = sorted({round(r["native_floor_ms"], 3) for r in rows
+                          if "native_floor_ms" in r})
+  if native_floors:
+    notes.append("From C (\"native p50\", `benchmarks.native_latency`), a "
+                 "signature that only adds 1 takes "
+                 f"{' / '.join(f'{f:.3f}' for f in native_floors)} ms p50 "
+                 "in the run(s) of these rows.")
   plot(rows, os.path.join(report.RESULTS_DIR, "ann.png"))
   table = report.markdown_table(
       ["dataset", "method", "setting", "recall@10", "recall@100", "QPS",
-       "p50 ms", "p99 ms", "build s", "MB"],
+       "p50 ms", "p99 ms", "native p50 ms", "build s", "MB"],
       [[r["dataset"], r["method"], r["setting"], r["recall@10"],
         r["recall@100"], f"{r['qps']:,.0f}", f"{r['p50_ms']:.3f}",
-        f"{r['p99_ms']:.3f}", f"{r['build_seconds']:.1f}",
+        f"{r['p99_ms']:.3f}", _ms(r.get("native_p50_ms")),
+        f"{r['build_seconds']:.1f}",
         "-" if r["bytes"] is None else f"{r['bytes'] / 2**20:.1f}"]
        for r in rows])
   scaling = report.markdown_table(
       ["items", "method", "setting", "build s", "MB", "load s",
        "recall@100", "QPS", "p50 ms", "servable p50 ms",
-       "servable rows/s", "serving.check"],
+       "servable native p50 ms", "servable rows/s", "serving.check"],
       [[f"{r['items']:,}", r["method"], r["setting"],
         f"{r['build_seconds']:.1f}", f"{r['bytes'] / 2**20:,.0f}",
         f"{r['load_seconds']:.2f}", r["recall@100"], f"{r['qps']:,.0f}",
         f"{r['p50_ms']:.3f}", f"{r.get('servable_p50_ms', '-')}",
+        _ms(r.get("servable_native_p50_ms")),
         f"{r.get('servable_rows_per_second', '-')}", r.get("check", "-")]
        for r in scale])
   serving = report.markdown_table(
@@ -604,6 +671,12 @@ time); p50/p99 over {FLAGS.latency_queries} single queries (TF and TFRS: a
 concrete function, as a loaded servable's signature is called); MB is the
 serialised index (TF indexes: their variables; TFRS ScaNN: not measured).
 Peers of one dataset are measured side by side in one process.
+"native p50 ms" (pure-TF indexes): the same graph exported as a SavedModel
+signature and called from C through TensorFlow's C API, as a C++ model
+server (TF Serving) runs it, one thread, {FLAGS.latency_queries} single
+queries (`benchmarks.native_latency`): what a served index costs without
+Python's call path, which the "p50 ms" column includes (ScaNN's p50 is a
+call of its C++ searcher through its Python binding).
 Plot: `results/ann.png` (recall@100 against QPS, one panel per dataset).
 
 {table}
@@ -630,7 +703,8 @@ grows with the chunks it scans.
 The stock-TF index is `build_index(items, "ivf_flat")` with its defaults,
 exported alone as a servable (`serving_default(query_embedding, k)`), its
 load time, servable p50 and rows/s (1,000-row request) taken from disk in a
-TensorFlow-only process (`benchmarks.servable_latency`), and the export
+TensorFlow-only process (`benchmarks.servable_latency`), its p50 from C as
+above ("servable native p50", `benchmarks.native_latency`), and the export
 checked by `python -m retrieval_tf.serving.check`; QPS and p50 in process as
 above. ScaNN: 2 sqrt(N) leaves, 1/40 of them searched, reorder 300, load
 time of its serialised searcher.
@@ -645,6 +719,11 @@ process with one thread; synthetic requests are 1,000 users' real histories.
 {serving}
 """, {"rows": rows, "scale": scale, "servables": servables,
       "commands": commands, "notes": notes})
+
+
+def _ms(value) -> str:
+  """A latency cell: milliseconds to 3 places, "-" when not measured."""
+  return "-" if value is None else f"{value:.3f}"
 
 
 def _merge_earlier(rows, scale, servables, commands):
