@@ -673,7 +673,8 @@ serialised index (TF indexes: their variables; TFRS ScaNN: not measured).
 Peers of one dataset are measured side by side in one process.
 "native p50 ms" (pure-TF indexes): the same graph exported as a SavedModel
 signature and called from C through TensorFlow's C API, as a C++ model
-server (TF Serving) runs it, one thread, {FLAGS.latency_queries} single
+server (TF Serving) runs it, one intra-op thread and every op in the
+calling thread, {FLAGS.latency_queries} single
 queries (`benchmarks.native_latency`): what a served index costs without
 Python's call path, which the "p50 ms" column includes (ScaNN's p50 is a
 call of its C++ searcher through its Python binding).

@@ -9,6 +9,10 @@
  *   export DIR                  the SavedModel version folder
  *   calls N                     single-row calls timed
  *   batch B                     rows of the batch call
+ *   intra_op N                  intra-op threads (default 1)
+ *   inter_op N                  inter-op threads (default -1: every op runs
+ *                               in the calling thread, no hand-off to a
+ *                               pool thread)
  *   input OP DTYPE WIDTH FILE   a feed: OP's output 0, DTYPE float32 | int32,
  *                               rows of WIDTH values (WIDTH 0: a vector, one
  *                               value per row) read from the raw little-endian
@@ -18,7 +22,7 @@
  * Every input file holds the same number of rows. Call i sends row
  * i % rows of every input (the request tensors are built inside the timed
  * span, as a server builds them from a request); 20 untimed calls warm up
- * first. The session runs with one intra-op and one inter-op thread. Prints
+ * first. Prints
  * one JSON line: load seconds, p50 / p99 ms of the single-row calls, rows
  * per second of one B-row call (median of 3).
  */
@@ -83,6 +87,21 @@ static TF_Tensor *rows_tensor(const Input *input, size_t first,
   return t;
 }
 
+/* Appends protobuf varint field `field` = `value` (int32 semantics: a
+ * negative value takes 10 bytes) to `out`; returns the bytes written. */
+static size_t put_varint_field(unsigned char *out, int field, int value) {
+  size_t n = 0;
+  uint64_t v = (uint64_t)(int64_t)value;
+  out[n++] = (unsigned char)(field << 3);
+  do {
+    out[n] = v & 0x7f;
+    v >>= 7;
+    if (v) out[n] |= 0x80;
+    ++n;
+  } while (v);
+  return n;
+}
+
 static int compare(const void *a, const void *b) {
   double x = *(const double *)a, y = *(const double *)b;
   return (x > y) - (x < y);
@@ -94,6 +113,7 @@ int main(int argc, char **argv) {
   if (!spec) die("cannot open", argv[1]);
   char export_dir[4096] = "", key[32], line[8192];
   int calls = 200, batch = 1000, num_inputs = 0, num_outputs = 0;
+  int intra_op = 1, inter_op = -1;
   Input inputs[MAX_IO];
   char output_ops[MAX_IO][512];
   int output_index[MAX_IO];
@@ -105,6 +125,10 @@ int main(int argc, char **argv) {
       sscanf(line, "%*s %d", &calls);
     } else if (!strcmp(key, "batch")) {
       sscanf(line, "%*s %d", &batch);
+    } else if (!strcmp(key, "intra_op")) {
+      sscanf(line, "%*s %d", &intra_op);
+    } else if (!strcmp(key, "inter_op")) {
+      sscanf(line, "%*s %d", &inter_op);
     } else if (!strcmp(key, "input") && num_inputs < MAX_IO) {
       Input *in = &inputs[num_inputs++];
       char dtype[16], path[4096];
@@ -138,10 +162,12 @@ int main(int argc, char **argv) {
 
   TF_Status *status = TF_NewStatus();
   TF_SessionOptions *options = TF_NewSessionOptions();
-  /* ConfigProto: intra_op_parallelism_threads (field 2) = 1,
-   * inter_op_parallelism_threads (field 5) = 1. */
-  const unsigned char config[] = {0x10, 0x01, 0x28, 0x01};
-  TF_SetConfig(options, config, sizeof config, status);
+  /* ConfigProto: intra_op_parallelism_threads (field 2),
+   * inter_op_parallelism_threads (field 5; negative: the caller's thread). */
+  unsigned char config[32];
+  size_t config_size = put_varint_field(config, 2, intra_op);
+  config_size += put_varint_field(config + config_size, 5, inter_op);
+  TF_SetConfig(options, config, config_size, status);
   check(status, "session config");
   TF_Graph *graph = TF_NewGraph();
   const char *tags[] = {"serve"};
@@ -194,11 +220,11 @@ int main(int argc, char **argv) {
   qsort(batch_times, 3, sizeof(double), compare);
 
   printf("{\"load_seconds\": %.3f, \"p50_ms\": %.4f, \"p99_ms\": %.4f, "
-         "\"calls\": %d, \"batch_rows\": %d, \"batch_rows_per_second\": %.1f}"
-         "\n",
+         "\"calls\": %d, \"batch_rows\": %d, \"batch_rows_per_second\": %.1f, "
+         "\"intra_op\": %d, \"inter_op\": %d}\n",
          load_seconds, 1000 * times[(calls - 1) / 2],
          1000 * times[(int)(0.99 * (calls - 1))], calls, batch,
-         batch / batch_times[1]);
+         batch / batch_times[1], intra_op, inter_op);
   TF_CloseSession(session, status);
   TF_DeleteSession(session, status);
   TF_DeleteGraph(graph);

@@ -1,7 +1,7 @@
 """Times an exported servable from C, as a C++ model server runs it.
 
     python -m benchmarks.native_latency EXPORT_DIR --requests=FILE.json
-        [--k=100] [--calls=200] [--batch=1000]
+        [--k=100] [--calls=200] [--batch=1000] [--inter_op=-1]
 
 `benchmarks.servable_latency` calls a loaded signature from Python, so every
 call it times includes TensorFlow's Python call path (argument conversion,
@@ -13,8 +13,13 @@ does the same through TensorFlow's C API (`native_latency.c`, compiled here
 with the C compiler against the installed `tensorflow` wheel's headers and
 libraries): load the version, then time `--calls` one-row requests (a
 different row each call; building the request tensors counts) and one
-`--batch`-row request, one intra-op and one inter-op thread. Prints one JSON
-line like `benchmarks.servable_latency`'s.
+`--batch`-row request. One intra-op thread, and by default every op runs in
+the calling thread (`inter_op_parallelism_threads = -1`, `--inter_op`), as
+a latency-tuned server runs single requests: handing each op to a one-thread
+inter-op pool (`--inter_op=1`, what `benchmarks.servable_latency` does) cost
+0.01-0.07 ms per call on this 2-core VM, a signature that only adds 1
+answering in 0.003-0.005 ms without the hand-off. Prints one JSON line like
+`benchmarks.servable_latency`'s.
 
 Numeric inputs only (float32, int32): the request file gives the signature's
 float inputs (`{"query_embedding": [[...], ...]}`); an int32 `k` input is
@@ -93,7 +98,8 @@ def _signature(version_dir: str, name: str):
 
 def time_servable(version_dir: str, rows: Dict[str, np.ndarray],
                   calls: int = 200, batch: int = 1000,
-                  signature: str = "serving_default") -> dict:
+                  signature: str = "serving_default",
+                  inter_op: int = -1) -> dict:
   """p50 / p99 ms of one-row calls and rows/s of a `batch`-row call of the
   SavedModel at `version_dir`, run from C (see the module docstring).
   `rows` gives every input of the signature as `[rows, ...]` values."""
@@ -104,7 +110,7 @@ def time_servable(version_dir: str, rows: Dict[str, np.ndarray],
                      f"{sorted(rows)}")
   with tempfile.TemporaryDirectory() as folder:
     lines = [f"export {os.path.abspath(version_dir)}", f"calls {calls}",
-             f"batch {batch}"]
+             f"batch {batch}", "intra_op 1", f"inter_op {inter_op}"]
     for name, (op, dtype) in inputs.items():
       if dtype not in ("float32", "int32"):
         raise ValueError(f"input {name!r} is {dtype}: the C harness takes "
@@ -167,7 +173,8 @@ def main(argv):
     request["k"] = np.full([count], int(options.get("k", 100)), np.int32)
   result = time_servable(version, request,
                          calls=int(options.get("calls", 200)),
-                         batch=int(options.get("batch", 1000)))
+                         batch=int(options.get("batch", 1000)),
+                         inter_op=int(options.get("inter_op", -1)))
   print(json.dumps(dict(result, servable=version)))
 
 
