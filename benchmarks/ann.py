@@ -607,20 +607,15 @@ def main(unused_argv):
   # Each run's note and TF call floor travel with its rows.
   notes = [n for n in dict.fromkeys(r.get("note", "")
                                     for r in rows + scale + servables) if n]
-  floors = sorted({round(r["tf_call_floor_ms"], 3) for r in rows
-                   if "tf_call_floor_ms" in r})
+  floors = _floors(rows, "tf_call_floor_ms")
   if floors:
     notes.append("A TF function that only adds 1 to a single query, called "
-                 "like the TF indexes, takes "
-                 f"{' / '.join(f'{f:.3f}' for f in floors)} ms p50 in the "
-                 "run(s) of these rows: the floor under every TF index's "
-                 "p50 here.")
-  native_floors = sorted({round(r["native_floor_ms"], 3) for r in rows
-                          if "native_floor_ms" in r})
+                 f"like the TF indexes, takes {floors} ms p50 in the run(s) "
+                 "of these rows: the floor under every TF index's p50 here.")
+  native_floors = _floors(rows, "native_floor_ms")
   if native_floors:
     notes.append("From C (\"native p50\", `benchmarks.native_latency`), a "
-                 "signature that only adds 1 takes "
-                 f"{' / '.join(f'{f:.3f}' for f in native_floors)} ms p50 "
+                 f"signature that only adds 1 takes {native_floors} ms p50 "
                  "in the run(s) of these rows.")
   plot(rows, os.path.join(report.RESULTS_DIR, "ann.png"))
   table = report.markdown_table(
@@ -720,6 +715,13 @@ process with one thread; synthetic requests are 1,000 users' real histories.
 {serving}
 """, {"rows": rows, "scale": scale, "servables": servables,
       "commands": commands, "notes": notes})
+
+
+def _floors(rows, key: str) -> str:
+  """The distinct `key` values of `rows` (ms, 3 places) as "a / b"; "" when
+  no row has one."""
+  return " / ".join(f"{f:.3f}" for f in sorted(
+      {round(r[key], 3) for r in rows if key in r}))
 
 
 def _ms(value) -> str:
