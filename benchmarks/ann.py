@@ -22,11 +22,11 @@ top-100, QPS of one 1,000-query batch (median of 3; Annoy has no batch call
 and is timed query by query), single-query p50 / p99 latency, build time and
 index bytes; for the pure-TF indexes also the single-query p50 of the same
 graph exported and called from C, as a model server runs it
-(`benchmarks/native_latency.py`). It then trains the two-tower on a synthetic world of
-`--num_items` items, exports it with an IVF-PQ index, and times that
-servable and the ML-1M one from disk in a TensorFlow-only process
-(`benchmarks/servable_latency.py`). Writes the `ann` section of RESULTS.md,
-`results/ann.json` and `results/ann.png` (recall@100 vs QPS).
+(`benchmarks/native_latency.py`). It then trains the two-tower on a
+synthetic world of `--num_items` items, exports it with an IVF-PQ index,
+and times that servable and the ML-1M one from disk in a TensorFlow-only
+process (`benchmarks/servable_latency.py`). Writes the `ann` section of
+RESULTS.md, `results/ann.json` and `results/ann.png` (recall@100 vs QPS).
 """
 
 from __future__ import annotations
