@@ -115,7 +115,7 @@ def _chosen_epochs(runs: List[Dict], prefix: str) -> str:
   source = EPOCH_SOURCE.get(prefix, "")
   if source is None:
     return "-"
-  return ", ".join(str(r[f"{source}best_epoch"]) for r in runs)
+  return report.chosen_epochs(runs, f"{source}best_epoch")
 
 
 def _training_flags(args) -> Tuple[List[str], str]:

@@ -256,11 +256,6 @@ def _synthetic_flags() -> List[str]:
   return _with_early_stopping(FLAGS.train_flags, FLAGS.max_epochs)
 
 
-def _chosen_epochs(runs: List[Dict]) -> str:
-  """The epoch validation chose, per seed, as a table cell."""
-  return ", ".join(str(r["best_epoch"]) for r in runs)
-
-
 def _run_suffix(max_epochs: int) -> str:
   """Run folders of early-stopping runs are their own."""
   return (f"_es{FLAGS.early_stopping}x{max_epochs}"
@@ -470,7 +465,7 @@ def main_real() -> None:
                if any(c in r for v in runs.values() for r in v)]
     table = [[name] + [report.mean_std(v, c) for c in columns] +
              [f"{np.mean([r['train_seconds'] for r in v]):.0f}"] +
-             ([_chosen_epochs(v)] if epochs else [])
+             ([report.chosen_epochs(v)] if epochs else [])
              for name, v in runs.items()]
     full = runs[REAL_FULL]
     # Relevance control variants: the full model's top-50 filtered by the
@@ -488,7 +483,7 @@ def main_real() -> None:
       table.insert(len(table) - 1, [
           f"full MGDSPR + relevance control, {label} (top-50 filtered)"] +
           [cells.get(c, "-") for c in columns] + ["-"] +
-          ([_chosen_epochs(variant)] if epochs else []))
+          ([report.chosen_epochs(variant)] if epochs else []))
     first = runs[rows[0][0]][0]
     minutes = sum(r.get("total_seconds", 0) for v in runs.values()
                   for r in v) / 60
@@ -593,7 +588,7 @@ def main(argv):
 
   epochs = ["epochs (validation)"] if FLAGS.early_stopping else []
   rows = [[name] + [report.mean_std(runs, c) for c in COLUMNS] +
-          ([_chosen_epochs(runs)] if epochs else [])
+          ([report.chosen_epochs(runs)] if epochs else [])
           for name, runs in raw["ablation"].items()]
   full = raw["ablation"][FULL]
   control_row = {"recall@50": report.mean_std(full, "rc_recall"),

@@ -151,13 +151,6 @@ def call_floor_ms(dim: int = 64, calls: int = 1000) -> float:
         calls=calls, batch=1)["p50_ms"]
 
 
-def _latest(export_dir: str) -> str:
-  versions = [int(v) for v in os.listdir(export_dir) if v.isdigit()]
-  if not versions:
-    raise SystemExit(f"no numbered version under {export_dir}")
-  return os.path.join(export_dir, str(max(versions)))
-
-
 def main(argv):
   export_dir = argv[1]
   options = dict(a[2:].split("=", 1) for a in argv[2:])
@@ -166,7 +159,8 @@ def main(argv):
   with open(options["requests"]) as f:
     request = {name: np.asarray(values) for name, values in
                json.load(f).items()}
-  version = _latest(export_dir)
+  from retrieval_tf.export import latest_version_dir  # pylint: disable=g-import-not-at-top
+  version = latest_version_dir(export_dir)
   inputs, _ = _signature(version, "serving_default")
   count = len(next(iter(request.values())))
   if "k" in inputs and "k" not in request:

@@ -54,6 +54,12 @@ def mean_std(runs: List[Dict[str, Any]], key: str) -> str:
   return f"{np.mean(values):.4f} ± {np.std(values):.4f}"
 
 
+def chosen_epochs(runs: List[Dict[str, Any]], key: str = "best_epoch") -> str:
+  """The epoch validation chose in each run (`key` of its metrics), one per
+  seed, as a table cell: "4, 6, 5"."""
+  return ", ".join(str(r[key]) for r in runs)
+
+
 def write_section(name: str, markdown: str, raw: Mapping[str, Any]) -> None:
   """Replaces benchmark `name`'s section of RESULTS.md; writes its JSON."""
   begin, end = f"<!-- begin {name} -->", f"<!-- end {name} -->"
