@@ -41,8 +41,7 @@ def test_amazon_validation_is_each_users_last_training_event(data_root):
   data, held = train.load_data(flags)
   plain, _ = train.load_data(dict(flags, early_stopping=0))
   np.testing.assert_array_equal(data.test.item_id, plain.test.item_id)
-  dataset = registry.load_rec_dataset("amazon-beauty",
-                                            flags["data_dir"])
+  dataset = registry.load_rec_dataset("amazon-beauty", flags["data_dir"])
   user = dataset.interactions.sorted().user[data.train.search]
   # At most one row per user, that user's last training row, and never a
   # user's only one (a validation user keeps a training event).
