@@ -191,9 +191,10 @@ def methods(items: np.ndarray, large: bool) -> Dict[str, Callable]:
             index)
     return index_lib.index_parameters(index)["bytes"], settings
 
-  def tf_ivf_flat():
+  def tf_ivf_flat(scan_dtype: str):
     # build_index's defaults: J = sqrt(N) lists, nprobe 8 when not given.
-    index = index_lib.build_index(items, "ivf_flat", max_k=K)
+    index = index_lib.build_index(items, "ivf_flat", max_k=K,
+                                  scan_dtype=scan_dtype)
     settings = {}
     for nprobe in sorted({min(n, index.num_lists)
                           for n in (1, 2, 4, 8, 16, 32)}):
@@ -288,7 +289,8 @@ def methods(items: np.ndarray, large: bool) -> Dict[str, Callable]:
     return _file_bytes(index.save), settings
 
   return {"tf BruteForceIndex": tf_brute_force, "tf IVFPQIndex": tf_ivfpq,
-          "tf IVFFlatIndex": tf_ivf_flat,
+          "tf IVFFlatIndex": lambda: tf_ivf_flat("float32"),
+          "tf IVFFlatIndex bf16": lambda: tf_ivf_flat("bfloat16"),
           "tfrs BruteForce": tfrs_brute_force, "tfrs ScaNN": tfrs_scann,
           "ScaNN (Python)": scann_python, "Faiss IndexFlatIP": faiss_flat,
           "Faiss IVFPQ": lambda: faiss_ivfpq(False),

@@ -250,7 +250,7 @@ def export_dpsr(model: DPSRModel, export_dir: str,
                 index: str = "brute_force", num_lists: Optional[int] = None,
                 num_subspaces: Optional[int] = None,
                 nprobe: Optional[int] = None, rerank: int = 100,
-                seed: int = 0) -> List[str]:
+                seed: int = 0, scan_dtype: str = "float32") -> List[str]:
   """Exports the one servable (raw query -> top-k item ids, Sec. 5.2.1).
 
   `num_shards` = 1 writes `export_dir/<version>`; N > 1 writes N servables
@@ -271,11 +271,12 @@ def export_dpsr(model: DPSRModel, export_dir: str,
     model_card: extra entries of the model card.
     only_shards: write only these shard numbers (e.g. the one a machine
       serves); all by default.
-    index: "brute_force" (exact, the default) or "ivfpq"; with "ivfpq",
-      each shard's index is trained on its own items by
-      `retrieval_tf.index.build_index` with `num_lists`, `num_subspaces`,
-      `nprobe` (None: its defaults from the shard's size), `rerank`
-      (candidates re-scored exactly) and `seed`.
+    index: "brute_force" (exact, the default), "ivf_flat" or "ivfpq"; an
+      inverted file is trained on each shard's own items by
+      `retrieval_tf.index.build_index` with `num_lists`, `num_subspaces`
+      (IVF-PQ), `nprobe` (None: its defaults from the shard's size),
+      `rerank` (IVF-PQ candidates re-scored exactly), `scan_dtype`
+      (IVF-Flat) and `seed`.
 
   Returns:
     The written version folders, one per shard (one for `num_shards=1`).
@@ -299,7 +300,8 @@ def export_dpsr(model: DPSRModel, export_dir: str,
   item_vectors = np.asarray(item_vectors, np.float32)
   check_build_options(index, item_vectors.shape[1]
                       if item_vectors.ndim == 2 else 0,
-                      num_lists, num_subspaces, nprobe, rerank)
+                      num_lists, num_subspaces, nprobe, rerank,
+                      scan_dtype=scan_dtype)
   if len(item_ids) != len(item_vectors) or len(item_ids) != model.num_items:
     raise ValueError(f"{len(item_ids)} item ids, {len(item_vectors)} "
                      f"vectors and a model of {model.num_items} items differ")
@@ -307,7 +309,8 @@ def export_dpsr(model: DPSRModel, export_dir: str,
     raise ValueError(f"num_shards must be in 1..{len(item_ids)}, got "
                      f"{num_shards}")
   smallest = len(item_ids) // num_shards
-  if index == "ivfpq" and num_lists is not None and num_lists > smallest:
+  if index != "brute_force" and num_lists is not None and \
+      num_lists > smallest:
     raise ValueError(f"num_lists={num_lists} exceeds the {smallest} items "
                      f"of the smallest of {num_shards} shard(s)")
   user_vocabularies = dict(user_vocabularies or {})
@@ -329,13 +332,13 @@ def export_dpsr(model: DPSRModel, export_dir: str,
     if only_shards is not None and shard not in only_shards:
       continue
     layer = None
-    if index == "ivfpq":
+    if index != "brute_force":
       # rerank > the shard's items means all of them.
-      layer = build_index(item_vectors[indices], "ivfpq",
+      layer = build_index(item_vectors[indices], index,
                           max_k=min(max_k, len(indices)),
                           num_lists=num_lists, num_subspaces=num_subspaces,
                           nprobe=nprobe, rerank=min(rerank, len(indices)),
-                          seed=seed)
+                          seed=seed, scan_dtype=scan_dtype)
     servable = DPSRServable(model, item_vectors[indices], indices,
                             items_asset, user_assets, max_k, fingerprint,
                             shard, num_shards, index=layer)

@@ -575,6 +575,8 @@ MAX_TILE_QUERIES = 64
 # IVFFlatIndex.from_embeddings: k-means trains on at most this many points per
 # list (as Faiss does).
 POINTS_PER_LIST = 256
+# IVFFlatIndex: the dtypes its scan can read the lists in.
+SCAN_DTYPES = ("float32", "bfloat16")
 
 
 @keras.utils.register_keras_serializable(package="retrieval_tf")
@@ -603,6 +605,19 @@ class IVFFlatIndex(keras.layers.Layer):
   The scores are put back in (query, chunk) order, padding and excluded
   items get -inf, and one `top_k` per query picks the best k.
 
+  `scan_dtype="bfloat16"` stores each vector as two bfloat16 halves, x =
+  hi + lo (hi = bfloat16(x), lo = bfloat16(x - hi): the same 4 bytes per
+  dimension as float32). The scan reads hi alone, half the bytes, and
+  scores it in bfloat16; the best `k + rescore_margin` of those approximate
+  scores are re-scored in float32 from hi + lo (about 16 bits of mantissa:
+  within 1e-5 of the float32 score, relative), and the best k of those are
+  returned. It is faster where bfloat16 matrix products are native (CPUs
+  with AVX512-BF16 or AMX through oneDNN, recent GPUs) and much slower
+  where they are emulated (TensorFlow without oneDNN: `benchmarks/ann.py`
+  measures it); the margin covers the bfloat16 rounding of the scan's
+  scores (k = 10, 100, 1000 on the 1M x 64 sets of `benchmarks/vectors.py`
+  returned the float32 scan's items with a margin of 32).
+
   `call(queries [B, d], k, nprobe=None, exclude=None) -> (scores [B, k],
   indices [B, k])`: float32 scores, best first, int32 item indices; `k` and
   `nprobe` may be tensors and are checked in the graph (`1 <= k <= max_k`,
@@ -626,12 +641,17 @@ class IVFFlatIndex(keras.layers.Layer):
     chunk_size: L, rows per chunk (lists are padded to whole chunks).
     num_chunks: C, chunks held (None: the most J lists of N items can need,
       N / L + J; `index` fills the first ones and pads the rest).
+    scan_dtype: "float32" (exact scan) or "bfloat16" (hi / lo halves, see
+      above).
+    rescore_margin: with bfloat16, candidates re-scored beyond k.
   """
 
   def __init__(self, num_items: int, dim: int, num_lists: int,
                metric: str = "dot", max_k: int = 1000,
                nprobe: Optional[int] = None, chunk_size: int = CHUNK_SIZE,
-               num_chunks: Optional[int] = None, **kwargs):
+               num_chunks: Optional[int] = None,
+               scan_dtype: str = "float32", rescore_margin: int = 32,
+               **kwargs):
     super().__init__(**kwargs)
     _check_shape_and_metric(self, num_items, dim, metric, max_k)
     check_build_options("ivf_flat", dim, num_lists, None, nprobe, 0)
@@ -640,6 +660,12 @@ class IVFFlatIndex(keras.layers.Layer):
                        f"{num_lists}")
     if chunk_size < 1:
       raise ValueError(f"chunk_size must be >= 1, got {chunk_size}")
+    if scan_dtype not in SCAN_DTYPES:
+      raise ValueError(f"scan_dtype must be one of {SCAN_DTYPES}, got "
+                       f"{scan_dtype!r}")
+    if rescore_margin < 0:
+      raise ValueError(f"rescore_margin must be >= 0, got {rescore_margin}")
+    self.scan_dtype, self.rescore_margin = scan_dtype, int(rescore_margin)
     self.num_items, self.dim, self.metric = int(num_items), int(dim), metric
     self.num_lists, self.max_k = int(num_lists), int(min(max_k, num_items))
     self.nprobe = int(min(8, num_lists) if nprobe is None else nprobe)
@@ -656,8 +682,11 @@ class IVFFlatIndex(keras.layers.Layer):
 
     self.centroids = state("centroids", (self.num_lists, self.dim))
     self.list_chunks = state("list_chunks", (self.num_lists + 1,), tf.int32)
-    self.vectors = state("vectors",
-                         (self.num_chunks, self.chunk_size, self.dim))
+    rows = (self.num_chunks, self.chunk_size, self.dim)
+    self.vectors = state("vectors", rows, tf.dtypes.as_dtype(scan_dtype))
+    # bfloat16 scan: the low halves, read only to re-score candidates.
+    self.vector_residuals = (state("vector_residuals", rows, tf.bfloat16)
+                             if scan_dtype == "bfloat16" else None)
     self.chunk_items = state("chunk_items",
                              (self.num_chunks, self.chunk_size), tf.int32)
 
@@ -732,9 +761,14 @@ class IVFFlatIndex(keras.layers.Layer):
     vectors = np.zeros((self.num_chunks * self.chunk_size, self.dim),
                        np.float32)
     vectors[rows] = embeddings[order]
+    vectors = tf.constant(vectors.reshape(self.vectors.shape))
+    high = tf.cast(vectors, self.vectors.dtype)
+    self.vectors.assign(high)
+    if self.vector_residuals is not None:
+      self.vector_residuals.assign(
+          tf.cast(vectors - tf.cast(high, tf.float32), tf.bfloat16))
     self.centroids.assign(centroids)
     self.list_chunks.assign(list_chunks.astype(np.int32))
-    self.vectors.assign(vectors.reshape(self.vectors.shape))
     self.chunk_items.assign(items.reshape(self.chunk_items.shape))
     return self
 
@@ -759,12 +793,17 @@ class IVFFlatIndex(keras.layers.Layer):
     if exclude is not None:
       exclude = tf.cast(exclude, tf.int32)
     # One query takes the short path (fewer ops is lower latency); both
-    # paths score the same chunks exactly.
-    return tf.cond(
+    # paths score the same chunks.
+    scores, rows = tf.cond(
         batch == 1,
-        lambda: self._search_one(queries, k, starts, ends, exclude),
-        lambda: self._search_batch(queries, k, nprobe, starts, ends,
-                                   exclude))
+        lambda: self._scan_one(queries, starts, ends, exclude),
+        lambda: self._scan_batch(queries, nprobe, starts, ends, exclude))
+    if self.vector_residuals is not None:
+      scores, rows = self._rescore(queries, scores, rows,
+                                   k + self.rescore_margin)
+    scores, rows = _best_k(scores, rows, k)
+    items = self._gather_rows(self.chunk_items, tf.maximum(rows, 0))
+    return scores, tf.where(rows >= 0, items, -1)
 
   def _probe_chunks(self, queries, nprobe):
     """Coarse step: the chunk ranges `starts[i]` to `ends[i]` `[B * nprobe]`
@@ -774,21 +813,27 @@ class IVFFlatIndex(keras.layers.Layer):
     return (tf.reshape(tf.gather(self.list_chunks, probes), [-1]),
             tf.reshape(tf.gather(self.list_chunks, probes + 1), [-1]))
 
-  def _search_one(self, query, k, starts, ends, exclude):
-    """Top k of one query `[1, d]` over the chunks `starts[i]` to `ends[i]`
-    of its probed lists: one gather of the chunks and one mat-vec."""
+  def _scan_one(self, query, starts, ends, exclude):
+    """Scan scores `[1, n]` (-inf: padding or excluded) of one query `[1, d]`
+    over the chunks `starts[i]` to `ends[i]` of its probed lists, with their
+    rows in the flattened `[C * L]` chunk rows: one gather of the chunks and
+    one mat-vec."""
     chunks = tf.ragged.range(starts, ends).flat_values
-    scores = tf.matmul(query, tf.reshape(tf.gather(self.vectors, chunks),
-                                         [-1, self.dim]), transpose_b=True)
+    scores = tf.matmul(self._scan_queries(query),
+                       tf.reshape(tf.gather(self.vectors, chunks),
+                                  [-1, self.dim]), transpose_b=True)
     items = tf.reshape(tf.gather(self.chunk_items, chunks), [1, -1])
     banned = items < 0
     if exclude is not None:
       banned |= tf.reduce_any(exclude[0][:, tf.newaxis] == items, axis=0)
-    return _best_k(tf.where(banned, tf.constant(-np.inf), scores), items, k)
+    scores = tf.where(banned, tf.constant(-np.inf),
+                      tf.cast(scores, tf.float32))
+    return scores, tf.reshape(self._chunk_rows(chunks), [1, -1])
 
-  def _search_batch(self, queries, k, nprobe, starts, ends, exclude):
-    """Top k of each query of a batch: the probed (query, chunk) pairs
-    scored through the tiles (`_tiled_scores`)."""
+  def _scan_batch(self, queries, nprobe, starts, ends, exclude):
+    """Scan scores `[B, n]` of each query of a batch with their chunk rows
+    (as `_scan_one`): the probed (query, chunk) pairs scored through the
+    tiles (`_tiled_scores`), then each query's chunks side by side."""
     batch = tf.shape(queries)[0]
     pair_chunks = tf.ragged.range(starts, ends)
     chunks = pair_chunks.flat_values
@@ -796,7 +841,8 @@ class IVFFlatIndex(keras.layers.Layer):
     pairs = tf.size(chunks)
     per_query = tf.reduce_sum(tf.reshape(ends - starts, [batch, nprobe]),
                               axis=1)
-    scores = self._tiled_scores(queries, chunks, rows, pairs)
+    scores = tf.cast(self._tiled_scores(self._scan_queries(queries), chunks,
+                                        rows, pairs), tf.float32)
     items = tf.gather(self.chunk_items, chunks)
     banned = items < 0
     if exclude is not None:
@@ -805,7 +851,7 @@ class IVFFlatIndex(keras.layers.Layer):
           exclude[:, :, tf.newaxis] == items[:, tf.newaxis, :], axis=1)
     scores = tf.where(banned, tf.constant(-np.inf), scores)
     # Each query's chunks side by side, [B, most chunks * L] (a gather; a
-    # query with fewer chunks reads the padding row `pairs`), then top k.
+    # query with fewer chunks reads the padding pair `pairs`).
     width = tf.reduce_max(per_query)
     column = tf.range(width)[tf.newaxis, :]
     source = tf.where(column < per_query[:, tf.newaxis],
@@ -814,9 +860,39 @@ class IVFFlatIndex(keras.layers.Layer):
     dense_scores = tf.reshape(tf.gather(tf.concat(
         [scores, tf.fill([1, self.chunk_size], tf.constant(-np.inf))], 0),
         source), [batch, -1])
-    dense_items = tf.reshape(tf.gather(tf.concat(
-        [items, tf.fill([1, self.chunk_size], -1)], 0), source), [batch, -1])
-    return _best_k(dense_scores, dense_items, k)
+    dense_chunks = tf.gather(tf.concat([chunks, [0]], 0), source)
+    return dense_scores, tf.reshape(self._chunk_rows(dense_chunks),
+                                    [batch, -1])
+
+  def _chunk_rows(self, chunks):
+    """`[..., L]` rows, in the flattened `[C * L]` chunk rows, of `chunks`."""
+    return (chunks[..., tf.newaxis] * self.chunk_size +
+            tf.range(self.chunk_size))
+
+  def _gather_rows(self, variable, rows):
+    """`variable [C, L, ...]` at the flattened chunk `rows`, read sparsely
+    (a gather on the variable: a dense read of a variable that is also
+    gathered copies all of it on every call)."""
+    return tf.gather_nd(variable, tf.stack(
+        [rows // self.chunk_size, rows % self.chunk_size], axis=-1))
+
+  def _scan_queries(self, queries):
+    """The queries in the dtype the scan reads the lists in."""
+    return tf.cast(queries, self.vectors.dtype)
+
+  def _rescore(self, queries, scores, rows, count):
+    """The best `count` `[B, n]` bfloat16 scan scores re-scored in float32
+    from hi + lo: `(scores [B, count], rows [B, count])`, -inf and row -1
+    where there is no candidate."""
+    scores, rows = _best_k(scores, rows, count)
+    found = rows >= 0
+    rows = tf.maximum(rows, 0)
+    vectors = (
+        tf.cast(self._gather_rows(self.vectors, rows), tf.float32) +
+        tf.cast(self._gather_rows(self.vector_residuals, rows), tf.float32))
+    exact = tf.squeeze(tf.matmul(vectors, queries[:, :, tf.newaxis]), -1)
+    return (tf.where(found, exact, tf.constant(-np.inf)),
+            tf.where(found, rows, -1))
 
   def _tiled_scores(self, queries, chunks, rows, pairs):
     """`[pairs, L]` scores of each (query `rows[i]`, chunk `chunks[i]`)
@@ -867,8 +943,40 @@ class IVFFlatIndex(keras.layers.Layer):
         "num_items": self.num_items, "dim": self.dim,
         "num_lists": self.num_lists, "metric": self.metric,
         "max_k": self.max_k, "nprobe": self.nprobe,
-        "chunk_size": self.chunk_size, "num_chunks": self.num_chunks})
+        "chunk_size": self.chunk_size, "num_chunks": self.num_chunks,
+        "scan_dtype": self.scan_dtype,
+        "rescore_margin": self.rescore_margin})
     return config
+
+  def save_own_variables(self, store):
+    super().save_own_variables(_Bfloat16AsBits(store, self.weights))
+
+  def load_own_variables(self, store):
+    super().load_own_variables(_Bfloat16AsBits(store, self.weights))
+
+
+class _Bfloat16AsBits:
+  """A layer's `.keras` weights store with its bfloat16 variables held as
+  their uint16 bits: HDF5, that file's format, has no bfloat16 (a plain
+  save writes bytes that no longer load)."""
+
+  def __init__(self, store, variables):
+    self._store = store
+    self._bfloat16 = {f"{i}" for i, v in enumerate(variables)
+                      if v.dtype == tf.bfloat16}
+
+  def keys(self):
+    return self._store.keys()
+
+  def __setitem__(self, key, value):
+    self._store[key] = (np.asarray(value).view(np.uint16)
+                        if key in self._bfloat16 else value)
+
+  def __getitem__(self, key):
+    value = self._store[key]
+    if key not in self._bfloat16:
+      return value
+    return tf.bitcast(tf.constant(np.asarray(value), tf.uint16), tf.bfloat16)
 
 
 def _unit_rows(matrix: np.ndarray) -> np.ndarray:
@@ -941,7 +1049,8 @@ def check_build_options(kind: str, dim: int,
                         num_lists: Optional[int] = None,
                         num_subspaces: Optional[int] = None,
                         nprobe: Optional[int] = None, rerank: int = 100,
-                        prefix: str = "") -> None:
+                        prefix: str = "", scan_dtype: str = "float32"
+                        ) -> None:
   """ValueError for `build_index` options that cannot work on `dim`-d
   vectors (None: its default), so callers fail before any quantizer is
   trained. `prefix` goes before each option's name in the messages ("--"
@@ -950,6 +1059,12 @@ def check_build_options(kind: str, dim: int,
   if kind not in INDEX_KINDS + ("auto",):
     raise ValueError(f"{prefix}index must be one of {INDEX_KINDS} or 'auto', "
                      f"got {kind!r}")
+  if scan_dtype not in SCAN_DTYPES:
+    raise ValueError(f"{prefix}scan_dtype must be one of {SCAN_DTYPES}, got "
+                     f"{scan_dtype!r}")
+  if scan_dtype != "float32" and kind not in ("ivf_flat", "auto"):
+    raise ValueError(f"{prefix}scan_dtype={scan_dtype} only applies to "
+                     f"{prefix}index=ivf_flat or auto")
   if rerank < 0:
     raise ValueError(f"{prefix}rerank must be >= 0, got {rerank}")
   ivf_options = {"num_lists": num_lists, "num_subspaces": num_subspaces,
@@ -1002,8 +1117,8 @@ def build_index(item_vectors, kind: str = "brute_force", metric: str = "dot",
                 max_k: int = 1000, num_lists: Optional[int] = None,
                 num_subspaces: Optional[int] = None,
                 nprobe: Optional[int] = None, rerank: int = 100,
-                seed: int = 0, memory_budget_bytes: Optional[int] = None
-                ) -> keras.layers.Layer:
+                seed: int = 0, memory_budget_bytes: Optional[int] = None,
+                scan_dtype: str = "float32") -> keras.layers.Layer:
   """The index a servable ships, filled with `item_vectors [N, d]`.
 
       index = build_index(item_vectors, "ivf_flat", max_k=100)
@@ -1033,14 +1148,18 @@ def build_index(item_vectors, kind: str = "brute_force", metric: str = "dot",
   (capped at N); `num_lists` and `nprobe` apply to the inverted files,
   `num_subspaces` to IVF-PQ (ValueError otherwise, or when they cannot work
   on d-dimensional vectors, see `check_build_options`); `rerank` only
-  applies to IVF-PQ (IVF-Flat scores are exact).
+  applies to IVF-PQ (IVF-Flat scores are exact); `scan_dtype` to IVF-Flat
+  ("bfloat16": the lists held as bfloat16 halves, the scan reading one,
+  the best candidates re-scored from both; faster where bfloat16 matrix
+  products are native, see `IVFFlatIndex`).
   """
   item_vectors = np.asarray(item_vectors, np.float32)
   if item_vectors.ndim != 2 or not len(item_vectors):
     raise ValueError(f"item_vectors must be a non-empty [N, d] array, got "
                      f"shape {item_vectors.shape}")
   count, dim = item_vectors.shape
-  check_build_options(kind, dim, num_lists, num_subspaces, nprobe, rerank)
+  check_build_options(kind, dim, num_lists, num_subspaces, nprobe, rerank,
+                      scan_dtype=scan_dtype)
   if (memory_budget_bytes is None) == (kind == "auto"):
     raise ValueError("memory_budget_bytes must be given exactly when "
                      f"kind='auto' (got kind={kind!r})")
@@ -1070,7 +1189,7 @@ def build_index(item_vectors, kind: str = "brute_force", metric: str = "dot",
   if kind == "ivf_flat":
     return IVFFlatIndex.from_embeddings(
         item_vectors, flat_lists, seed=seed, metric=metric, max_k=max_k,
-        nprobe=nprobe or min(8, flat_lists))
+        nprobe=nprobe or min(8, flat_lists), scan_dtype=scan_dtype)
   nprobe = nprobe or max(1, num_lists // 16)
   return IVFPQIndex.from_embeddings(
       item_vectors, num_lists, num_subspaces,

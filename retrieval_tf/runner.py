@@ -54,7 +54,7 @@ from retrieval_tf.datasets import synthetic
 from retrieval_tf.datasets.errors import DataError
 from retrieval_tf.datasets.types import Vocabulary
 from retrieval_tf.files import write_json_atomic
-from retrieval_tf.index import INDEX_KINDS, check_build_options
+from retrieval_tf.index import INDEX_KINDS, SCAN_DTYPES, check_build_options
 from retrieval_tf.validation import EarlyStopping
 import tensorflow_recommenders as tfrs  # pylint: disable=g-bad-import-order
 
@@ -208,7 +208,8 @@ def validate(values: Mapping[str, Any]) -> None:
 
 
 def define_index_flags(what: str = "the item embeddings") -> None:
-  """`--index`, `--num_lists`, `--num_subspaces`, `--nprobe`, `--rerank`:
+  """`--index`, `--num_lists`, `--num_subspaces`, `--nprobe`, `--rerank`,
+  `--scan_dtype`:
   the servable's item index (`retrieval_tf.index.build_index`; 0 means its
   default), for every CLI that exports one. Check with
   `check_index_flags`, pass on with `index_options`."""
@@ -223,6 +224,10 @@ def define_index_flags(what: str = "the item embeddings") -> None:
                        "ivf_flat, J / 16 for ivfpq).")
   flags.DEFINE_integer("rerank", 100, "IVF-PQ candidates re-scored exactly "
                        "(0: none).")
+  flags.DEFINE_enum("scan_dtype", "float32", SCAN_DTYPES, "IVF-Flat: the "
+                    "dtype its scan reads the lists in (bfloat16: faster "
+                    "where bfloat16 matrix products are native, the best "
+                    "candidates re-scored in float32).")
 
 
 def check_index_flags(values: Mapping[str, Any], dim: int) -> None:
@@ -240,7 +245,8 @@ def index_options(values: Mapping[str, Any]) -> Dict[str, Any]:
   return {"kind": values["index"],
           "num_lists": values["num_lists"] or None,
           "num_subspaces": values["num_subspaces"] or None,
-          "nprobe": values["nprobe"] or None, "rerank": values["rerank"]}
+          "nprobe": values["nprobe"] or None, "rerank": values["rerank"],
+          "scan_dtype": values["scan_dtype"]}
 
 
 def check_writable(path: str, flag: str) -> None:

@@ -81,6 +81,25 @@ def test_full_probe_and_rerank_equals_the_exact_servable(setup, k):
   assert np.isfinite(exact["scores"]).all()
 
 
+@pytest.mark.parametrize("scan_dtype", ["float32", "bfloat16"])
+def test_ivf_flat_probing_every_list_equals_the_exact_servable(setup,
+                                                               scan_dtype):
+  # DPSR's export builds every kind build_index knows (it once served
+  # brute force when asked for ivf_flat).
+  path = setup["export"](str(setup["root"] / f"flat_{scan_dtype}"),
+                         index="ivf_flat", num_lists=LISTS, nprobe=LISTS,
+                         scan_dtype=scan_dtype)[0]
+  with open(os.path.join(path, "assets.extra", "model_card.json")) as f:
+    card = json.load(f)["index"]
+  assert (card["type"], card["scan_dtype"]) == ("IVFFlatIndex", scan_dtype)
+  request = _request(setup["task"], 20)
+  exact = InProcessShard(setup["paths"]["exact"])(request)
+  flat = InProcessShard(path)(request)
+  np.testing.assert_array_equal(flat["item_ids"], exact["item_ids"])
+  np.testing.assert_allclose(flat["scores"], exact["scores"], rtol=1e-4,
+                             atol=1e-5)
+
+
 def test_one_probed_list_gives_valid_unique_ids(setup):
   task, ids = setup["task"], set(setup["ids"])
   one = InProcessShard(setup["paths"]["one_list"])
@@ -149,6 +168,8 @@ def test_sharded_ivfpq_export(setup):
     ({"index": "ivfpq", "num_lists": 4, "nprobe": 8}, "nprobe=8 must be <="),
     ({"index": "ivfpq", "num_lists": 0}, "num_lists must be >= 1"),
     ({"index": "ivfpq", "rerank": -1}, "rerank must be >= 0"),
+    ({"index": "ivfpq", "scan_dtype": "bfloat16"},
+     "scan_dtype=bfloat16 only applies to index=ivf_flat"),
     ({"index": "ivfpq", "num_lists": 200, "num_shards": 2},
      "num_lists=200 exceeds the 150 items of the smallest of 2 shard"),
 ])
@@ -167,6 +188,8 @@ def test_export_rejects_bad_index_options(setup, options, message):
       "--nprobe=8"], "--nprobe=8 must be <= --num_lists=4"),
     (["--index=ivfpq", "--export_dir={tmp}/e", "--rerank=-1"],
      "--rerank must be >= 0"),
+    (["--scan_dtype=bfloat16"],
+     "--scan_dtype=bfloat16 only applies to --index=ivf_flat"),
     (["--index=annoy"], "index"),
 ])
 def test_train_flag_errors(tmp_path, flags, message):

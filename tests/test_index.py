@@ -347,15 +347,17 @@ def _ivf_flat_reference(queries, items, centroids, assignments, k, nprobe,
   return np.array(all_scores), np.array(all_ids)
 
 
+@pytest.mark.parametrize("scan_dtype", ["float32", "bfloat16"])
 @pytest.mark.parametrize("chunk_size", [1, 4, 32])
 @pytest.mark.parametrize("rows", [1, 2, 40])  # one to many queries per tile
-def test_ivf_flat_equals_numpy(chunk_size, rows):
+def test_ivf_flat_equals_numpy(chunk_size, rows, scan_dtype):
   rng = np.random.default_rng(20)
   items = rng.normal(size=(300, 8)).astype(np.float32)
   centroids = rng.normal(size=(7, 8)).astype(np.float32)
   assignments = rng.integers(0, 7, 300)
   assignments[assignments == 5] = 4  # an empty list
-  index = IVFFlatIndex(300, 8, 7, max_k=60, nprobe=3, chunk_size=chunk_size)
+  index = IVFFlatIndex(300, 8, 7, max_k=60, nprobe=3, chunk_size=chunk_size,
+                       scan_dtype=scan_dtype)
   index.index_from_assignments(items, centroids, assignments)
   queries = rng.normal(size=(rows, 8)).astype(np.float32)
   exclude = rng.integers(-1, 300, size=(rows, 5)).astype(np.int32)
@@ -364,8 +366,31 @@ def test_ivf_flat_equals_numpy(chunk_size, rows):
     want_scores, want_ids = _ivf_flat_reference(
         queries, items, centroids, assignments, 60, nprobe, ban)
     np.testing.assert_array_equal(ids.numpy(), want_ids)
-    np.testing.assert_allclose(scores.numpy(), want_scores, rtol=1e-5,
-                               atol=1e-5)
+    # bfloat16: re-scored from hi + lo, about 16 bits of mantissa.
+    tolerance = 1e-5 if scan_dtype == "float32" else 1e-4
+    np.testing.assert_allclose(scores.numpy(), want_scores, rtol=tolerance,
+                               atol=tolerance)
+
+
+@pytest.mark.parametrize("rows", [1, 3])
+def test_ivf_flat_bfloat16_rescoring_separates_what_bfloat16_cannot(rows):
+  # Item 0 beats item 1 by 2^-10, below bfloat16's resolution at 1.0: the
+  # scan scores tie, the float32 re-scoring of hi + lo puts 0 first.
+  items = np.zeros((40, 4), np.float32)
+  items[0, 0], items[1, 0] = 1 + 2.0**-10, 1.0
+  items[2:, 1] = 1.0
+  index = IVFFlatIndex(40, 4, 2, max_k=5, nprobe=2, chunk_size=4,
+                       scan_dtype="bfloat16")
+  index.index_from_assignments(items, np.eye(2, 4, dtype=np.float32),
+                               np.array([1] + [0] * 39))
+  scores, ids = index(np.tile([[1, 0, 0, 0]], [rows, 1]).astype(np.float32),
+                      2)
+  np.testing.assert_array_equal(ids.numpy(), [[0, 1]] * rows)
+  np.testing.assert_array_equal(scores.numpy(), [[1 + 2.0**-10, 1]] * rows)
+  assert index.vectors.dtype == tf.bfloat16
+  float32 = IVFFlatIndex(40, 4, 2, chunk_size=4)
+  assert index_parameters(index)["bytes"] == index_parameters(float32)[
+      "bytes"]  # hi + lo: the 4 bytes of float32
 
 
 def test_ivf_flat_probing_every_list_is_brute_force():
@@ -435,6 +460,10 @@ def test_ivf_flat_arguments_are_checked():
       (lambda: IVFFlatIndex(30, 4, 3, nprobe=4), "nprobe=4 must be <= "),
       (lambda: IVFFlatIndex(30, 4, 3, chunk_size=0), "chunk_size must be"),
       (lambda: IVFFlatIndex(30, 4, 3, metric="l2"), "metric"),
+      (lambda: IVFFlatIndex(30, 4, 3, scan_dtype="float16"),
+       "scan_dtype must be one of"),
+      (lambda: IVFFlatIndex(30, 4, 3, rescore_margin=-1),
+       "rescore_margin must be >= 0"),
       (lambda: IVFFlatIndex(30, 4, 3, chunk_size=8, num_chunks=3),
        "num_chunks=3 cannot hold 30 items")]:
     with pytest.raises(ValueError, match=message):
@@ -452,11 +481,14 @@ def test_ivf_flat_arguments_are_checked():
                                  np.arange(30) % 3)
 
 
-def test_ivf_flat_config_keras_file_and_checkpoint_round_trip(tmp_path):
+@pytest.mark.parametrize("scan_dtype", ["float32", "bfloat16"])
+def test_ivf_flat_config_keras_file_and_checkpoint_round_trip(tmp_path,
+                                                              scan_dtype):
   vectors = np.random.default_rng(24).normal(size=(200, 6)).astype(
       np.float32)
   index = IVFFlatIndex.from_embeddings(vectors, num_lists=8, metric="cosine",
-                                       max_k=20, nprobe=3, chunk_size=5)
+                                       max_k=20, nprobe=3, chunk_size=5,
+                                       scan_dtype=scan_dtype)
   clone = keras.layers.deserialize(keras.layers.serialize(index))
   assert clone.get_config() == index.get_config()
   path = tf.train.Checkpoint(index=index).write(str(tmp_path / "ckpt"))
@@ -472,6 +504,7 @@ def test_ivf_flat_config_keras_file_and_checkpoint_round_trip(tmp_path):
                                 index(queries, 20)[1].numpy())
   card = index_parameters(index)
   assert card["type"] == "IVFFlatIndex" and card["chunk_size"] == 5
+  assert card["scan_dtype"] == scan_dtype
 
 
 def test_build_index_ivf_flat_and_auto_by_memory_budget():
@@ -480,8 +513,9 @@ def test_build_index_ivf_flat_and_auto_by_memory_budget():
   assert isinstance(flat, IVFFlatIndex)
   assert (flat.num_lists, flat.nprobe) == (44, 8)
   flat_bytes = index_parameters(flat)["bytes"]
-  roomy = build_index(vectors, "auto", memory_budget_bytes=flat_bytes)
-  assert isinstance(roomy, IVFFlatIndex)
+  roomy = build_index(vectors, "auto", memory_budget_bytes=flat_bytes,
+                      scan_dtype="bfloat16")
+  assert isinstance(roomy, IVFFlatIndex) and roomy.scan_dtype == "bfloat16"
   tight = build_index(vectors, "auto", memory_budget_bytes=flat_bytes - 1)
   assert isinstance(tight, IVFPQIndex) and not tight.store_vectors
   assert index_parameters(tight)["bytes"] < flat_bytes / 4
@@ -492,6 +526,9 @@ def test_build_index_ivf_flat_and_auto_by_memory_budget():
       ("auto", {"memory_budget_bytes": 1000}, "holds neither an IVF-Flat"),
       ("ivf_flat", {"num_subspaces": 4}, "num_subspaces only applies to"),
       ("ivf_flat", {"num_lists": 4, "nprobe": 5},
-       "nprobe=5 must be <= num_lists=4")]:
+       "nprobe=5 must be <= num_lists=4"),
+      ("ivfpq", {"scan_dtype": "bfloat16"},
+       "scan_dtype=bfloat16 only applies to index=ivf_flat or auto"),
+      ("ivf_flat", {"scan_dtype": "int8"}, "scan_dtype must be one of")]:
     with pytest.raises(ValueError, match=message):
       build_index(vectors, kind, **options)

@@ -102,7 +102,9 @@ def test_an_eagerly_used_index_exports_without_its_cached_function(tmp_path):
   assert not hasattr(loaded.index, "_compiled_search")
 
 
-def test_an_ivf_flat_two_tower_servable_passes_the_checker(tmp_path):
+@pytest.mark.parametrize("scan_dtype", ["float32", "bfloat16"])
+def test_an_ivf_flat_two_tower_servable_passes_the_checker(tmp_path,
+                                                           scan_dtype):
   world = synthetic.generate(synthetic.SyntheticConfig(
       seed=4, num_items=300, num_users=80))
   data = world.to_rec_dataset()
@@ -111,7 +113,8 @@ def test_an_ivf_flat_two_tower_servable_passes_the_checker(tmp_path):
                          for f in data.user_features},
                         embedding_dim=8, output_dim=8, hidden_units=[16])
   items = model.item_embedding({"item_id": np.arange(data.num_items)}).numpy()
-  index = build_index(items, "ivf_flat", max_k=50, nprobe=3)
+  index = build_index(items, "ivf_flat", max_k=50, nprobe=3,
+                      scan_dtype=scan_dtype)
   path = export_two_tower(model, str(tmp_path / "flat"), data, items,
                           history_length=5, max_k=50, index=index)
   assert check.check(path)["checks"] == ["ops", "load", "cli", "rest"]
