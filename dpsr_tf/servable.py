@@ -58,8 +58,9 @@ import numpy as np
 
 from retrieval_tf import export as export_lib
 from retrieval_tf.compat import keras, tf
-from retrieval_tf.index import (BruteForceIndex, IVFPQIndex, build_index,
-                                check_build_options, index_parameters)
+from retrieval_tf.index import (RERANK, BruteForceIndex, IVFPQIndex,
+                                build_index, check_build_options,
+                                index_parameters)
 from retrieval_tf.serving.assets import (index_table, k_card, k_range,
                                          non_empty, request_k,
                                          write_vocabulary)
@@ -249,7 +250,7 @@ def export_dpsr(model: DPSRModel, export_dir: str,
                 only_shards: Optional[Sequence[int]] = None,
                 index: str = "brute_force", num_lists: Optional[int] = None,
                 num_subspaces: Optional[int] = None,
-                nprobe: Optional[int] = None, rerank: int = 100,
+                nprobe: Optional[int] = None, rerank: int = RERANK,
                 seed: int = 0, scan_dtype: str = "float32") -> List[str]:
   """Exports the one servable (raw query -> top-k item ids, Sec. 5.2.1).
 

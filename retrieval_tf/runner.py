@@ -54,7 +54,8 @@ from retrieval_tf.datasets import synthetic
 from retrieval_tf.datasets.errors import DataError
 from retrieval_tf.datasets.types import Vocabulary
 from retrieval_tf.files import write_json_atomic
-from retrieval_tf.index import INDEX_KINDS, SCAN_DTYPES, check_build_options
+from retrieval_tf.index import (INDEX_KINDS, RERANK, SCAN_DTYPES,
+                                check_build_options)
 from retrieval_tf.validation import EarlyStopping
 import tensorflow_recommenders as tfrs  # pylint: disable=g-bad-import-order
 
@@ -222,8 +223,8 @@ def define_index_flags(what: str = "the item embeddings") -> None:
                        "divisor of the dimension nearest dim / 4).")
   flags.DEFINE_integer("nprobe", 0, "Inverted lists searched (0: 8 for "
                        "ivf_flat, J / 16 for ivfpq).")
-  flags.DEFINE_integer("rerank", 100, "IVF-PQ candidates re-scored exactly "
-                       "(0: none).")
+  flags.DEFINE_integer("rerank", RERANK, "IVF-PQ candidates re-scored exactly "
+                       "(max(rerank, k) of them; 0: none).")
   flags.DEFINE_enum("scan_dtype", "float32", SCAN_DTYPES, "IVF-Flat: the "
                     "dtype its scan reads the lists in (bfloat16: faster "
                     "where bfloat16 matrix products are native, the best "
