@@ -22,12 +22,14 @@ and the missing ids.
 from __future__ import annotations
 
 import csv
+import io
 import os
 from typing import Dict, Mapping, Sequence, Tuple
 
 import numpy as np
 
 from retrieval_tf.compat import tf
+from retrieval_tf.datasets import reading
 from retrieval_tf.datasets.errors import DataError
 
 USERS, ITEMS, INTERACTIONS = "users.tsv", "items.tsv", "interactions.tsv"
@@ -87,12 +89,13 @@ def write_joined(path: str, users: Mapping[str, np.ndarray],
 def _read_table(path: str) -> Tuple[list, Dict[str, np.ndarray]]:
   if not os.path.isfile(path):
     raise DataError(f"feature file {path!r} does not exist")
-  with open(path, encoding="utf-8", newline="") as f:
-    reader = csv.reader(f, delimiter="\t", quoting=csv.QUOTE_NONE)
-    header = next(reader, None)
-    if not header:
-      raise DataError(f"{path}: the file is empty")
-    rows = list(reader)
+  reader = csv.reader(io.StringIO(reading.read_text(path), newline=""),
+                      delimiter="\t", quoting=csv.QUOTE_NONE)
+  header = next(reader, None)
+  if not header:
+    raise DataError(f"{path}: the file is empty")
+  reading.check_header(path, header)
+  rows = list(reader)
   for n, row in enumerate(rows, start=2):
     if len(row) != len(header):
       raise DataError(f"{path}, line {n}: {len(row)} fields, the header has "

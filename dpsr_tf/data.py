@@ -42,7 +42,8 @@ from typing import Any, Dict, List, Mapping, Optional, Union
 import numpy as np
 
 from retrieval_tf.compat import tf
-from retrieval_tf.datasets import bestbuy, crowdflower, splits, synthetic
+from retrieval_tf.datasets import (bestbuy, crowdflower, reading, splits,
+                                   synthetic)
 from retrieval_tf.datasets.errors import DataError
 from retrieval_tf.datasets.types import Vocabulary
 from retrieval_tf.text import Tokenizer
@@ -254,22 +255,22 @@ def load_supervision(path: str, items: Vocabulary
   if not os.path.isfile(path):
     raise DataError(f"supervision file {path!r} does not exist")
   query, item, label, unknown, malformed = [], [], [], [], []
-  with open(path, encoding="utf-8") as f:
-    for number, line in enumerate(f, start=1):
-      line = line.rstrip("\n").rstrip("\r")
-      if not line.strip() or line.lstrip().startswith("#"):
-        continue
-      parts = line.split("\t")
-      if len(parts) != 3 or parts[2].strip() not in ("0", "1") or not parts[
-          0].strip():
-        malformed.append(number)
-        continue
-      if parts[1].strip() not in items:
-        unknown.append((number, parts[1].strip()))
-        continue
-      query.append(parts[0].strip())
-      item.append(items.index(parts[1].strip()))
-      label.append(parts[2].strip() == "1")
+  for number, line in enumerate(reading.read_text(path).split("\n"),
+                                start=1):
+    line = line.rstrip("\r")
+    if not line.strip() or line.lstrip().startswith("#"):
+      continue
+    parts = line.split("\t")
+    if len(parts) != 3 or parts[2].strip() not in ("0", "1") or not parts[
+        0].strip():
+      malformed.append(number)
+      continue
+    if parts[1].strip() not in items:
+      unknown.append((number, parts[1].strip()))
+      continue
+    query.append(parts[0].strip())
+    item.append(items.index(parts[1].strip()))
+    label.append(parts[2].strip() == "1")
   if malformed:
     raise DataError(
         f"{path}: malformed line(s) {_lines(malformed)}: expected "

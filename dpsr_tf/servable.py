@@ -159,20 +159,13 @@ class DPSRServable(tf.Module):
 
   def _features(self, request):
     request = non_empty(request, key="query")
-    batch = tf.shape(request["query"])[0]
     features = {"query": request["query"]}
     for f in self.fields:
-      values = request[f"user_{f}"]
-      tf.debugging.assert_equal(tf.shape(values)[0], batch,
-                                message=f"user_{f} needs one value per query")
-      features[f"user_{f}"] = tf.cast(self.to_index[f].lookup(values),
-                                      tf.int32)
+      features[f"user_{f}"] = tf.cast(
+          self.to_index[f].lookup(request[f"user_{f}"]), tf.int32)
     if self.personalization == "history":
-      history = request["history"]
-      tf.debugging.assert_equal(tf.shape(history)[0], batch,
-                                message="history needs one row per query")
-      features["history"] = tf.cast(self.item_index.lookup(history),
-                                    tf.int32)
+      features["history"] = tf.cast(
+          self.item_index.lookup(request["history"]), tf.int32)
     return features
 
   def _embed(self, request):

@@ -84,17 +84,11 @@ class MGDSPRServable(tf.Module):
   def features(self, request) -> Dict[str, tf.Tensor]:
     """Raw request -> the model's features (item ids -> indices)."""
     request = non_empty(request, key="query")
-    batch = tf.shape(request["query"])[0]
-    out = {"query": request["query"]}
-    tf.debugging.assert_equal(tf.shape(request["history_query"])[0], batch,
-                              message="history_query needs one row per query")
-    out["history_query"] = request["history_query"]
+    out = {"query": request["query"],
+           "history_query": request["history_query"]}
     for name in SEQUENCES:
-      values = request[name]
-      tf.debugging.assert_equal(tf.shape(values)[0], batch,
-                                message=f"{name} needs one row per query")
       # The model keeps the last max_lengths[name] ids (most recent).
-      out[name] = tf.cast(self.item_index.lookup(values), tf.int32)
+      out[name] = tf.cast(self.item_index.lookup(request[name]), tf.int32)
     return out
 
   def _embed(self, request):

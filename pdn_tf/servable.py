@@ -85,10 +85,7 @@ class PDNServable(tf.Module):
     request = non_empty(dict(request, k=k))
     k = request.pop("k")
     batch = tf.shape(request["history"])[0]
-    checks = [
-        tf.debugging.assert_equal(tf.shape(request["user_id"])[0], batch,
-                                  message="history must have one row per "
-                                  "user_id")]
+    checks = []
     if "history_rating" in request:
       checks.append(tf.debugging.assert_equal(
           tf.shape(request["history_rating"]), tf.shape(request["history"]),

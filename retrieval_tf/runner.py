@@ -178,6 +178,9 @@ def validate(values: Mapping[str, Any]) -> None:
                        "with its files)")
     if not os.path.exists(values["data_dir"]):
       raise UsageError(f"--data_dir={values['data_dir']!r} does not exist")
+  elif values.get("data_dir"):
+    raise UsageError(f"--dataset={dataset} is generated and reads no files: "
+                     "drop --data_dir (or name the dataset of that folder)")
   for name in ("synthetic_items", "synthetic_config"):
     if values.get(name) and dataset != "synthetic":
       raise UsageError(f"--{name} works with --dataset=synthetic only")

@@ -78,6 +78,12 @@ def test_feature_file_errors(tmp_path):
   (tmp_path / compressed.USERS).write_text("user_id\tage\nu1\t1\t2\n")
   with pytest.raises(DataError, match="line 2"):
     compressed.compressed_dataset(str(tmp_path))
+  (tmp_path / compressed.USERS).write_text("user_id\tage\tage\nu1\t1\t2\n")
+  with pytest.raises(DataError, match="column 'age' appears twice"):
+    compressed.compressed_dataset(str(tmp_path))
+  (tmp_path / compressed.USERS).write_bytes(b"user_id\tage\nu\xff\t1\n")
+  with pytest.raises(DataError, match=r"users.tsv:2: byte 0xff"):
+    compressed.compressed_dataset(str(tmp_path))
   with pytest.raises(DataError, match="tab"):
     compressed.write_compressed(str(tmp_path), {"user_id": ["a\tb"]},
                                 {"item_id": ["x"]},
@@ -134,6 +140,13 @@ def test_supervision_errors_have_line_numbers(task, tmp_path):
     data_lib.load_supervision(str(path), items)
   with pytest.raises(DataError, match="does not exist"):
     data_lib.load_supervision(str(tmp_path / "none.tsv"), items)
+  path.write_bytes(b"red mouse\t3\t1\nbl\xffe\t4\t0\n")
+  with pytest.raises(DataError, match=r"sup.tsv:2: byte 0xff .* not valid "
+                     "utf-8"):
+    data_lib.load_supervision(str(path), items)
+  path.write_bytes(b"\xef\xbb\xbfred mouse\t3\t1\r\n")  # BOM, CRLF
+  assert list(data_lib.load_supervision(str(path), items)["query"]) == [
+      "red mouse"]
 
 
 def test_browsing_history_is_the_last_events_before(task):

@@ -24,6 +24,8 @@ _run = functools.partial(run_module, "retrieval_tf.train")
     (["--dataset=ml-1m", "--data_dir=.", "--synthetic_items=5000"],
      "--synthetic_items works with --dataset=synthetic only"),
     (["--synthetic_items=50"], "--synthetic_items must be >= 100"),
+    (["--dataset=synthetic", "--data_dir=."],
+     "--dataset=synthetic is generated and reads no files"),
     (["--dataset=ml-1m", "--data_dir=.",
       "--synthetic_config=polysemous_search_rate=0.5"],
      "--synthetic_config works with --dataset=synthetic only"),

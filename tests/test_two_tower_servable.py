@@ -117,6 +117,16 @@ def test_empty_batch_and_wrong_dtype_are_clear_errors(exported):
        k=tf.constant([1.5]))
 
 
+def test_a_field_with_the_wrong_number_of_rows_is_named(exported):
+  data, _, _, path = exported
+  request = _request(data, [0, 1], [[1, 2], [3, 4]])
+  field = f"user_{next(iter(data.user_features))}"
+  request[field] = request[field][:1]
+  with pytest.raises(tf.errors.InvalidArgumentError,
+                     match=f"{field} must have one row per request row"):
+    _serve(path, request, [5, 5])
+
+
 def test_query_cli_prints_titles(exported):
   data, _, _, path = exported
   request = _request(data, [0], [[1, 2, 3]])

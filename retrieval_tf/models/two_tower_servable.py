@@ -86,9 +86,6 @@ class TwoTowerServable(tf.Module):
     history_ids = self._lookup("items", history)
     features = {"history": history_ids, "history_mask": history_ids >= 0}
     if self.with_user_id:
-      tf.debugging.assert_equal(
-          tf.shape(history)[0], tf.shape(request["user_id"])[0],
-          message="history must have one row per user_id")
       features["user_id"] = self._lookup("users", request["user_id"])
     for f in self.fields:
       features[f"user_{f}"] = self._lookup(f, request[f"user_{f}"])

@@ -41,12 +41,17 @@ def id_table(asset: tf.saved_model.Asset) -> tf.lookup.StaticHashTable:
 
 def non_empty(request: Dict[str, tf.Tensor],
               key: str = "history") -> Dict[str, tf.Tensor]:
-  """The request's tensors, usable only after the check that `request[key]`
-  has rows (so an empty batch fails with this message, not inside a later
-  op)."""
+  """The request's tensors, usable only after the checks that `request[key]`
+  has rows and that every input has as many (so an empty batch or a field
+  with the wrong number of rows fails naming it, not inside a later op)."""
   batch = tf.shape(request[key])[0]
-  with tf.control_dependencies([tf.debugging.assert_positive(
-      batch, message="empty batch: the request has no rows")]):
+  checks = [tf.debugging.assert_positive(
+      batch, message="empty batch: the request has no rows")]
+  checks += [tf.debugging.assert_equal(
+      tf.shape(value)[0], batch,
+      message=f"{name} must have one row per request row, as {key} has")
+             for name, value in sorted(request.items()) if name != key]
+  with tf.control_dependencies(checks):
     return {name: tf.identity(value) for name, value in request.items()}
 
 
