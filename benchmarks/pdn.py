@@ -1,31 +1,43 @@
 """PDN benchmarks: Table 2 and Table 4 analogues, and servable latency.
 
     python -m benchmarks.pdn [--seeds=0,1,2,3,4] [--epochs=1]
-        [--steps_per_epoch=500] [--early_stopping=0] [--parallel] [--reuse]
+        [--steps_per_epoch=500] [--two_tower_epochs=5] [--early_stopping=0]
+        [--variants=PDN,...] [--parallel] [--reuse] [--threads=2]
         [--sections=table2,table4,latency] [--latency_items=1000000]
+        [--table2_dataset=ncf-ml-1m|amazon-beauty]
         [--table4_datasets=ncf-ml-1m,amazon-beauty] [--beauty_epochs=2]
 
-* Table 2 (NCF ML-1M, target + 99 negatives): PDN, PDN w/o Bias Net, PDN
-  w/o Direct Net (`python -m pdn_tf.train`), the shared two-tower baseline,
-  item-based CF and most popular (`python -m retrieval_tf.train`), mean and
-  std over `--seeds`; "Personalise" and "Item to Item" columns (PDN: SimNet
-  alone, Σ_j softplus(s_ji); two-tower: Σ_j <q_j, q_i> over the training
-  history; item CF: Σ_j cosine(j, i)), plus the servable's full-corpus
-  recall@50/@300 (two-tower: exact top-k of its embeddings). With
-  `--early_stopping=N`, `--epochs` and `--two_tower_epochs` are the longest
-  training tried: each PDN and two-tower run holds each user's latest
-  training interaction out as a validation target (1 + 99), keeps its best
-  epoch by validation HR@10 (patience N) and is tested once at that epoch;
-  the epochs chosen per seed go into the table. `--variants` picks the PDN
-  rows trained.
+* Table 2 (target + 99 negatives, on `--table2_dataset`: NCF ML-1M, the
+  paper's protocol, or the leave-one-out split of Amazon Beauty): PDN, PDN
+  w/o Bias Net, PDN w/o Direct Net (`python -m pdn_tf.train`), the shared
+  two-tower baseline, item-based CF and most popular (`python -m
+  retrieval_tf.train`), mean and std over `--seeds`; "Personalise" and
+  "Item to Item" columns (PDN: SimNet alone, Σ_j softplus(s_ji); two-tower:
+  Σ_j <q_j, q_i> over the training history; item CF: Σ_j cosine(j, i)),
+  plus the servable's full-corpus recall@50/@300 (two-tower: exact top-k of
+  its embeddings, scored on the run's own split: each seed's, checked
+  against the run's HR@10). PDN trains `--epochs` of `--steps_per_epoch`
+  steps on NCF ML-1M and `--beauty_epochs` full passes on Amazon Beauty.
+  NCF ML-1M's split is predefined, so item CF and most popular run on the
+  first seed only; Amazon Beauty's sampled negatives depend on the seed, so
+  they run on every seed there. With `--early_stopping=N`, the PDN epochs
+  and `--two_tower_epochs` are the longest training tried: each PDN and
+  two-tower run holds each user's latest training interaction out as a
+  validation target (1 + 99), keeps its best epoch by validation HR@10
+  (patience N) and is tested once at that epoch; the epochs chosen per seed
+  go into the table. `--variants` picks the PDN rows trained. The section
+  written is `pdn` (`pdn_valid` with `--early_stopping`) for NCF ML-1M and
+  `pdn_beauty` (`pdn_beauty_valid`) for Amazon Beauty; the paper column
+  (its MovieLens figures) only for NCF ML-1M.
 * Table 4: PDN (first seed) against the two-tower by the user's number of
   training interactions n: HR@10 (1 + 99) and full-corpus recall@300, with
   the relative gain, on each of `--table4_datasets`. NCF ML-1M reuses the
-  Table 2 runs; every ML-1M user has at least 20 ratings, so the paper's
-  short-history buckets (n <= 15) only exist on Amazon Beauty (5-core),
-  which gets its own PDN and two-tower runs (`--beauty_epochs`, full
-  passes) in the paper's buckets (n <= 15, 15-30, 30-45, > 45), the
-  first one split further.
+  NCF ML-1M Table 2 runs; every ML-1M user has at least 20 ratings, so the
+  paper's short-history buckets (n <= 15) only exist on Amazon Beauty
+  (5-core), which gets its own PDN and two-tower runs (`--beauty_epochs`,
+  full passes; the folders of the first seed's Amazon Beauty Table 2 runs,
+  kept with `--reuse` when the flags match) in the paper's buckets (n <=
+  15, 15-30, 30-45, > 45), the first one split further.
 * Latency: `benchmarks.servable_latency` (a TensorFlow-only process, one
   thread) on the ML-1M PDN export and on a PDN servable over a
   `--latency_items` synthetic world, raw request -> top-500. The large world
@@ -53,10 +65,10 @@ from benchmarks import harness, report
 
 FLAGS = flags.FLAGS
 flags.DEFINE_list("seeds", ["0"], "Seeds of the trained rows.")
-flags.DEFINE_integer("epochs", 1, "PDN training epochs (with "
+flags.DEFINE_integer("epochs", 1, "PDN training epochs on NCF ML-1M (with "
                      "--early_stopping: the most tried).")
-flags.DEFINE_integer("steps_per_epoch", 0, "PDN steps per epoch (0: one "
-                     "pass over the training log).")
+flags.DEFINE_integer("steps_per_epoch", 0, "PDN steps per epoch on NCF "
+                     "ML-1M (0: one pass over the training log).")
 flags.DEFINE_bool("parallel", False, "Run a seed's training commands at the "
                   "same time (one process each), to use the cores of a "
                   "shared machine; timings then are not comparable.")
@@ -74,10 +86,16 @@ flags.DEFINE_list("sections", ["table2", "table4", "latency"],
                   "What to run.")
 flags.DEFINE_integer("latency_items", 1000000, "Items of the synthetic "
                      "latency world (0: skip it).")
+flags.DEFINE_enum("table2_dataset", "ncf-ml-1m", ["ncf-ml-1m",
+                                                  "amazon-beauty"],
+                  "Dataset of the Table 2 analogue; each writes its own "
+                  "section (ncf-ml-1m: pdn / pdn_valid, amazon-beauty: "
+                  "pdn_beauty / pdn_beauty_valid).")
 flags.DEFINE_list("table4_datasets", ["ncf-ml-1m", "amazon-beauty"],
                   "Datasets of the Table 4 analogue.")
-flags.DEFINE_integer("beauty_epochs", 2, "PDN epochs of the Amazon Beauty "
-                     "Table 4 run (full passes).")
+flags.DEFINE_integer("beauty_epochs", 2, "PDN epochs (full passes) of the "
+                     "Amazon Beauty runs, Table 4 and Table 2 (with "
+                     "--early_stopping: the most tried).")
 flags.DEFINE_integer("threads", 2, "TF threads of the training runs.")
 flags.DEFINE_bool("reuse", False, "Keep a training run whose output folder "
                   "already holds metrics.json from the same command instead "
@@ -85,6 +103,9 @@ flags.DEFINE_bool("reuse", False, "Keep a training run whose output folder "
 
 DATA_DIRS = {"ncf-ml-1m": "../shared/data/ncf-ml-1m",
              "amazon-beauty": "../shared/data/amazon-beauty"}
+NAMES = {"ncf-ml-1m": "NCF ML-1M", "amazon-beauty": "Amazon Beauty"}
+# RESULTS.md section of each Table 2 dataset (+ "_valid" with validation).
+SECTIONS = {"ncf-ml-1m": "pdn", "amazon-beauty": "pdn_beauty"}
 # Table 4 history-length bucket edges (training interactions n) per dataset.
 TABLE4_EDGES = {"ncf-ml-1m": [0, 50, 100, 200, 400, np.inf],
                 "amazon-beauty": [0, 5, 10, 15, 30, 45, np.inf]}
@@ -121,18 +142,31 @@ def _run_dir(name: str, seed: int, dataset: str) -> str:
   return f"{OUT}/{prefix}{name}-s{seed}"
 
 
+def _fixed_split(dataset: str) -> bool:
+  """Whether `dataset`'s test targets and negatives are the same for every
+  seed (NCF ML-1M's predefined split; elsewhere the negatives are sampled
+  with the seed)."""
+  return dataset == "ncf-ml-1m"
+
+
+def _pdn_epochs(dataset: str) -> int:
+  """PDN's epochs on `dataset` (with --early_stopping: the most tried):
+  `--epochs` on NCF ML-1M, `--beauty_epochs` full passes on Amazon
+  Beauty."""
+  return FLAGS.epochs if dataset == "ncf-ml-1m" else FLAGS.beauty_epochs
+
+
 def pdn_command(variant: str, seed: int, export: bool,
                 dataset: str = "ncf-ml-1m") -> List[str]:
-  ncf = dataset == "ncf-ml-1m"
   cmd = ["python", "-m", "pdn_tf.train", f"--dataset={dataset}",
          f"--data_dir={DATA_DIRS[dataset]}",
          f"--output_dir={_run_dir(_slug(variant), seed, dataset)}",
          "--overwrite", "--verbose=2", f"--seed={seed}",
-         f"--epochs={FLAGS.epochs if ncf else FLAGS.beauty_epochs}",
+         f"--epochs={_pdn_epochs(dataset)}",
          "--save_scores"] + VARIANTS[variant]
   if FLAGS.early_stopping:
     cmd.append(f"--early_stopping={FLAGS.early_stopping}")
-  if FLAGS.steps_per_epoch and ncf:
+  if FLAGS.steps_per_epoch and dataset == "ncf-ml-1m":
     cmd.append(f"--steps_per_epoch={FLAGS.steps_per_epoch}")
   if export:
     cmd.append(f"--export_dir={OUT}/export-ml1m")
@@ -189,7 +223,8 @@ def _split(dataset: str = "ncf-ml-1m", seed: int = 0):
 
 def _two_tower_scores(run_dir: str, data):
   """Personalised and item-to-item scores `[U, 100]` and the exact
-  full-corpus top-300 of a two-tower run's saved embeddings."""
+  full-corpus top-300 of a two-tower run's saved embeddings on the split
+  `data` (checked to be the run's own: `_check_split`)."""
   from retrieval_tf import evaluation  # pylint: disable=g-import-not-at-top
   users = np.load(os.path.join(harness.REPO_ROOT, run_dir,
                                "user_embeddings.npy"))
@@ -200,10 +235,34 @@ def _two_tower_scores(run_dir: str, data):
   histories = evaluation.exclusion_from_interactions(
       train, data.test.user, data.dataset.num_items)
   personal = np.einsum("ud,ucd->uc", users, items[candidates])
+  _check_split(run_dir, personal, data)
   i2i = np.einsum("ud,ucd->uc", np.asarray(histories @ items),
                   items[candidates])
   top = evaluation.top_k_items(users, items, 300, histories)
   return personal, i2i, top
+
+
+def _check_split(run_dir: str, personal, data) -> None:
+  """Raises unless a two-tower run's personalised scores on the split
+  `data` give the HR@10 its metrics.json reports (the same test targets
+  and negatives as the run trained and tested on)."""
+  hr = _sampled(personal, data)["hr@10"]
+  reported = harness.read_metrics(run_dir)["hr@10"]
+  if not np.isclose(hr, reported, rtol=0, atol=1e-9):
+    raise ValueError(f"{run_dir}: HR@10 {hr:.6f} on this benchmark's split "
+                     f"but {reported:.6f} in the run's metrics.json: its "
+                     "test split differs; rerun it without --reuse")
+
+
+def _two_tower_metrics(run_dir: str, data) -> Dict[str, float]:
+  """Table 2's columns of a two-tower run, from its saved embeddings on
+  the split `data`."""
+  personal, i2i, top = _two_tower_scores(run_dir, data)
+  p, s = _sampled(personal, data), _sampled(i2i, data)
+  return {"hr@10": p["hr@10"], "ndcg@10": p["ndcg@10"],
+          "i2i_hr@10": s["hr@10"], "i2i_ndcg@10": s["ndcg@10"],
+          "recall@50": _recall(top, data.test.item, 50),
+          "recall@300": _recall(top, data.test.item, 300)}
 
 
 def _sampled(scores, data, rows=None) -> Dict[str, float]:
@@ -227,73 +286,104 @@ def _mean_std(values) -> str:
   return f"{np.mean(values):.4f} ± {np.std(values):.4f}"
 
 
-def table2(seeds, commands, raw) -> str:
-  data = _split()
+def _floors_run(dataset: str, first: bool) -> bool:
+  """Whether item CF and most popular (deterministic given the split) run
+  on a seed: on every seed where the split changes with it, else on the
+  `first` only."""
+  return first or not _fixed_split(dataset)
+
+
+def _table2_commands(dataset: str, seed: int, first: bool
+                     ) -> List[List[str]]:
+  """One seed's Table 2 training runs on `dataset`: the PDN variants, the
+  two-tower, item CF and most popular (`_floors_run`). The `first` seed's
+  NCF ML-1M PDN is exported for the latency section."""
+  cmds = [pdn_command(variant, seed, export=(
+      first and variant == "PDN" and dataset == "ncf-ml-1m"), dataset=dataset)
+          for variant in FLAGS.variants]
+  if FLAGS.two_tower_epochs:
+    cmds.append(baseline_command("two_tower", seed, dataset))
+  if _floors_run(dataset, first):
+    cmds += [baseline_command(m, seed, dataset) for m in ("item_cf",
+                                                          "most_popular")]
+  return cmds
+
+
+def table2(dataset: str, seeds, commands, raw) -> str:
+  """Table 2's runs on `dataset` for every seed, then its table."""
   rows: Dict[str, Dict[str, list]] = {}
 
   def add(name, key, value):
     rows.setdefault(name, {}).setdefault(key, []).append(value)
 
   for seed in seeds:
-    cmds = [pdn_command(variant, seed, export=(variant == "PDN" and
-                                               seed == seeds[0]))
-            for variant in FLAGS.variants]
-    if FLAGS.two_tower_epochs:
-      cmds.append(baseline_command("two_tower", seed))
-    if seed == seeds[0]:
-      cmds += [baseline_command(m, seed) for m in ("item_cf",
-                                                   "most_popular")]
-    commands.extend(_run_all(cmds))
+    first = seed == seeds[0]
+    commands.extend(_run_all(_table2_commands(dataset, seed, first)))
     for variant in FLAGS.variants:
-      m = harness.read_metrics(f"{OUT}/{_slug(variant)}-s{seed}")
+      m = harness.read_metrics(_run_dir(_slug(variant), seed, dataset))
       for key in ("hr@10", "ndcg@10", "i2i_hr@10", "i2i_ndcg@10",
                   "recall@50", "recall@300", "train_seconds"):
         add(variant, key, m[key])
       if FLAGS.early_stopping:
         add(variant, "chosen_epoch", m["best_epoch"])
-    if not FLAGS.two_tower_epochs:
+    if FLAGS.two_tower_epochs:
+      run_dir = _run_dir("two_tower", seed, dataset)
+      if FLAGS.early_stopping:
+        add("two-tower", "chosen_epoch",
+            harness.read_metrics(run_dir)["best_epoch"])
+      for key, value in _two_tower_metrics(run_dir,
+                                           _split(dataset, seed)).items():
+        add("two-tower", key, value)
+    if not _floors_run(dataset, first):
       continue
-    run_dir = f"{OUT}/two_tower-s{seed}"
-    if FLAGS.early_stopping:
-      add("two-tower", "chosen_epoch",
-          harness.read_metrics(run_dir)["best_epoch"])
-    personal, i2i, top = _two_tower_scores(run_dir, data)
-    p, s = _sampled(personal, data), _sampled(i2i, data)
-    add("two-tower", "hr@10", p["hr@10"])
-    add("two-tower", "ndcg@10", p["ndcg@10"])
-    add("two-tower", "i2i_hr@10", s["hr@10"])
-    add("two-tower", "i2i_ndcg@10", s["ndcg@10"])
-    add("two-tower", "recall@50", _recall(top, data.test.item, 50))
-    add("two-tower", "recall@300", _recall(top, data.test.item, 300))
-  for model, name in (("item_cf", "item CF"), ("most_popular",
-                                               "most popular")):
-    m = harness.read_metrics(f"{OUT}/{model}-s{seeds[0]}")
-    column = "i2i_" if model == "item_cf" else ""
-    add(name, f"{column}hr@10", m["hr@10"])
-    add(name, f"{column}ndcg@10", m["ndcg@10"])
-    add(name, "recall@50", m["recall@50"])
+    for model, name in (("item_cf", "item CF"),
+                        ("most_popular", "most popular")):
+      m = harness.read_metrics(_run_dir(model, seed, dataset))
+      column = "i2i_" if model == "item_cf" else ""
+      add(name, f"{column}hr@10", m["hr@10"])
+      add(name, f"{column}ndcg@10", m["ndcg@10"])
+      add(name, "recall@50", m["recall@50"])
+  raw["table2_dataset"] = dataset
   raw["table2"] = rows
+  return _table2_text(dataset, rows)
+
+
+def _table2_text(dataset: str, rows: Dict[str, Dict[str, list]]) -> str:
+  """Table 2 in markdown (the paper's column on NCF ML-1M, its MovieLens
+  figures; the chosen epochs with --early_stopping), after its notes."""
+  paper = dataset == "ncf-ml-1m"
   header = ["method", "HR@10", "NDCG@10", "I2I HR@10", "I2I NDCG@10",
-            "recall@50", "recall@300", "paper (HR, NDCG, I2I HR, I2I NDCG)"]
+            "recall@50", "recall@300"]
+  if paper:
+    header.append("paper (HR, NDCG, I2I HR, I2I NDCG)")
   if FLAGS.early_stopping:
     header.append("epochs (validation)")
   table = []
   for name, values in rows.items():
-    paper = PAPER.get(name)
     table.append([name] + [_mean_std(values.get(k, [])) for k in (
         "hr@10", "ndcg@10", "i2i_hr@10", "i2i_ndcg@10", "recall@50",
-        "recall@300")] + [", ".join("-" if v is None else f"{v:.4f}"
-                                   for v in paper) if paper else "-"])
+        "recall@300")])
+    if paper:
+      table[-1].append(", ".join("-" if v is None else f"{v:.4f}"
+                                 for v in PAPER[name])
+                       if name in PAPER else "-")
     if FLAGS.early_stopping:
       table[-1].append(", ".join(str(e) for e in values["chosen_epoch"])
                        if "chosen_epoch" in values else "-")
   text = report.markdown_table(header, table)
+  if not _fixed_split(dataset):
+    text = ("The 99 negatives of each test target are sampled with the "
+            "seed, so every row (item CF and most popular included) is "
+            "over the seeds, each on its own seed's split.\n\n" + text)
   if FLAGS.early_stopping:
+    length = (f"{FLAGS.epochs} epoch(s) of "
+              f"{FLAGS.steps_per_epoch or 'a full pass of'} steps"
+              if dataset == "ncf-ml-1m" else
+              f"{FLAGS.beauty_epochs} full passes")
     two_tower = (f" and the two-tower up to {FLAGS.two_tower_epochs} full "
                  "passes" if FLAGS.two_tower_epochs else
                  " (no two-tower row: `--two_tower_epochs=0`)")
-    text = (f"Each PDN run trains up to {FLAGS.epochs} epoch(s) of "
-            f"{FLAGS.steps_per_epoch or 'a full pass of'} steps{two_tower},"
+    text = (f"Each PDN run trains up to {length}{two_tower},"
             " keeping the weights of its best epoch by HR@10 "
             "on a validation split from the training side (each user's "
             "latest training interaction among 99 sampled negatives, held "
@@ -429,31 +519,17 @@ def latency(seeds, raw) -> str:
        "batch)"], rows)
 
 
-def main(unused_argv):
-  seeds = [int(s) for s in FLAGS.seeds]
-  os.makedirs(os.path.join(harness.REPO_ROOT, OUT), exist_ok=True)
-  commands: List[str] = []
-  raw: Dict[str, object] = {"machine": report.machine(), "seeds": seeds}
-  parts = []
-  if "table2" in FLAGS.sections:
-    parts.append("### Table 2 analogue: NCF ML-1M leave-one-out (1 + 99)\n\n"
-                 + table2(seeds, commands, raw))
-  if "table4" in FLAGS.sections:
-    for dataset in FLAGS.table4_datasets:
-      parts.append(f"### Table 4 analogue: by training history length, "
-                   f"{dataset} (first seed)\n\n"
-                   + table4(dataset, seeds, commands, raw))
-  if "latency" in FLAGS.sections:
-    parts.append("### Servable latency: raw request -> top-500, one thread"
-                 "\n\n" + latency(seeds, raw))
-  raw["commands"] = commands
-  title = ("Table 2, training length chosen on validation"
-           if FLAGS.early_stopping else "Tables 2 and 4, servable latency")
-  text = (f"## PDN (SIGIR'21): {title}\n\n"
-          f"Measured on {report.machine()} by `python -m benchmarks.pdn "
-          f"--seeds={','.join(map(str, seeds))} --epochs={FLAGS.epochs} "
-          f"--steps_per_epoch={FLAGS.steps_per_epoch} "
-          f"--sections={','.join(FLAGS.sections)}"
+def _command_line(seeds) -> str:
+  """This benchmark's command as the section records it."""
+  ncf = FLAGS.table2_dataset == "ncf-ml-1m"
+  return ("python -m benchmarks.pdn "
+          f"--seeds={','.join(map(str, seeds))}"
+          + (f" --epochs={FLAGS.epochs} "
+             f"--steps_per_epoch={FLAGS.steps_per_epoch}" if ncf else "")
+          + f" --sections={','.join(FLAGS.sections)}"
+          + ("" if ncf else f" --table2_dataset={FLAGS.table2_dataset}")
+          + (f" --beauty_epochs={FLAGS.beauty_epochs}"
+             if not ncf or FLAGS.beauty_epochs != 2 else "")
           + (f" --two_tower_epochs={FLAGS.two_tower_epochs}"
              if FLAGS.two_tower_epochs != 5 or FLAGS.early_stopping else "")
           + (f" --early_stopping={FLAGS.early_stopping}"
@@ -462,14 +538,41 @@ def main(unused_argv):
              if FLAGS.variants != list(VARIANTS) else "")
           + (f" --threads={FLAGS.threads}" if FLAGS.threads != 2 else "")
           + f"{' --parallel' if FLAGS.parallel else ''}"
-          f"{' --reuse' if FLAGS.reuse else ''}`, "
+          f"{' --reuse' if FLAGS.reuse else ''}")
+
+
+def main(unused_argv):
+  seeds = [int(s) for s in FLAGS.seeds]
+  os.makedirs(os.path.join(harness.REPO_ROOT, OUT), exist_ok=True)
+  commands: List[str] = []
+  raw: Dict[str, object] = {"machine": report.machine(), "seeds": seeds}
+  parts = []
+  dataset = FLAGS.table2_dataset
+  if "table2" in FLAGS.sections:
+    parts.append(f"### Table 2 analogue: {NAMES[dataset]} leave-one-out "
+                 "(1 + 99)\n\n" + table2(dataset, seeds, commands, raw))
+  if "table4" in FLAGS.sections:
+    for name in FLAGS.table4_datasets:
+      parts.append(f"### Table 4 analogue: by training history length, "
+                   f"{name} (first seed)\n\n"
+                   + table4(name, seeds, commands, raw))
+  if "latency" in FLAGS.sections:
+    parts.append("### Servable latency: raw request -> top-500, one thread"
+                 "\n\n" + latency(seeds, raw))
+  raw["commands"] = commands
+  where = "" if dataset == "ncf-ml-1m" else f" on {NAMES[dataset]}"
+  title = (f"Table 2{where}, training length chosen on validation"
+           if FLAGS.early_stopping else
+           f"Tables 2{where} and 4, servable latency")
+  text = (f"## PDN (SIGIR'21): {title}\n\n"
+          f"Measured on {report.machine()} by `{_command_line(seeds)}`, "
           f"{len(seeds)} seed(s)"
           f"{' (finished training runs with the same flags were reused, with the train seconds of when they ran)' if FLAGS.reuse else ''}"
           f"; training runs:\n\n" +
           "\n".join(f"    {c}" for c in commands) + "\n\n" +
           "\n\n".join(parts))
-  report.write_section("pdn_valid" if FLAGS.early_stopping else "pdn", text,
-                       raw)
+  section = SECTIONS[dataset] + ("_valid" if FLAGS.early_stopping else "")
+  report.write_section(section, text, raw)
   print(text)
 
 
