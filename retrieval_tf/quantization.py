@@ -318,16 +318,42 @@ def split_subspaces(vectors: np.ndarray, num_subspaces: int) -> np.ndarray:
       1, 0, 2)
 
 
+@tf.function(reduce_retracing=True)
+def _encode_chunk(vectors, centroids, codebooks):
+  """`vectors [n, d]` -> (coarse lists [n], PQ codes [n, D], squared errors
+  [n]) in one graph: the coarse assignment, the residuals and their
+  product quantization, without the residuals leaving it."""
+  lists, _ = _assign_chunk(vectors[tf.newaxis], centroids[tf.newaxis])
+  lists = lists[0]
+  residuals = vectors - tf.gather(centroids, lists)
+  shape = tf.shape(codebooks)
+  parts = tf.transpose(tf.reshape(residuals, [-1, shape[0], shape[2]]),
+                       [1, 0, 2])
+  codes, errors = _assign_chunk(parts, codebooks)
+  return lists, tf.transpose(codes), tf.reduce_sum(errors, axis=0)
+
+
 def encode(vectors: np.ndarray, centroids: np.ndarray,
            codebooks: np.ndarray):
-  """Coarse list, PQ codes and squared error of each vector (Eq. 2, 4 of
-  Poeem: T(x) = c_j + PQ(x - c_j))."""
+  """Coarse list `[n]`, PQ codes `[n, D]` and squared error `[n]` of each
+  vector (Eq. 2, 4 of Poeem: T(x) = c_j + PQ(x - c_j)), `_encode_chunk`
+  over chunks of rows."""
   vectors = np.asarray(vectors, np.float32)
-  assignments, _ = assign(vectors, centroids)
-  residuals = vectors - centroids[assignments]
-  codes, errors = assign(split_subspaces(residuals, codebooks.shape[0]),
-                         codebooks)
-  return assignments, codes.T.copy(), errors.sum(axis=0)
+  groups, num_codewords, _ = codebooks.shape
+  if vectors.ndim != 2 or vectors.shape[1] % groups:
+    raise ValueError(f"vectors {vectors.shape} do not split into "
+                     f"{groups} sub-spaces")
+  rows = _chunk_rows(1, max(len(centroids), groups * num_codewords))
+  centroids = tf.constant(centroids, tf.float32)
+  codebooks = tf.constant(codebooks, tf.float32)
+  parts = [_encode_chunk(tf.constant(vectors[start:start + rows]),
+                         centroids, codebooks)
+           for start in range(0, len(vectors), rows)]
+  if not parts:
+    return (np.zeros(0, np.int32), np.zeros((0, groups), np.int32),
+            np.zeros(0, np.float32))
+  return tuple(np.concatenate([part[i].numpy() for part in parts])
+               for i in range(3))
 
 
 def train_ivfpq(embeddings: np.ndarray, num_lists: int, num_subspaces: int,
