@@ -18,6 +18,26 @@ def test_assign_equals_numpy_argmin():
   np.testing.assert_array_equal(single, nearest[1])
 
 
+@pytest.mark.parametrize("chunk_scores", [None, 1])
+def test_encode_equals_numpy(chunk_scores, monkeypatch):
+  if chunk_scores:  # the smallest chunks: 256 rows each
+    monkeypatch.setattr(quantization, "_CHUNK_SCORES", chunk_scores)
+  rng = np.random.default_rng(4)
+  vectors = rng.normal(size=(700, 8)).astype(np.float32)
+  centroids = rng.normal(size=(5, 8)).astype(np.float32)
+  codebooks = rng.normal(size=(4, 6, 2)).astype(np.float32)
+  lists, codes, errors = quantization.encode(vectors, centroids, codebooks)
+  want_lists = ((vectors[:, None] - centroids) ** 2).sum(-1).argmin(1)
+  residuals = (vectors - centroids[want_lists]).reshape(700, 4, 2)
+  parts = ((residuals[:, :, None] - codebooks[None]) ** 2).sum(-1)
+  np.testing.assert_array_equal(lists, want_lists)
+  np.testing.assert_array_equal(codes, parts.argmin(-1))
+  np.testing.assert_allclose(errors, parts.min(-1).sum(-1), atol=1e-4)
+  assert codes.shape == (700, 4) and codes.dtype == np.int32
+  with pytest.raises(ValueError, match="do not split into 3 sub-spaces"):
+    quantization.encode(vectors, centroids, codebooks[:3])
+
+
 def test_kmeans_recovers_separated_clusters_and_is_deterministic():
   rng = np.random.default_rng(1)
   centres = rng.normal(size=(8, 5)) * 10
