@@ -101,9 +101,6 @@ class MGDSPRServable(tf.Module):
     relevance_control, k = request.pop("relevance_control"), request.pop("k")
     user = self.model.user_vector(self.features(request))
     batch = tf.shape(user)[0]
-    tf.debugging.assert_equal(tf.size(relevance_control), batch,
-                              message="relevance_control needs one value "
-                              "per row")
     k0 = request_k(k, batch, self.k_range)
     scores, found = self.index(user, k0)
     if self.control is None:

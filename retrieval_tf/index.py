@@ -654,15 +654,13 @@ class IVFFlatIndex(keras.layers.Layer):
                **kwargs):
     super().__init__(**kwargs)
     _check_shape_and_metric(self, num_items, dim, metric, max_k)
-    check_build_options("ivf_flat", dim, num_lists, None, nprobe, 0)
+    check_build_options("ivf_flat", dim, num_lists, None, nprobe, 0,
+                        scan_dtype=scan_dtype)
     if num_lists > num_items:
       raise ValueError(f"num_lists must be in 1..num_items={num_items}, got "
                        f"{num_lists}")
     if chunk_size < 1:
       raise ValueError(f"chunk_size must be >= 1, got {chunk_size}")
-    if scan_dtype not in SCAN_DTYPES:
-      raise ValueError(f"scan_dtype must be one of {SCAN_DTYPES}, got "
-                       f"{scan_dtype!r}")
     if rescore_margin < 0:
       raise ValueError(f"rescore_margin must be >= 0, got {rescore_margin}")
     self.scan_dtype, self.rescore_margin = scan_dtype, int(rescore_margin)

@@ -133,6 +133,11 @@ def test_truncation_unknown_ids_and_bad_requests(exported):
   with pytest.raises(tf.errors.InvalidArgumentError, match="empty batch"):
     serve(**empty, relevance_control=tf.zeros([0], tf.int32),
           k=tf.zeros([0], tf.int32))
+  with pytest.raises(tf.errors.InvalidArgumentError,
+                     match="relevance_control must have one row per request "
+                     "row, as query has"):
+    serve(**request, relevance_control=tf.constant([1, 0]),
+          k=tf.constant([5]))
 
 
 def test_cli_rejects_bad_flags(tmp_path):
