@@ -98,6 +98,7 @@ def test_ivf_flat_probing_every_list_equals_the_exact_servable(setup,
   np.testing.assert_array_equal(flat["item_ids"], exact["item_ids"])
   np.testing.assert_allclose(flat["scores"], exact["scores"], rtol=1e-4,
                              atol=1e-5)
+  assert check_lib.check(path)["checks"] == ["ops", "load", "cli", "rest"]
 
 
 def test_one_probed_list_gives_valid_unique_ids(setup):
