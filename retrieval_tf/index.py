@@ -23,6 +23,10 @@ import numpy as np
 from retrieval_tf import quantization
 from retrieval_tf.compat import keras, tf
 
+# Rows of a large table are written into a variable in slices of about this
+# many bytes (`_assign_rows`).
+_ASSIGN_SLICE_BYTES = 16 << 20
+
 
 class _CompiledSearch:
   """An index layer's eager search as one cached `tf.function`.
@@ -340,7 +344,7 @@ class IVFPQIndex(keras.layers.Layer):
         raise ValueError(f"{name} contains NaN or infinite values")
       if dtype is None:
         return value if value.dtype.kind in "iu" else value.astype(np.int64)
-      return value.astype(dtype)
+      return value.astype(dtype, copy=False)
 
     centroids = array(centroids, "centroids", (self.num_lists, self.dim),
                       np.float32)
@@ -365,14 +369,14 @@ class IVFPQIndex(keras.layers.Layer):
     self.codebooks.assign(codebooks)
     self.list_offsets.assign(offsets.astype(np.int32))
     self.list_items.assign(order.astype(np.int32))
-    self.codes.assign(codes.astype(np.uint8)[order])
+    _assign_rows(self.codes, codes, order, np.uint8)
     if vectors is not None:
       vectors = array(vectors, "vectors", (self.num_items, self.dim),
                       np.float32)
       if self.metric == "cosine":
         vectors = vectors / np.maximum(
             np.linalg.norm(vectors, axis=1, keepdims=True), 1e-12)
-      self.vectors.assign(vectors[order])
+      _assign_rows(self.vectors, vectors, order, np.float32)
     if rotation is not None:
       self.rotation.assign(array(rotation, "rotation", (self.dim, self.dim),
                                  np.float32))
@@ -993,6 +997,20 @@ def _layer_embeddings(layer, embeddings) -> np.ndarray:
   if not np.isfinite(embeddings).all():
     raise ValueError("embeddings contain NaN or infinite values")
   return embeddings
+
+
+def _assign_rows(variable, values: np.ndarray, order: np.ndarray,
+                 dtype) -> None:
+  """`variable.assign(values[order].astype(dtype))` without a second
+  full-size copy of a large table: slices of `values` are scattered to
+  their rows of the variable's buffer."""
+  position = np.empty_like(order)
+  position[order] = np.arange(len(order), dtype=order.dtype)
+  rows = max(1, _ASSIGN_SLICE_BYTES // max(1, values[0].nbytes))
+  for start in range(0, len(values), rows):
+    variable.scatter_update(tf.IndexedSlices(
+        values[start:start + rows].astype(dtype, copy=False),
+        position[start:start + rows]))
 
 
 def _item_matrix(embeddings) -> np.ndarray:

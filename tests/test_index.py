@@ -259,6 +259,27 @@ def test_ivfpq_construction_and_loading_errors():
     index.index_from_codes(**dict(parts, rotation=np.eye(8)))
 
 
+@pytest.mark.parametrize("slice_bytes", [64, 1 << 24])  # many slices, one
+def test_ivfpq_holds_codes_and_vectors_in_list_order(monkeypatch,
+                                                     slice_bytes):
+  """The codes and vectors are written into their variables slice by slice
+  (`_assign_rows`); the result is the list-ordered table, and loading other
+  codes into the same index replaces every row."""
+  from retrieval_tf import index as index_lib
+  monkeypatch.setattr(index_lib, "_ASSIGN_SLICE_BYTES", slice_bytes)
+  index, parts = _random_ivfpq(store_vectors=True)
+  for reload_seed in (None, 11):
+    if reload_seed is not None:
+      _, parts = _random_ivfpq(store_vectors=True, seed=reload_seed)
+      index.index_from_codes(**parts)
+    order = np.argsort(parts["assignments"], kind="stable")
+    np.testing.assert_array_equal(index.list_items.numpy(), order)
+    np.testing.assert_array_equal(index.codes.numpy(), parts["codes"][order])
+    assert index.codes.dtype == tf.uint8
+    np.testing.assert_array_equal(index.vectors.numpy(),
+                                  parts["vectors"][order])
+
+
 def test_ivfpq_config_and_checkpoint_round_trip(tmp_path):
   index, _ = _random_ivfpq(rotation=True, store_vectors=True,
                            metric="cosine")
