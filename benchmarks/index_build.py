@@ -11,9 +11,9 @@ and K=`--num_codewords`:
 * build wall time (and CPU time of this process) of
   `retrieval_tf.index.IVFPQIndex.from_embeddings` (k-means of the coarse
   quantizer and of the residual PQ on their training samples, encoding
-  every item, filling the index; library defaults: at most 64 training
-  points per centroid, at most 20 Lloyd iterations stopped early at a
-  relative improvement below 1e-3), split into training + encoding
+  every item, filling the index; library defaults: lists by angle, at most
+  64 training points per centroid, at most 20 Lloyd iterations stopped
+  early at a relative improvement below 5e-3), split into training + encoding
   (`quantization.train_ivfpq`) and filling the index;
 * for each J in `--sample_study`, the same build with Faiss' training
   sample (256 points per centroid), to show what the smaller sample costs
@@ -285,16 +285,18 @@ Measured on {report.machine()} by
 
 one thread (TF intra/inter
 op, Faiss OpenMP), D={FLAGS.num_subspaces}, K={FLAGS.num_codewords}, the
-same J for both. TF: `IVFPQIndex.from_embeddings` with its defaults (at most
-64 training points per centroid, at most 20 Lloyd iterations stopped at a
-relative improvement below 1e-3, k-means++ seeding for k <= 256, random
-points above); "TF, 256 points / centroid": the same on Faiss' training
-sample. Faiss: `IndexIVFPQ` (inner product) `train` + `add` with its
-defaults (256 points per centroid, 10 coarse and 25 PQ iterations). The
-builds of a row ran back to back in one process while other jobs shared
-the CPU (the 1-minute load average before each build is in the last
-column, on {os.cpu_count()} cores): the ratios, and the CPU seconds of this
-process, are the figures to read.
+same J for both. TF: `IVFPQIndex.from_embeddings` with its defaults (lists
+by angle with centroids scaled to their members, at most 64 training
+points per centroid, at most 20 Lloyd iterations stopped at a relative
+improvement below 5e-3, coarse k-means seeded by k-means++ for J <= 256
+and random points above, product k-means by random points); "TF, 256
+points / centroid": the same on Faiss' training sample. Faiss:
+`IndexIVFPQ` (inner product) `train` + `add` with its defaults (256 points
+per centroid, spherical coarse k-means, 10 coarse and 25 PQ iterations).
+The builds of a row ran back to back in one process (the 1-minute load
+average before each build is in the last column, on {os.cpu_count()}
+cores; above 1 another job shared the CPU): the ratios, and the CPU
+seconds of this process, are the figures to read.
 
 {build_table}
 

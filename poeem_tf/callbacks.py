@@ -40,7 +40,10 @@ def initialise_from_embeddings(layer: EmbeddingIndexLayer,
   book = quantization.train_ivfpq(
       rotated, layer.coarse.num_centroids, layer.product.num_subspaces,
       layer.product.num_codewords, iterations=iterations,
-      max_points_per_centroid=_POINTS_PER_CENTROID, seed=seed)
+      max_points_per_centroid=_POINTS_PER_CENTROID, seed=seed,
+      # The layer assigns items to the nearest centroid (Eq. 2); seeding
+      # and stopping as in the runs behind docs/poeem.md.
+      assign_by="l2", product_init="auto", tolerance=1e-3)
   layer.coarse.centroids.assign(book.centroids)
   layer.product.codebooks.assign(book.codebooks)
   layer.reset_averages()

@@ -715,13 +715,13 @@ class IVFFlatIndex(keras.layers.Layer):
     """
     embeddings = _layer_embeddings(self, embeddings)
     if self.metric == "cosine":
-      embeddings = _unit_rows(embeddings)
+      embeddings = quantization.unit_rows(embeddings)
     sample = embeddings
     if self.num_items > POINTS_PER_LIST * self.num_lists:
       sample = embeddings[np.sort(np.random.default_rng(seed).choice(
           self.num_items, POINTS_PER_LIST * self.num_lists, replace=False))]
-    centroids = _unit_rows(quantization.kmeans(
-        _unit_rows(sample), self.num_lists, iterations, seed=seed))
+    centroids = quantization.unit_rows(quantization.kmeans(
+        quantization.unit_rows(sample), self.num_lists, iterations, seed=seed))
     # For unit centroids the L2-nearest is the one of largest <x, c_j>.
     assignments, _ = quantization.assign(embeddings, centroids)
     return self.index_from_assignments(embeddings, centroids, assignments)
@@ -744,7 +744,7 @@ class IVFFlatIndex(keras.layers.Layer):
       raise ValueError("embeddings or centroids contain NaN or infinite "
                        "values")
     if self.metric == "cosine":
-      embeddings = _unit_rows(embeddings)
+      embeddings = quantization.unit_rows(embeddings)
     sizes = np.bincount(assignments, minlength=self.num_lists)
     chunks = -(-sizes // self.chunk_size)
     if chunks.sum() > self.num_chunks:
@@ -979,12 +979,6 @@ class _Bfloat16AsBits:
     if key not in self._bfloat16:
       return value
     return tf.bitcast(tf.constant(np.asarray(value), tf.uint16), tf.bfloat16)
-
-
-def _unit_rows(matrix: np.ndarray) -> np.ndarray:
-  """Rows scaled to unit L2 norm (zero rows stay zero)."""
-  return matrix / np.maximum(np.linalg.norm(matrix, axis=1, keepdims=True),
-                             1e-12)
 
 
 def _layer_embeddings(layer, embeddings) -> np.ndarray:

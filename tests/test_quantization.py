@@ -18,16 +18,23 @@ def test_assign_equals_numpy_argmin():
   np.testing.assert_array_equal(single, nearest[1])
 
 
+@pytest.mark.parametrize("by_angle", [False, True])
 @pytest.mark.parametrize("chunk_scores", [None, 1])
-def test_encode_equals_numpy(chunk_scores, monkeypatch):
+def test_encode_equals_numpy(chunk_scores, by_angle, monkeypatch):
   if chunk_scores:  # the smallest chunks: 256 rows each
     monkeypatch.setattr(quantization, "_CHUNK_SCORES", chunk_scores)
   rng = np.random.default_rng(4)
   vectors = rng.normal(size=(700, 8)).astype(np.float32)
   centroids = rng.normal(size=(5, 8)).astype(np.float32)
   codebooks = rng.normal(size=(4, 6, 2)).astype(np.float32)
-  lists, codes, errors = quantization.encode(vectors, centroids, codebooks)
-  want_lists = ((vectors[:, None] - centroids) ** 2).sum(-1).argmin(1)
+  if by_angle:  # lists by the largest <x, u_j>, residuals to centroids
+    directions = quantization.unit_rows(rng.normal(size=(5, 8)))
+    lists, codes, errors = quantization.encode(vectors, centroids, codebooks,
+                                               directions)
+    want_lists = (vectors @ directions.T).argmax(1)
+  else:
+    lists, codes, errors = quantization.encode(vectors, centroids, codebooks)
+    want_lists = ((vectors[:, None] - centroids) ** 2).sum(-1).argmin(1)
   residuals = (vectors - centroids[want_lists]).reshape(700, 4, 2)
   parts = ((residuals[:, :, None] - codebooks[None]) ** 2).sum(-1)
   np.testing.assert_array_equal(lists, want_lists)
@@ -75,6 +82,35 @@ def test_train_ivfpq_encodes_every_item_and_reports_its_distortion():
   assert error < 0.5 * (items ** 2).sum(1).mean()
   coarse_only = ((items - book.centroids[book.assignments]) ** 2).sum(1)
   assert error < 0.5 * coarse_only.mean()
+
+
+def test_train_ivfpq_lists_by_angle_with_scaled_centroids():
+  """assign_by="angle": every item is in the list of largest <x, u_j>, and
+  each centroid is u_j times the mean projection of its members (here the
+  training sample is every item); "l2" keeps the nearest centroid."""
+  rng = np.random.default_rng(5)
+  items = (rng.normal(size=(2000, 8)) *
+           rng.uniform(0.5, 3.0, size=(2000, 1))).astype(np.float32)
+  book = quantization.train_ivfpq(items, num_lists=12, num_subspaces=4,
+                                  num_codewords=8, seed=2,
+                                  max_points_per_centroid=1000)
+  assert book.training_points == (2000, 2000)
+  norms = np.linalg.norm(book.centroids, axis=1)
+  directions = book.centroids / norms[:, None]
+  np.testing.assert_array_equal(book.assignments,
+                                (items @ directions.T).argmax(1))
+  for j in range(12):
+    members = items[book.assignments == j]
+    assert norms[j] == pytest.approx((members @ directions[j]).mean(),
+                                     rel=1e-4)
+  error = ((items - quantization.reconstruct(book)) ** 2).sum(1).mean()
+  assert book.distortion == pytest.approx(error, rel=1e-3)
+  l2 = quantization.train_ivfpq(items, num_lists=12, num_subspaces=4,
+                                num_codewords=8, seed=2, assign_by="l2")
+  nearest = ((items[:, None] - l2.centroids) ** 2).sum(-1).argmin(1)
+  np.testing.assert_array_equal(l2.assignments, nearest)
+  with pytest.raises(ValueError, match="assign_by must be one of"):
+    quantization.train_ivfpq(items, 12, 4, 8, assign_by="cosine")
 
 
 def test_trainer_errors():
