@@ -103,8 +103,7 @@ class BruteForceIndex(keras.layers.Layer):
     values."""
     embeddings = _layer_embeddings(self, embeddings)
     if self.metric == "cosine":
-      norms = np.linalg.norm(embeddings, axis=1, keepdims=True)
-      embeddings = embeddings / np.maximum(norms, 1e-12)
+      embeddings = quantization.unit_rows(embeddings)
     self.embeddings.assign(embeddings)
     return self
 
@@ -369,14 +368,16 @@ class IVFPQIndex(keras.layers.Layer):
     self.codebooks.assign(codebooks)
     self.list_offsets.assign(offsets.astype(np.int32))
     self.list_items.assign(order.astype(np.int32))
-    _assign_rows(self.codes, codes, order, np.uint8)
+    # Row of each item in the list-ordered tables.
+    position = np.empty_like(order)
+    position[order] = np.arange(len(order), dtype=order.dtype)
+    _assign_rows(self.codes, codes, position, np.uint8)
     if vectors is not None:
       vectors = array(vectors, "vectors", (self.num_items, self.dim),
                       np.float32)
       if self.metric == "cosine":
-        vectors = vectors / np.maximum(
-            np.linalg.norm(vectors, axis=1, keepdims=True), 1e-12)
-      _assign_rows(self.vectors, vectors, order, np.float32)
+        vectors = quantization.unit_rows(vectors)
+      _assign_rows(self.vectors, vectors, position, np.float32)
     if rotation is not None:
       self.rotation.assign(array(rotation, "rotation", (self.dim, self.dim),
                                  np.float32))
@@ -993,13 +994,11 @@ def _layer_embeddings(layer, embeddings) -> np.ndarray:
   return embeddings
 
 
-def _assign_rows(variable, values: np.ndarray, order: np.ndarray,
+def _assign_rows(variable, values: np.ndarray, position: np.ndarray,
                  dtype) -> None:
-  """`variable.assign(values[order].astype(dtype))` without a second
-  full-size copy of a large table: slices of `values` are scattered to
-  their rows of the variable's buffer."""
-  position = np.empty_like(order)
-  position[order] = np.arange(len(order), dtype=order.dtype)
+  """Row i of `values` (cast to `dtype`) written to row `position[i]` of
+  `variable`, without a second full-size copy of a large table: slices of
+  `values` are scattered into the variable's buffer."""
   rows = max(1, _ASSIGN_SLICE_BYTES // max(1, values[0].nbytes))
   for start in range(0, len(values), rows):
     variable.scatter_update(tf.IndexedSlices(
